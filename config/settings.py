@@ -47,7 +47,9 @@ class ArchiveLimits:
     def from_env(cls) -> ArchiveLimits:
         return cls(
             max_members=_int("MAX_ARCHIVE_MEMBERS", cls.max_members),
-            max_uncompressed_bytes=_int("MAX_UNCOMPRESSED_MB", cls.max_uncompressed_bytes // 1024**2)
+            max_uncompressed_bytes=_int(
+                "MAX_UNCOMPRESSED_MB", cls.max_uncompressed_bytes // 1024**2
+            )
             * 1024**2,
             max_member_bytes=_int("MAX_MEMBER_MB", cls.max_member_bytes // 1024**2) * 1024**2,
             max_compression_ratio=_float("MAX_COMPRESSION_RATIO", cls.max_compression_ratio),
@@ -75,6 +77,8 @@ class Settings:
     min_abnormal_slices: int = 2
     top_slices: int = 5
     results_page_size: int = 100
+    queue_name: str = "inference"
+    keep_uploads: bool = False
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
 
     @classmethod
@@ -105,6 +109,8 @@ class Settings:
             min_abnormal_slices=_int("MIN_ABNORMAL_SLICES", d.min_abnormal_slices),
             top_slices=_int("SUMMARY_TOP_SLICES", d.top_slices),
             results_page_size=_int("RESULTS_PAGE_SIZE", d.results_page_size),
+            queue_name=_env("CELERY_QUEUE", d.queue_name),
+            keep_uploads=_env("KEEP_UPLOADS", "0").lower() in ("1", "true", "yes"),
             limits=ArchiveLimits.from_env(),
         )
 

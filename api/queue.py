@@ -1,0 +1,29 @@
+"""Enqueue jobs by task name, without importing worker code (and so TensorFlow)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+
+from config import get_settings
+from config.celery import RUN_JOB_TASK, celery_config
+
+
+@lru_cache(maxsize=1)
+def producer() -> Celery:
+    """A producer-only Celery app with the workers' configuration."""
+    app = Celery("lungct-api")
+    app.conf.update(celery_config(get_settings()))
+    return app
+
+
+def enqueue_job(job_id: str) -> None:
+    """Send only the job ID; the worker loads everything else from the database."""
+    producer().send_task(RUN_JOB_TASK, args=[job_id], retry=True, retry_policy={"max_retries": 2})
+
+
+def workers_answering(timeout_s: float = 1.0) -> list[str]:
+    """Names of the workers that answered a ping (for /readyz)."""
+    replies = producer().control.ping(timeout=timeout_s) or []
+    return sorted(name for reply in replies for name in reply)

@@ -1,0 +1,52 @@
+"""Database rows -> JSON-ready dicts for the v1 API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import url_for
+
+from db.models import Job, SlicePrediction
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    """The job as clients poll it."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "kind": job.kind,
+        "model": {"name": job.model_name, "version": job.model_version},
+        "progress": {"done": job.done, "total": job.total},
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "updated_at": _iso(job.updated_at),
+        "error": job.error,
+        "warnings_count": len(job.warnings or []) + job.failed_slices,
+        "warnings": job.warnings or [],
+        "summary": job.summary,
+        "links": {
+            "self": url_for("jobs.get_job", job_id=job.id),
+            "results": url_for("jobs.get_results", job_id=job.id),
+        },
+    }
+
+
+def prediction_to_dict(p: SlicePrediction) -> dict[str, Any]:
+    """One slice's result (or its error)."""
+    return {
+        "slice_index": p.slice_index,
+        "source": p.source,
+        "series_uid": p.series_uid,
+        "instance_number": p.instance_number,
+        "slice_position": p.slice_position,
+        "frame": p.frame,
+        "label": p.label,
+        "probabilities": p.probabilities,
+        "error": p.error,
+    }

@@ -1,0 +1,94 @@
+"""SQLAlchemy 2.0 typed models.
+
+The database, not the Celery result backend, is the source of truth for
+polling: the API reads job progress and per-slice results from these tables.
+No patient identifier is ever stored here (only DICOM UIDs, instance numbers
+and positions, which link back to the PACS without naming anyone).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, so SQLite and PostgreSQL agree on timestamps."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base shared by every table (Alembic reads its metadata)."""
+
+
+class JobStatus(enum.StrEnum):
+    """Life cycle of a job: queued -> running -> succeeded | failed."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class JobKind(enum.StrEnum):
+    """A single slice (image or one DICOM file) or a study archive (zip)."""
+
+    IMAGE = "image"
+    STUDY = "study"
+
+
+class Job(Base):
+    """One submitted upload and its study-level outcome."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
+    status: Mapped[str] = mapped_column(String(16), index=True, default=JobStatus.QUEUED)
+    kind: Mapped[str] = mapped_column(String(16))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    upload_key: Mapped[str] = mapped_column(String(255))
+    upload_bytes: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    failed_slices: Mapped[int] = mapped_column(Integer, default=0)
+    warnings: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    predictions: Mapped[list[SlicePrediction]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class SlicePrediction(Base):
+    """The model's output (or the error) for one slice of a job."""
+
+    __tablename__ = "slice_predictions"
+    __table_args__ = (UniqueConstraint("job_id", "slice_index", name="uq_slice_job_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    slice_index: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(1024))
+    series_uid: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    slice_position: Mapped[float | None] = mapped_column(Float, nullable=True)
+    frame: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    label: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    probabilities: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    job: Mapped[Job] = relationship(back_populates="predictions")

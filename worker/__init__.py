@@ -1,0 +1,1 @@
+"""Worker room: Celery workers that load models once per process and run batched inference."""

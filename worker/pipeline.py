@@ -1,0 +1,229 @@
+"""A job from stored upload to stored results: plan -> decode -> predict -> write.
+
+Decoding runs in a thread pool a window ahead of the model, so reading the
+next slices overlaps the forward pass of the current batch. Each batch's
+results are written in one transaction and advance the progress. Writes are
+idempotent (unique job/slice index, insert-or-ignore), so a redelivered job
+only fills in what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+from ingest import InvalidUpload, SliceError, SliceSource, UploadPlan, plan_upload
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from config import Settings, get_settings
+from db.models import Job, JobStatus, SlicePrediction, utcnow
+from db.session import session_scope
+from models.preprocessing import preprocess
+from worker.inference import Predictor, get_predictor
+from worker.summary import summarize
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decoded:
+    """One slice after decoding: a model-ready tensor, or the reason it failed."""
+
+    source: SliceSource
+    tensor: np.ndarray | None
+    error: str | None
+
+
+def run_job(job_id: str) -> None:
+    """Run job ``job_id`` to a terminal state (unless it already reached one)."""
+    settings = get_settings()
+    start = _start(job_id)
+    if start is None:
+        return
+    model_name, upload = start
+    try:
+        plan = plan_upload(settings.storage_dir / upload, settings)
+    except InvalidUpload as exc:
+        mark_failed(job_id, str(exc))
+        return
+    predictor = get_predictor(model_name)
+    _record_plan(job_id, plan)
+    todo = [s for s in plan.slices if s.index not in _done_indexes(job_id)]
+    for batch in _batches(_decode_ahead(todo, predictor, settings), settings.batch_size):
+        _write_batch(job_id, batch, predictor)
+    _finish(job_id, predictor, settings)
+
+
+def _start(job_id: str) -> tuple[str, str] | None:
+    """Mark the job running; None when it is unknown or already finished."""
+    with session_scope() as s:
+        job = s.get(Job, job_id, with_for_update=True)
+        if job is None:
+            log.warning("job %s does not exist; nothing to do", job_id)
+            return None
+        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+            log.info("job %s already %s; ignoring redelivery", job_id, job.status)
+            return None
+        job.status = JobStatus.RUNNING
+        job.attempts += 1
+        job.started_at = job.started_at or utcnow()
+        return job.model_name, job.upload_key
+
+
+def _record_plan(job_id: str, plan: UploadPlan) -> None:
+    """Store the slice count and the skipped members before inference starts."""
+    with session_scope() as s:
+        job = s.get_one(Job, job_id)
+        job.total = len(plan.slices)
+        job.warnings = [{"source": k.source, "reason": k.reason} for k in plan.skipped]
+
+
+def _done_indexes(job_id: str) -> set[int]:
+    """Slice indexes already stored (non-empty only for a redelivered job)."""
+    with session_scope() as s:
+        q = select(SlicePrediction.slice_index).where(SlicePrediction.job_id == job_id)
+        return set(s.scalars(q))
+
+
+def _load(source: SliceSource, predictor: Predictor) -> Decoded:
+    """Decode and preprocess one slice; a bad slice becomes a recorded error."""
+    try:
+        return Decoded(source, preprocess(source.load(), predictor.card.input), None)
+    except SliceError as exc:
+        return Decoded(source, None, str(exc))
+    except Exception as exc:  # an unexpected decoder failure must not sink the study
+        log.warning("slice %s: %s", source.source, exc)
+        return Decoded(source, None, f"could not decode: {type(exc).__name__}: {exc}")
+
+
+def _decode_ahead(
+    todo: list[SliceSource], predictor: Predictor, settings: Settings
+) -> Iterator[Decoded]:
+    """Decode in a thread pool, at most two batches ahead of the consumer."""
+    window = 2 * settings.batch_size
+    with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
+        pending: list[Future[Decoded]] = []
+        sources = iter(todo)
+        for source in islice(sources, window):
+            pending.append(pool.submit(_load, source, predictor))
+        while pending:
+            decoded = pending.pop(0).result()
+            nxt = next(sources, None)
+            if nxt is not None:
+                pending.append(pool.submit(_load, nxt, predictor))
+            yield decoded
+
+
+def _batches(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:
+    """Group an iterator into lists of ``size`` (the last may be shorter)."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def _predict(batch: list[Decoded], predictor: Predictor) -> list[dict]:
+    """Row values for one batch: one forward pass over the decodable slices."""
+    good = [d for d in batch if d.tensor is not None]
+    probs = predictor.predict(np.stack([d.tensor for d in good])) if good else []
+    by_index = {d.source.index: p for d, p in zip(good, probs, strict=True)}
+    classes = predictor.card.classes
+    rows = []
+    for d in batch:
+        p = by_index.get(d.source.index)
+        probabilities = (
+            None if p is None else {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)}
+        )
+        rows.append(_row(d, probabilities, None if p is None else classes[int(np.argmax(p))]))
+    return rows
+
+
+def _row(d: Decoded, probabilities: dict[str, float] | None, label: str | None) -> dict:
+    s = d.source
+    return {
+        "slice_index": s.index,
+        "source": s.source,
+        "series_uid": s.series_uid,
+        "instance_number": s.instance_number,
+        "slice_position": s.slice_position,
+        "frame": s.frame,
+        "label": label,
+        "probabilities": probabilities,
+        "error": d.error,
+    }
+
+
+def _insert_ignore(session: Session, job_id: str, rows: list[dict]) -> None:
+    """Insert rows, skipping slice indexes that a previous delivery stored."""
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    stmt = insert(SlicePrediction).values([{"job_id": job_id, **r} for r in rows])
+    session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "slice_index"]))
+
+
+def _write_batch(job_id: str, batch: list[Decoded], predictor: Predictor) -> None:
+    """Predict one batch and store it with the new progress in one transaction."""
+    rows = _predict(batch, predictor)
+    with session_scope() as s:
+        _insert_ignore(s, job_id, rows)
+        done, failed = _counts(s, job_id)
+        job = s.get_one(Job, job_id)
+        job.done, job.failed_slices = done, failed
+
+
+def _counts(s: Session, job_id: str) -> tuple[int, int]:
+    """(stored slices, stored slices with an error) for a job."""
+    q = select(func.count(), func.count(SlicePrediction.error)).where(
+        SlicePrediction.job_id == job_id
+    )
+    done, failed = s.execute(q).one()
+    return int(done), int(failed)
+
+
+def _finish(job_id: str, predictor: Predictor, settings: Settings) -> None:
+    """Compute the study summary from the stored rows and close the job."""
+    with session_scope() as s:
+        job = s.get_one(Job, job_id)
+        rows = s.scalars(
+            select(SlicePrediction)
+            .where(SlicePrediction.job_id == job_id)
+            .order_by(SlicePrediction.slice_index)
+        ).all()
+        if rows and all(r.error for r in rows):
+            job.status, job.error = JobStatus.FAILED, "no slice could be decoded: " + rows[0].error
+        else:
+            job.summary = summarize(rows, predictor.card, settings, skipped=len(job.warnings))
+            job.status = JobStatus.SUCCEEDED
+        job.finished_at = utcnow()
+        upload = job.upload_key
+    _drop_upload(upload, settings)
+
+
+def mark_failed(job_id: str, message: str) -> None:
+    """Close a job as failed with a message the client can read."""
+    with session_scope() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.status == JobStatus.SUCCEEDED:
+            return
+        job.status, job.error, job.finished_at = JobStatus.FAILED, message, utcnow()
+        upload = job.upload_key
+    _drop_upload(upload, get_settings())
+
+
+def _drop_upload(upload_key: str, settings: Settings) -> None:
+    """Delete the stored upload once the job is finished, unless KEEP_UPLOADS is set.
+
+    Uploads can hold patient data; results do not need them after the job.
+    """
+    if settings.keep_uploads:
+        return
+    folder = (settings.storage_dir / Path(upload_key)).parent
+    if folder.resolve() != settings.storage_dir.resolve():
+        shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,105 @@
+"""Study- and series-level verdicts from per-slice predictions.
+
+The rule (documented in the README, "Aggregation rule"):
+
+1. Only slices the model could read count; slices with errors are reported
+   as ``slices_failed``.
+2. ``slice_counts`` counts the per-slice labels (arg-max of the probabilities).
+3. The verdict walks the card's ``severity`` order from the most severe class
+   down: the first abnormal class with at least ``MIN_ABNORMAL_SLICES`` slices
+   (default 2, capped at the number of readable slices, so a single image
+   decides by itself) is the label. If none qualifies, the label is the least
+   severe class (``normal``). One stray slice therefore does not flip a study;
+   a lesion visible on consecutive slices does. A model whose card has no
+   severity order falls back to the majority label.
+4. ``probabilities`` are the mean slice probabilities; ``top_slices`` are the
+   slices with the highest probability for the verdict's class: the slices
+   that drove it, for a radiologist to look at first.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from config import Settings
+from db.models import SlicePrediction
+from models.registry import ModelCard
+
+DISCLAIMER = "Research use only. Not for clinical diagnosis."
+
+
+def _verdict(counts: Counter[str], card: ModelCard, readable: int, min_slices: int) -> str:
+    """Apply the severity rule (module docstring, step 3)."""
+    severity = [c for c in (card.severity or []) if c in card.classes]
+    if not severity:
+        return counts.most_common(1)[0][0]
+    needed = max(1, min(min_slices, readable))
+    for cls in reversed(severity[1:]):
+        if counts[cls] >= needed:
+            return cls
+    return severity[0]
+
+
+def _top(rows: Sequence[SlicePrediction], label: str, k: int) -> list[dict[str, Any]]:
+    best = sorted(rows, key=lambda r: (-(r.probabilities or {}).get(label, 0.0), r.slice_index))
+    return [
+        {
+            "slice_index": r.slice_index,
+            "source": r.source,
+            "series_uid": r.series_uid,
+            "instance_number": r.instance_number,
+            "slice_position": r.slice_position,
+            "probability": (r.probabilities or {}).get(label, 0.0),
+        }
+        for r in best[:k]
+    ]
+
+
+def summarize_group(
+    rows: Sequence[SlicePrediction], card: ModelCard, settings: Settings
+) -> dict[str, Any]:
+    """Verdict, mean probabilities, counts and top slices for one group of slices."""
+    ok = [r for r in rows if r.probabilities is not None and r.label is not None]
+    result: dict[str, Any] = {"slices_predicted": len(ok), "slices_failed": len(rows) - len(ok)}
+    if not ok:
+        return {
+            **result,
+            "label": None,
+            "probabilities": None,
+            "slice_counts": {},
+            "top_slices": [],
+        }
+    counts = Counter(r.label for r in ok if r.label)
+    label = _verdict(counts, card, len(ok), settings.min_abnormal_slices)
+    mean = {c: round(sum(r.probabilities[c] for r in ok) / len(ok), 6) for c in card.classes}
+    return {
+        **result,
+        "label": label,
+        "probabilities": mean,
+        "slice_counts": {c: counts.get(c, 0) for c in card.classes},
+        "top_slices": _top(ok, label, settings.top_slices),
+    }
+
+
+def summarize(
+    rows: Sequence[SlicePrediction], card: ModelCard, settings: Settings, skipped: int = 0
+) -> dict[str, Any]:
+    """The job summary: the whole study, then each series in upload order."""
+    series: dict[str | None, list[SlicePrediction]] = {}
+    for r in rows:
+        series.setdefault(r.series_uid, []).append(r)
+    return {
+        **summarize_group(rows, card, settings),
+        "series": [
+            {"series_uid": uid, **summarize_group(group, card, settings)}
+            for uid, group in series.items()
+        ],
+        "skipped_files": skipped,
+        "rule": (
+            f"most severe class with >= {settings.min_abnormal_slices} slices "
+            f"(severity order {card.severity or 'n/a'}), else the least severe"
+        ),
+        "disclaimer": DISCLAIMER,
+    }
