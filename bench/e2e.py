@@ -1,0 +1,120 @@
+"""A throwaway service (SQLite, REDIS_URL, worker subprocess, gunicorn) for timing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _wait_ready(base: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("service did not become ready")
+
+
+@contextmanager
+def service(model: str) -> Iterator[str]:
+    """Start migrate + worker + gunicorn on a temp SQLite file; yield the base URL."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
+        "STORAGE_DIR": str(tmp / "uploads"),
+        "DEFAULT_MODEL": model,
+        "CELERY_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "db.migrate"], cwd=ROOT, env=env, check=True, capture_output=True
+    )
+    procs = [
+        _spawn([sys.executable, "-m", "worker"], env, tmp / "worker.log"),
+        _spawn(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "api.wsgi:app",
+            ],
+            env,
+            tmp / "api.log",
+        ),
+    ]
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(base)
+        yield base
+    finally:
+        for p in procs:
+            _stop(p)
+
+
+def time_one(base: str, archive: Path, poll_s: float = 0.02) -> float:
+    """Seconds from starting the upload to reading status ``succeeded``."""
+    start = time.perf_counter()
+    with archive.open("rb") as fh:
+        r = requests.post(f"{base}/api/v1/jobs", files={"file": (archive.name, fh)}, timeout=60)
+    r.raise_for_status()
+    url = base + r.headers["Location"]
+    while True:
+        job = requests.get(url, timeout=10).json()
+        if job["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(poll_s)
+    elapsed = time.perf_counter() - start
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"job failed: {job['error']}")
+    return elapsed
+
+
+def end_to_end(archive: Path, model: str, repeat: int = 3) -> float:
+    """Best of ``repeat`` end-to-end runs (after one warm-up job)."""
+    with service(model) as base:
+        time_one(base, archive)
+        return min(time_one(base, archive) for _ in range(repeat))

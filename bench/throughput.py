@@ -1,0 +1,115 @@
+"""Per-image predict (the seeds' way) vs the worker's batched path, and end to end.
+
+Usage: ``python -m bench.throughput [--n 100] [--model NAME] [--e2e]``
+
+On the same slices from DATA_DIR/iqoth-nccd and the same model it prints:
+
+(a) images/s calling ``model.predict`` once per image (decode + preprocess +
+    predict, one at a time), as the seed projects do;
+(b) images/s of the worker's batched path (``worker.pipeline``: ingest plan of
+    the zip, thread-pool decoding a window ahead, ``predict_on_batch`` per
+    batch), in-process, no queue, no database: the bare batched model time;
+(c) with ``--e2e``: a throwaway service (SQLite, Redis at REDIS_URL, a real
+    worker subprocess, the API over HTTP) and the wall time from POSTing the
+    zip to reading ``succeeded``, and its ratio to (b).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("DATA_DIR", str(ROOT.parent / "shared" / "data")))
+
+
+def pick_slices(n: int) -> list[Path]:
+    """``n`` slices spread over the three classes, in a fixed order."""
+    files = sorted((DATA_DIR / "iqoth-nccd").glob("*/*.jpg"))
+    step = max(1, len(files) // n)
+    return files[::step][:n]
+
+
+def make_zip(files: list[Path], out: Path) -> Path:
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for f in files:
+            zf.write(f, f"study/{f.name}")
+    return out
+
+
+def per_image(files: list[Path], predictor) -> float:  # type: ignore[no-untyped-def]
+    """Seconds for decode + preprocess + ``model.predict`` one image at a time."""
+    from models.preprocessing import preprocess
+
+    spec = predictor.card.input
+    start = time.perf_counter()
+    for f in files:
+        x = preprocess(np.asarray(Image.open(f).convert("L")), spec)
+        predictor.model.predict(x[None], verbose=0)
+    return time.perf_counter() - start
+
+
+def batched(archive: Path, predictor) -> float:  # type: ignore[no-untyped-def]
+    """Seconds for the worker's own plan -> decode-ahead -> batched predict path."""
+    from ingest import plan_upload
+
+    from config import get_settings
+    from worker.pipeline import _batches, _decode_ahead
+
+    settings = get_settings()
+    start = time.perf_counter()
+    plan = plan_upload(archive, settings)
+    for batch in _batches(_decode_ahead(plan.slices, predictor, settings), settings.batch_size):
+        predictor.predict(np.stack([d.tensor for d in batch if d.tensor is not None]))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=100, help="number of slices")
+    parser.add_argument("--model", default=None, help="model name (default: DEFAULT_MODEL)")
+    parser.add_argument("--repeat", type=int, default=3, help="best of N timings")
+    parser.add_argument("--e2e", action="store_true", help="also time the whole service")
+    args = parser.parse_args()
+
+    from config import get_settings
+    from worker.inference import get_predictor, warm_up
+
+    settings = get_settings()
+    name = args.model or settings.default_model
+    files = pick_slices(args.n)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    archive = make_zip(files, tmp / "study.zip")
+    warm_up(name)
+    predictor = get_predictor(name)
+    per_image(files[:5], predictor)  # warm the per-image path too
+    t_single = min(per_image(files, predictor) for _ in range(args.repeat))
+    t_batch = min(batched(archive, predictor) for _ in range(args.repeat))
+    n = len(files)
+    print(
+        f"model {predictor.card.name} {predictor.card.version}, {n} slices, "
+        f"batch size {settings.batch_size}, decode threads {settings.decode_threads}"
+    )
+    print(f"(a) per-image model.predict : {n / t_single:8.1f} images/s ({t_single:.2f} s)")
+    print(f"(b) worker batched path     : {n / t_batch:8.1f} images/s ({t_batch:.2f} s)")
+    print(f"    batched / per-image     : {t_single / t_batch:8.1f}x")
+    if args.e2e:
+        from bench.e2e import end_to_end
+
+        t_e2e = end_to_end(archive, name, repeat=args.repeat)
+        print(f"(c) end to end, submit -> succeeded: {t_e2e:.2f} s")
+        print(f"    end-to-end / bare batched : {t_e2e / t_batch:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

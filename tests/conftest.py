@@ -1,0 +1,239 @@
+"""Shared fixtures: settings isolated per test, a tiny model, and the real stack.
+
+Integration tests run against a real Redis (REDIS_URL), a real Celery worker
+started as a subprocess, and a real database: SQLite always, PostgreSQL too
+when TEST_POSTGRES_URL is set (CI sets it). Each stack gets its own queue name
+and its own database (an SQLite file, or a fresh PostgreSQL schema).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_MODELS = ROOT / "models" / "store"
+TINY_MODEL = "tiny-test"
+DATA_DIR = Path(os.environ.get("DATA_DIR", str(ROOT.parent / "shared" / "data")))
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")
+
+
+def reset_caches() -> None:
+    """Forget every process-wide object built from the previous environment."""
+    from api.queue import producer
+    from config import get_settings
+    from db.session import get_engine, get_sessionmaker
+
+    if get_engine.cache_info().currsize:
+        get_engine().dispose()
+    for cached in (get_settings, get_engine, get_sessionmaker, producer):
+        cached.cache_clear()
+
+
+def png_bytes(seed: int = 0, size: int = 64) -> bytes:
+    """A small random grayscale PNG (a stand-in CT slice)."""
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    """A zip archive holding ``members`` (name -> content)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with a small untrained model, built in a subprocess.
+
+    A subprocess keeps TensorFlow out of the test process, so API tests see
+    exactly what the API process would import.
+    """
+    out = tmp_path_factory.mktemp("models") / TINY_MODEL
+    subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "make_tiny_model.py"), str(out)],
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    return out.parent
+
+
+def default_model() -> str:
+    """The shipped default model when it is there, else the tiny test model."""
+    return "lungct-cnn6" if (SHIPPED_MODELS / "lungct-cnn6" / "card.json").exists() else TINY_MODEL
+
+
+def base_env(tmp: Path, models_dir: Path, database_url: str) -> dict[str, str]:
+    """Environment of one isolated stack (the API in-process and its worker)."""
+    return {
+        "APP_ENV": "test",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": REDIS_URL,
+        "STORAGE_DIR": str(tmp / "uploads"),
+        "MODELS_DIRS": os.pathsep.join([str(SHIPPED_MODELS), str(models_dir)]),
+        "DEFAULT_MODEL": default_model(),
+        "CELERY_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
+        "INFERENCE_BATCH_SIZE": "8",
+    }
+
+
+@dataclass
+class Database:
+    url: str
+    cleanup: object
+
+
+def _sqlite(tmp: Path) -> Database:
+    return Database(f"sqlite:///{tmp / 'test.db'}", lambda: None)
+
+
+def _postgres() -> Database:
+    """A fresh schema in the test database, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in POSTGRES_URL else "?"
+
+    def drop() -> None:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+    return Database(f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}", drop)
+
+
+def database_backends() -> list[str]:
+    return ["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"]
+
+
+@pytest.fixture
+def api_env(tmp_path: Path, tiny_models_dir: Path) -> Iterator[dict[str, str]]:
+    """An isolated SQLite database and storage folder for one API test (no worker)."""
+    from db.migrate import upgrade
+
+    env = base_env(tmp_path, tiny_models_dir, f"sqlite:///{tmp_path / 'api.db'}")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        reset_caches()
+        upgrade(env["DATABASE_URL"], timeout_s=5)
+        yield env
+        _drop_queue(env)
+    reset_caches()
+
+
+def _drop_queue(env: dict[str, str]) -> None:
+    from redis import Redis
+
+    Redis.from_url(env["REDIS_URL"]).delete(env["CELERY_QUEUE"])
+
+
+@pytest.fixture
+def client(api_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A Flask test client on the isolated API."""
+    from api import create_app
+
+    app = create_app()
+    app.config["TESTING"] = True
+    return app.test_client()
+
+
+@dataclass
+class Stack:
+    """A running worker plus the environment the in-process API shares with it."""
+
+    env: dict[str, str]
+    worker: subprocess.Popen[bytes]
+    log: Path
+
+    def app(self):  # type: ignore[no-untyped-def]
+        from api import create_app
+
+        return create_app()
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``python -m worker`` as a real subprocess, logging to ``log``."""
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker", "--concurrency", "1", "--loglevel", "INFO"],
+            cwd=ROOT,
+            env={**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_for_worker(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> None:
+    """Block until the worker answers a ping (its model is loaded by then)."""
+    from api.queue import workers_answering
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited early:\n{log.read_text()[-3000:]}")
+        if workers_answering(timeout_s=1.0):
+            return
+    raise RuntimeError(f"worker did not answer in {timeout_s}s:\n{log.read_text()[-3000:]}")
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown (SIGTERM), then kill the process group if it hangs."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session", params=database_backends())
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path
+) -> Iterator[Stack]:
+    """Real Redis + real Celery worker subprocess + real database, per backend."""
+    from db.migrate import upgrade
+
+    tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
+    db = _sqlite(tmp) if request.param == "sqlite" else _postgres()
+    env = base_env(tmp, tiny_models_dir, db.url)
+    log = tmp / "worker.log"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        reset_caches()
+        upgrade(db.url, timeout_s=10)
+        proc = start_worker(env, log)
+        try:
+            wait_for_worker(proc, log)
+            yield Stack(env, proc, log)
+        finally:
+            stop_worker(proc)
+            _drop_queue(env)
+            reset_caches()
+            db.cleanup()

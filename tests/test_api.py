@@ -1,0 +1,127 @@
+"""The v1 API without a worker: validation, errors, listing, docs, and no TensorFlow."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+from sqlalchemy import func, select
+
+from tests.conftest import ROOT, TINY_MODEL, png_bytes, zip_bytes
+
+
+def _job_count() -> int:
+    from db.models import Job
+    from db.session import session_scope
+
+    with session_scope() as s:
+        return s.scalar(select(func.count()).select_from(Job)) or 0
+
+
+def _submit(client, data: bytes, name: str, **form):  # type: ignore[no-untyped-def]
+    return client.post(
+        "/api/v1/jobs",
+        data={"file": (io.BytesIO(data), name), **form},
+        content_type="multipart/form-data",
+    )
+
+
+def test_submit_image_is_accepted_and_queued(client) -> None:  # type: ignore[no-untyped-def]
+    r = _submit(client, png_bytes(), "slice.png", model=TINY_MODEL)
+    assert r.status_code == 202, r.json
+    body = r.json
+    assert body["status"] == "queued" and body["kind"] == "image"
+    assert body["model"]["name"] == TINY_MODEL
+    assert r.headers["Location"].endswith(f"/api/v1/jobs/{body['id']}")
+    polled = client.get(r.headers["Location"]).json
+    assert polled["id"] == body["id"] and polled["progress"] == {"done": 0, "total": 0}
+
+
+def test_submit_zip_is_a_study(client) -> None:  # type: ignore[no-untyped-def]
+    archive = zip_bytes({f"s{i}.png": png_bytes(i) for i in range(3)})
+    r = _submit(client, archive, "study.zip", model=TINY_MODEL)
+    assert r.status_code == 202, r.json
+    assert r.json["kind"] == "study"
+
+
+def test_missing_file_is_400_without_job(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/api/v1/jobs", data={}, content_type="multipart/form-data")
+    assert r.status_code == 400
+    assert "missing file" in r.json["error"]["message"]
+    assert _job_count() == 0
+
+
+def test_bad_uploads_are_4xx_with_message_and_no_job(client) -> None:  # type: ignore[no-untyped-def]
+    cases = {
+        "empty.png": b"",
+        "notes.png": b"this is not an image",
+        "fake.dcm": b"hello, I am text",
+        "broken.zip": b"PK\x03\x04 truncated",
+    }
+    for name, data in cases.items():
+        r = _submit(client, data, name, model=TINY_MODEL)
+        assert 400 <= r.status_code < 500, (name, r.status_code)
+        assert r.json["error"]["message"], name
+    assert _job_count() == 0
+
+
+def test_unknown_model_is_400_listing_choices(client) -> None:  # type: ignore[no-untyped-def]
+    r = _submit(client, png_bytes(), "slice.png", model="no-such-model")
+    assert r.status_code == 400
+    assert TINY_MODEL in r.json["error"]["message"]
+    assert _job_count() == 0
+
+
+def test_too_large_upload_is_413(client) -> None:  # type: ignore[no-untyped-def]
+    client.application.config["MAX_CONTENT_LENGTH"] = 1000
+    r = _submit(client, png_bytes(size=256), "big.png", model=TINY_MODEL)
+    assert r.status_code == 413
+    assert r.json["error"]["code"] == 413
+    assert _job_count() == 0
+
+
+def test_unknown_job_is_404_json(client) -> None:  # type: ignore[no-untyped-def]
+    for url in ("/api/v1/jobs/nope", "/api/v1/jobs/nope/results"):
+        r = client.get(url)
+        assert r.status_code == 404
+        assert "nope" in r.json["error"]["message"]
+
+
+def test_models_listing(client) -> None:  # type: ignore[no-untyped-def]
+    body = client.get("/api/v1/models").json
+    tiny = next(m for m in body["items"] if m["name"] == TINY_MODEL)
+    assert tiny["classes"] == ["benign", "malignant", "normal"]
+    assert tiny["input"] == {"height": 32, "width": 32, "channels": 1}
+
+
+def test_openapi_and_health(client) -> None:  # type: ignore[no-untyped-def]
+    spec = client.get("/openapi.json").json
+    assert "/api/v1/jobs" in spec["paths"] and "/api/v1/jobs/{job_id}/results" in spec["paths"]
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/").status_code == 200
+
+
+def test_readyz_reports_missing_worker(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    checks = r.json["checks"]
+    assert checks["database"] == "ok" and checks["broker"] == "ok"
+    assert "no worker" in checks["workers"]
+
+
+def test_delete_refuses_unfinished_job(client) -> None:  # type: ignore[no-untyped-def]
+    job_id = _submit(client, png_bytes(), "slice.png", model=TINY_MODEL).json["id"]
+    assert client.delete(f"/api/v1/jobs/{job_id}").status_code == 409
+
+
+def test_api_process_never_imports_tensorflow() -> None:
+    code = (
+        "import sys; from api.wsgi import app; c = app.test_client();"
+        "BANNED = ('tensorflow', 'keras', 'jax', 'torch');"
+        "c.get('/api/v1/models'); c.get('/openapi.json');"
+        "bad = [m for m in sys.modules if m.split('.')[0] in BANNED];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -1,0 +1,135 @@
+"""End to end through real parts: API -> Redis -> Celery worker subprocess -> database.
+
+Runs once per database backend (SQLite, and PostgreSQL when TEST_POSTGRES_URL
+is set). Nothing is eager or faked: the worker is ``python -m worker``.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import Stack, png_bytes, zip_bytes
+
+pytestmark = pytest.mark.integration
+
+
+def submit(client, data: bytes, name: str, **form: str) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    r = client.post(
+        "/api/v1/jobs",
+        data={"file": (io.BytesIO(data), name), **form},
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 202, r.json
+    return r.json
+
+
+def wait_done(client, job_id: str, timeout_s: float = 120) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/v1/jobs/{job_id}").json
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout_s}s")
+
+
+def all_results(client, job_id: str, limit: int = 7) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    items, url = [], f"/api/v1/jobs/{job_id}/results?limit={limit}"
+    while url:
+        page = client.get(url).json
+        items += page["items"]
+        url = page["next"]
+    return items
+
+
+@pytest.fixture
+def api(stack: Stack):  # type: ignore[no-untyped-def]
+    return stack.app().test_client()
+
+
+def test_single_image_succeeds(api) -> None:  # type: ignore[no-untyped-def]
+    job = wait_done(api, submit(api, png_bytes(1), "slice.png")["id"])
+    assert job["status"] == "succeeded", job
+    assert job["progress"] == {"done": 1, "total": 1}
+    assert job["summary"]["label"] in job["summary"]["probabilities"]
+    [item] = all_results(api, job["id"])
+    assert item["source"] == "slice.png" and item["error"] is None
+    assert abs(sum(item["probabilities"].values()) - 1) < 1e-4
+
+
+def test_study_zip_pages_every_slice_in_order(api) -> None:  # type: ignore[no-untyped-def]
+    members = {f"study/slice_{i}.png": png_bytes(i) for i in range(1, 21)}
+    job = wait_done(api, submit(api, zip_bytes(members), "study.zip")["id"])
+    assert job["status"] == "succeeded", job
+    items = all_results(api, job["id"])
+    assert [i["slice_index"] for i in items] == list(range(20))
+    assert [i["source"] for i in items] == [f"study/slice_{i}.png" for i in range(1, 21)]
+    assert all(i["label"] for i in items)
+    assert job["summary"]["slices_predicted"] == 20
+
+
+def test_bad_member_is_recorded_and_job_still_succeeds(api) -> None:  # type: ignore[no-untyped-def]
+    good = png_bytes(3)
+    members = {"a.png": good, "b.png": good[: len(good) // 2], "c.png": png_bytes(4)}
+    job = wait_done(api, submit(api, zip_bytes(members), "study.zip")["id"])
+    assert job["status"] == "succeeded", job
+    items = {i["source"]: i for i in all_results(api, job["id"])}
+    assert items["b.png"]["error"] and items["b.png"]["label"] is None
+    assert items["a.png"]["label"] and items["c.png"]["label"]
+    assert job["warnings_count"] >= 1
+
+
+def test_nothing_decodable_fails_with_message(api) -> None:  # type: ignore[no-untyped-def]
+    bad = png_bytes(5)[:60]
+    job = wait_done(api, submit(api, zip_bytes({"a.png": bad, "b.png": bad}), "s.zip")["id"])
+    assert job["status"] == "failed"
+    assert job["error"]
+
+
+def test_redelivery_does_not_duplicate_rows(stack: Stack, api) -> None:  # type: ignore[no-untyped-def]
+    """Deliver the same job ID twice while it is half done: rows stay unique."""
+    from api.queue import enqueue_job
+    from db.models import Job, JobStatus, SlicePrediction
+    from db.session import session_scope
+
+    archive = zip_bytes({f"s{i}.png": png_bytes(i) for i in range(12)})
+    job_id = submit(api, archive, "s.zip")["id"]
+    wait_done(api, job_id)
+    assert not (Path(stack.env["STORAGE_DIR"]) / job_id).exists()  # upload dropped when done
+    with session_scope() as s:  # pretend the worker died after the first batch
+        s.query(SlicePrediction).filter(
+            SlicePrediction.job_id == job_id, SlicePrediction.slice_index >= 8
+        ).delete()
+        job = s.get_one(Job, job_id)
+        job.status, job.done, job.summary = JobStatus.RUNNING, 8, None
+        upload = Path(stack.env["STORAGE_DIR"]) / job.upload_key
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(archive)
+    enqueue_job(job_id)
+    enqueue_job(job_id)
+    job = wait_done(api, job_id)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and job["summary"] is None:
+        time.sleep(0.1)
+        job = api.get(f"/api/v1/jobs/{job_id}").json
+    with session_scope() as s:
+        n = s.scalar(select(func.count()).where(SlicePrediction.job_id == job_id))
+    assert n == 12 and job["progress"]["done"] == 12 and job["status"] == "succeeded"
+
+
+def test_finished_job_can_be_deleted(api) -> None:  # type: ignore[no-untyped-def]
+    job = wait_done(api, submit(api, png_bytes(7), "x.png")["id"])
+    assert api.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
+    assert api.get(f"/api/v1/jobs/{job['id']}").status_code == 404
+
+
+def test_readyz_sees_the_worker(api) -> None:  # type: ignore[no-untyped-def]
+    r = api.get("/readyz")
+    assert r.status_code == 200, r.json
+    assert "cpu@" in r.json["checks"]["workers"]

@@ -1,0 +1,33 @@
+"""GPU pinning: ``python -m worker --gpu N`` names the worker and sets CUDA_VISIBLE_DEVICES."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+from worker.__main__ import parse_args, worker_argv
+
+
+def test_gpu_worker_is_named_after_its_gpu() -> None:
+    args, extra = parse_args(["--gpu", "1", "--autoscale", "2,1"])
+    argv = worker_argv(args, extra, "inference")
+    assert "--hostname=gpu1@%h" in argv and "--queues=inference" in argv
+    assert "--task-events" in argv and argv[-1] == "2,1"
+
+
+def test_cpu_worker_name() -> None:
+    args, extra = parse_args([])
+    assert "--hostname=cpu@%h" in worker_argv(args, extra, "q")
+
+
+def test_gpu_flag_sets_cuda_visible_devices_before_tensorflow() -> None:
+    code = (
+        "import os, sys, worker.__main__ as m, celery.app.base as b;"
+        "b.Celery.worker_main = lambda self, argv: print(os.environ['CUDA_VISIBLE_DEVICES'],"
+        " 'tensorflow' in sys.modules, argv[1]);"
+        "m.main(['--gpu', '3'])"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["3", "False", "--hostname=gpu3@%h"]
