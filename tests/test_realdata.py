@@ -1,0 +1,134 @@
+"""Real data through the real service over HTTP: IQ-OTH/NCCD slices and a DICOM CT study.
+
+Needs ../shared/data (or DATA_DIR); skipped when it is absent. CI always has it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import DATA_DIR, Stack
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.realdata,
+    pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no real data at {DATA_DIR}"),
+]
+STUDY = DATA_DIR / "lung-pet-ct-dx" / "Lung_Dx-A0001" / "04-04-2007-NA-Chest-07990"
+
+
+@pytest.fixture(scope="module")
+def base_url(stack: Stack) -> Iterator[str]:
+    """The stack's API served over real HTTP on a loopback port."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, stack.app(), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.port}"
+    server.shutdown()
+    thread.join()
+
+
+def zip_folder(files: list[Path], root: Path) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in files:
+            zf.write(f, str(f.relative_to(root)))
+    return buf.getvalue()
+
+
+def run_job(base: str, archive: bytes, name: str, timeout_s: float = 300) -> dict[str, Any]:
+    r = requests.post(f"{base}/api/v1/jobs", files={"file": (name, archive)}, timeout=60)
+    assert r.status_code == 202, r.text
+    url = base + r.headers["Location"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = requests.get(url, timeout=10).json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job not finished after {timeout_s}s")
+
+
+def results(base: str, job_id: str) -> list[dict[str, Any]]:
+    items, url = [], f"{base}/api/v1/jobs/{job_id}/results"
+    while url:
+        page = requests.get(url if url.startswith("http") else base + url, timeout=10).json()
+        items += page["items"]
+        url = page["next"]
+    return items
+
+
+def test_twenty_iqoth_slices(base_url: str) -> None:
+    root = DATA_DIR / "iqoth-nccd"
+    files = sorted(root.glob("*/*.jpg"))[::45][:20]
+    job = run_job(base_url, zip_folder(files, root), "iqoth20.zip")
+    assert job["status"] == "succeeded", job
+    items = results(base_url, job["id"])
+    assert len(items) == 20 and all(i["label"] and not i["error"] for i in items)
+    assert job["summary"]["slices_predicted"] == 20
+
+
+def _identifiers() -> set[str]:
+    """Patient identifiers present in the real study's headers."""
+    import pydicom
+
+    ds = pydicom.dcmread(next(STUDY.rglob("*.dcm")), stop_before_pixels=True)
+    values = {
+        str(ds.get(k, ""))
+        for k in (
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "AccessionNumber",
+            "ReferringPhysicianName",
+        )
+    }
+    return {v for v in values if len(v) >= 3}
+
+
+def _database_text(job_id: str) -> str:
+    from db.models import Job, SlicePrediction
+    from db.session import session_scope
+
+    with session_scope() as s:
+        job = s.get_one(Job, job_id)
+        rows = s.query(SlicePrediction).filter_by(job_id=job_id).all()
+        cols = [c.name for c in Job.__table__.columns]
+        dump = [{c: str(getattr(job, c)) for c in cols}]
+        dump += [
+            {c.name: str(getattr(r, c.name)) for c in SlicePrediction.__table__.columns}
+            for r in rows
+        ]
+    return json.dumps(dump)
+
+
+@pytest.mark.slow
+def test_real_dicom_study(base_url: str, stack: Stack) -> None:
+    files = sorted(STUDY.rglob("*.dcm"))
+    job = run_job(base_url, zip_folder(files, STUDY.parent), "study.zip")
+    assert job["status"] == "succeeded", job
+    items = results(base_url, job["id"])
+    assert len(items) == 128 and all(i["label"] for i in items)
+    series = job["summary"]["series"]
+    assert len(series) == 2 and all(s["slices_predicted"] == 64 for s in series)
+    for s in series:
+        positions = [i["slice_position"] for i in items if i["series_uid"] == s["series_uid"]]
+        assert len(positions) == 64
+        assert positions == sorted(positions) or positions == sorted(positions, reverse=True)
+    assert job["summary"]["label"] in ("benign", "malignant", "normal")
+    secrets = _identifiers()
+    assert secrets, "the study should carry identifiers to look for"
+    stored = _database_text(job["id"]) + stack.log.read_text(errors="replace")
+    assert not [v for v in secrets if v in stored]
