@@ -1,0 +1,60 @@
+# The two commands people need:
+#   make run    start API + web UI, one Celery worker, Flower (and Redis if none runs)
+#   make test   ruff + pytest (unit and integration, against a real Redis)
+# Helpers: venv lint migrate bench compose-check clean.  `make help` lists them.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Extra pytest arguments: make test ARGS="-k jobs -x"
+ARGS   ?=
+
+.PHONY: help run test venv lint migrate bench compose-check clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+run: venv ## run the whole service locally (Ctrl-C stops it)
+	$(VPY) scripts/run_local.py
+
+test: venv ## ruff check + pytest (starts a private Redis when REDIS_URL is unset)
+	bash scripts/test.sh $(ARGS)
+
+venv: $(STAMP) ## create .venv and install requirements-dev.txt when requirements change
+
+$(VPY):
+	@if [ -z "$(PYTHON)" ]; then echo "Python 3.11 not found: apt-get install python3.11" >&2; exit 1; fi
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "$(PYTHON) is older than 3.11; set PYTHON=/path/to/python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+		echo "Creating the venv failed; on Debian: sudo apt-get install python3-venv" >&2; exit 1; }
+
+$(STAMP): requirements.txt requirements-dev.txt | $(VPY)
+	$(VPY) -m pip install -r requirements-dev.txt
+	@touch $@
+
+lint: venv ## ruff check .
+	$(VPY) -m ruff check .
+
+migrate: venv ## apply database migrations to DATABASE_URL (default: SQLite in var/)
+	@mkdir -p var
+	$(VPY) -m db.migrate
+
+bench: venv ## run the benchmarks (python -m bench)
+	$(VPY) -m bench
+
+compose-check: ## validate docker-compose.yml (dummy values for required secrets)
+	@if command -v docker-compose >/dev/null; then dc=docker-compose; \
+	elif docker compose version >/dev/null 2>&1; then dc="docker compose"; \
+	else echo "docker-compose not found: apt-get install docker-compose" >&2; exit 1; fi; \
+	echo "$$dc -f docker-compose.yml config -q"; \
+	POSTGRES_PASSWORD=dummy FLOWER_BASIC_AUTH=dummy:dummy $$dc -f docker-compose.yml config -q \
+		&& echo "docker-compose.yml is valid"
+
+clean: ## remove caches (keeps .venv and var/, which holds the local database and uploads)
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+	rm -rf .pytest_cache .ruff_cache build dist *.egg-info
