@@ -66,9 +66,10 @@ def batched(archive: Path, predictor) -> float:  # type: ignore[no-untyped-def]
 
     settings = get_settings()
     start = time.perf_counter()
-    plan = plan_upload(archive, settings)
-    for batch in _batches(_decode_ahead(plan.slices, predictor, settings), settings.batch_size):
-        predictor.predict(np.stack([d.tensor for d in batch if d.tensor is not None]))
+    with plan_upload(archive, settings) as plan:
+        decoded = _decode_ahead(plan.slices, predictor, settings)
+        for batch in _batches(decoded, settings.batch_size):
+            predictor.predict(np.stack([d.tensor for d in batch if d.tensor is not None]))
     return time.perf_counter() - start
 
 

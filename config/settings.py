@@ -70,8 +70,10 @@ class Settings:
     max_upload_bytes: int = 1024 * 1024**2
     batch_size: int = 32
     decode_threads: int = 2
-    lung_window_center: float = -600.0
-    lung_window_width: float = 1500.0
+    # DICOM display window (HU) that reproduces how the IQ-OTH/NCCD training
+    # JPEGs were exported; measured in ingest/README.md ("Windowing").
+    window_center: float = 150.0
+    window_width: float = 500.0
     skip_series_types: tuple[str, ...] = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM")
     allowed_modalities: tuple[str, ...] = ("CT",)
     min_abnormal_slices: int = 2
@@ -94,8 +96,8 @@ class Settings:
             max_upload_bytes=_int("MAX_UPLOAD_MB", d.max_upload_bytes // 1024**2) * 1024**2,
             batch_size=_int("INFERENCE_BATCH_SIZE", d.batch_size),
             decode_threads=_int("DECODE_THREADS", d.decode_threads),
-            lung_window_center=_float("LUNG_WINDOW_CENTER", d.lung_window_center),
-            lung_window_width=_float("LUNG_WINDOW_WIDTH", d.lung_window_width),
+            window_center=_float("DICOM_WINDOW_CENTER", d.window_center),
+            window_width=_float("DICOM_WINDOW_WIDTH", d.window_width),
             skip_series_types=tuple(
                 s.strip().upper()
                 for s in _env("SKIP_IMAGE_TYPES", ",".join(d.skip_series_types)).split(",")

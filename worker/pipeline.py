@@ -55,10 +55,11 @@ def run_job(job_id: str) -> None:
         mark_failed(job_id, str(exc))
         return
     predictor = get_predictor(model_name)
-    _record_plan(job_id, plan)
-    todo = [s for s in plan.slices if s.index not in _done_indexes(job_id)]
-    for batch in _batches(_decode_ahead(todo, predictor, settings), settings.batch_size):
-        _write_batch(job_id, batch, predictor)
+    with plan:  # releases the per-thread archive handles before the upload is deleted
+        _record_plan(job_id, plan)
+        todo = [s for s in plan.slices if s.index not in _done_indexes(job_id)]
+        for batch in _batches(_decode_ahead(todo, predictor, settings), settings.batch_size):
+            _write_batch(job_id, batch, predictor)
     _finish(job_id, predictor, settings)
 
 
