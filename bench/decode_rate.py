@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from config.settings import PROJECT_ROOT, Settings  # noqa: E402
-from ingest import plan_upload  # noqa: E402
+from config.settings import PROJECT_ROOT, Settings
+from ingest import plan_upload
 
 STUDY = Path("lung-pet-ct-dx/Lung_Dx-A0001/04-04-2007-NA-Chest-07990")
 

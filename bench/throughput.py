@@ -59,9 +59,8 @@ def per_image(files: list[Path], predictor) -> float:  # type: ignore[no-untyped
 
 def batched(archive: Path, predictor) -> float:  # type: ignore[no-untyped-def]
     """Seconds for the worker's own plan -> decode-ahead -> batched predict path."""
-    from ingest import plan_upload
-
     from config import get_settings
+    from ingest import plan_upload
     from worker.pipeline import _batches, _decode_ahead
 
     settings = get_settings()

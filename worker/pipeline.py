@@ -18,7 +18,6 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from ingest import InvalidUpload, SliceError, SliceSource, UploadPlan, plan_upload
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -26,6 +25,7 @@ from sqlalchemy.orm import Session
 from config import Settings, get_settings
 from db.models import Job, JobStatus, SlicePrediction, utcnow
 from db.session import session_scope
+from ingest import InvalidUpload, SliceError, SliceSource, UploadPlan, plan_upload
 from models.preprocessing import preprocess
 from worker.inference import Predictor, get_predictor
 from worker.summary import summarize
