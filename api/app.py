@@ -6,7 +6,7 @@ from typing import Any
 
 from apiflask import APIFlask, HTTPError
 
-from config import Settings, get_settings
+from config import get_settings
 
 
 def _error_body(error: HTTPError) -> tuple[dict[str, Any], int, Any]:
@@ -17,9 +17,16 @@ def _error_body(error: HTTPError) -> tuple[dict[str, Any], int, Any]:
     return {"error": body}, error.status_code, error.headers
 
 
-def create_app(settings: Settings | None = None) -> APIFlask:
-    """Build the API for ``settings`` (default: from the environment)."""
-    settings = settings or get_settings()
+def _too_large(_error: Exception) -> tuple[dict[str, Any], int]:
+    """Werkzeug's 413 names no limit; ours does."""
+    limit_mb = get_settings().max_upload_bytes // 1024**2
+    message = f"upload too large: the limit is {limit_mb} MB (MAX_UPLOAD_MB)"
+    return {"error": {"code": 413, "message": message}}, 413
+
+
+def create_app() -> APIFlask:
+    """Build the API from the process settings (environment variables)."""
+    settings = get_settings()
     app = APIFlask(
         __name__,
         title="Lung-CT classifier API",
@@ -39,6 +46,7 @@ def create_app(settings: Settings | None = None) -> APIFlask:
         },
     )
     app.error_processor(_error_body)
+    app.register_error_handler(413, _too_large)
     settings.storage_dir.mkdir(parents=True, exist_ok=True)
 
     from api import health, jobs, model_routes, ui

@@ -8,7 +8,7 @@ from apiflask import APIBlueprint
 from redis import Redis
 from sqlalchemy import text
 
-from api.queue import workers_answering
+from api.queue import workers_consuming
 from config import get_settings
 from db.session import get_engine
 
@@ -35,14 +35,15 @@ def _database() -> str:
 
 
 def _broker() -> str:
-    Redis.from_url(get_settings().redis_url, socket_timeout=2).ping()
+    with Redis.from_url(get_settings().redis_url, socket_timeout=2) as client:
+        client.ping()
     return "ok"
 
 
 def _workers() -> str:
-    names = workers_answering()
+    names = workers_consuming()
     if not names:
-        raise RuntimeError("no worker answered a ping")
+        raise RuntimeError(f"no worker consumes the queue {get_settings().queue_name!r}")
     return ", ".join(names)
 
 

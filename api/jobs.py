@@ -8,8 +8,8 @@ from typing import Any
 
 from apiflask import APIBlueprint, abort
 from flask import current_app, url_for
-from ingest import InvalidUpload, inspect_upload
 from sqlalchemy import func, select
+from werkzeug.datastructures import FileStorage
 
 from api.queue import enqueue_job
 from api.schemas import JobIn, JobOut, ResultsOut, ResultsQuery
@@ -18,6 +18,7 @@ from api.storage import discard, save_upload
 from config import Settings
 from db.models import Job, JobStatus, SlicePrediction, utcnow
 from db.session import session_scope
+from ingest import InvalidUpload, inspect_upload
 from models.registry import ModelCard, Registry
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,11 @@ def submit_job(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str
     card = _choose_model(form.get("model"))
     settings = _settings()
     job_id = str(uuid.uuid4())
-    key, path = save_upload(settings.storage_dir, job_id, upload)
     try:
-        kind = inspect_upload(path, upload.filename, settings.limits)
-    except InvalidUpload as exc:
-        discard(settings.storage_dir, job_id)
-        abort(400, str(exc))
-    job = _create_job(job_id, kind, card, key, path.stat().st_size)
+        job = _store_and_record(job_id, upload, card, settings)
+    except BaseException:
+        discard(settings.storage_dir, job_id)  # a rejected or failed submit leaves nothing
+        raise
     try:
         enqueue_job(job_id)
     except Exception as exc:  # broker down: say so, and keep the record honest
@@ -83,6 +82,19 @@ def submit_job(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str
         abort(503, f"the job queue is unavailable ({type(exc).__name__}); please resubmit")
     location = url_for("jobs.get_job", job_id=job_id)
     return job_to_dict(job), 202, {"Location": location}
+
+
+def _store_and_record(job_id: str, upload: FileStorage, card: ModelCard, settings: Settings) -> Job:
+    """Save the upload, check it (4xx if it cannot be a slice or study), commit the job."""
+    key, path = save_upload(settings.storage_dir, job_id, upload)
+    try:
+        kind = inspect_upload(path, upload.filename or "", settings.limits)
+    except InvalidUpload as exc:
+        abort(400, str(exc))
+    except Exception as exc:  # a decoder choking on crafted input is still bad input
+        log.warning("upload for job %s unreadable: %s", job_id, type(exc).__name__)
+        abort(400, f"the upload could not be read ({type(exc).__name__})")
+    return _create_job(job_id, kind, card, key, path.stat().st_size)
 
 
 def _fail_unqueued(job_id: str) -> None:

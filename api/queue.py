@@ -23,7 +23,10 @@ def enqueue_job(job_id: str) -> None:
     producer().send_task(RUN_JOB_TASK, args=[job_id], retry=True, retry_policy={"max_retries": 2})
 
 
-def workers_answering(timeout_s: float = 1.0) -> list[str]:
-    """Names of the workers that answered a ping (for /readyz)."""
-    replies = producer().control.ping(timeout=timeout_s) or []
-    return sorted(name for reply in replies for name in reply)
+def workers_consuming(timeout_s: float = 1.0) -> list[str]:
+    """Names of the workers that answered and consume our queue (for /readyz)."""
+    queue = get_settings().queue_name
+    replies = producer().control.inspect(timeout=timeout_s).active_queues() or {}
+    return sorted(
+        name for name, queues in replies.items() if any(q["name"] == queue for q in queues)
+    )

@@ -33,5 +33,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Model loading in a fresh child can take longer than Celery's 4 s default.
         "worker_proc_alive_timeout": 120.0,
         "worker_hijack_root_logger": False,
+        # A hung decoder or model call must not keep a job "running" forever.
+        "task_soft_time_limit": settings.job_time_limit_s,
+        "task_time_limit": settings.job_time_limit_s + 60,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_transport_options": {"visibility_timeout": 6 * 3600},
     }

@@ -29,8 +29,14 @@ def _float(name: str, default: float) -> float:
     return float(_env(name, str(default)))
 
 
+def _path(value: str) -> Path:
+    """Relative paths are taken from the project root, so every process agrees."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
 def _paths(name: str, default: str) -> tuple[Path, ...]:
-    return tuple(Path(p).expanduser() for p in _env(name, default).split(os.pathsep) if p)
+    return tuple(_path(p) for p in _env(name, default).split(os.pathsep) if p)
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,23 @@ class Settings:
     results_page_size: int = 100
     queue_name: str = "inference"
     keep_uploads: bool = False
+    job_time_limit_s: int = 3600
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+
+    def __post_init__(self) -> None:
+        """Refuse values that would silently break jobs (e.g. a batch size of 0)."""
+        positive = {
+            "INFERENCE_BATCH_SIZE": self.batch_size,
+            "DECODE_THREADS": self.decode_threads,
+            "MAX_UPLOAD_MB": self.max_upload_bytes,
+            "DICOM_WINDOW_WIDTH": self.window_width,
+            "MIN_ABNORMAL_SLICES": self.min_abnormal_slices,
+            "RESULTS_PAGE_SIZE": self.results_page_size,
+            "JOB_TIME_LIMIT_S": self.job_time_limit_s,
+        }
+        bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
+        if bad:
+            raise ValueError(f"settings must be positive: {', '.join(bad)}")
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -90,7 +112,7 @@ class Settings:
             env=_env("APP_ENV", d.env),
             database_url=_env("DATABASE_URL", d.database_url),
             redis_url=_env("REDIS_URL", d.redis_url),
-            storage_dir=Path(_env("STORAGE_DIR", str(d.storage_dir))),
+            storage_dir=_path(_env("STORAGE_DIR", str(d.storage_dir))),
             models_dirs=_paths("MODELS_DIRS", os.pathsep.join(map(str, d.models_dirs))),
             default_model=_env("DEFAULT_MODEL", d.default_model),
             max_upload_bytes=_int("MAX_UPLOAD_MB", d.max_upload_bytes // 1024**2) * 1024**2,
@@ -113,6 +135,7 @@ class Settings:
             results_page_size=_int("RESULTS_PAGE_SIZE", d.results_page_size),
             queue_name=_env("CELERY_QUEUE", d.queue_name),
             keep_uploads=_env("KEEP_UPLOADS", "0").lower() in ("1", "true", "yes"),
+            job_time_limit_s=_int("JOB_TIME_LIMIT_S", d.job_time_limit_s),
             limits=ArchiveLimits.from_env(),
         )
 

@@ -190,13 +190,13 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 def wait_for_worker(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> None:
     """Block until the worker answers a ping (its model is loaded by then)."""
-    from api.queue import workers_answering
+    from api.queue import workers_consuming
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited early:\n{log.read_text()[-3000:]}")
-        if workers_answering(timeout_s=1.0):
+        if workers_consuming(timeout_s=1.0):
             return
     raise RuntimeError(f"worker did not answer in {timeout_s}s:\n{log.read_text()[-3000:]}")
 

