@@ -21,9 +21,10 @@ IQOTH_CITATION = (
 )
 LIMITATIONS = [
     "Trained on 2-D axial slices exported as 8-bit JPEG whose display window is narrow, like a "
-    "soft-tissue/mediastinal window: lung parenchyma is black (90% of pixels <= 2). DICOM "
-    "studies rendered with the service's default lung window (-600/1500) look very different "
-    "and are out of distribution for this model.",
+    "soft-tissue/mediastinal window: lung parenchyma is black (90% of pixels <= 2). The "
+    "service therefore renders DICOM with a training-matched window (150/500 HU, "
+    "DICOM_WINDOW_CENTER/WIDTH; measured on one patient, see ingest/README.md); a lung "
+    "window (-600/1500) would be out of distribution for this model.",
     "Small data: about 110 patients from one hospital (Iraq, 2019); performance on other "
     "scanners, protocols and populations is unknown.",
     "Metrics come from a small held-out test split (tens of patients at most) and have wide "
