@@ -74,7 +74,7 @@ class Settings:
     models_dirs: tuple[Path, ...] = (PROJECT_ROOT / "models" / "store", VAR_DIR / "models")
     default_model: str = "lungct-cnn6"
     max_upload_bytes: int = 1024 * 1024**2
-    batch_size: int = 32
+    batch_size: int = 64
     decode_threads: int = 2
     # DICOM display window (HU) that reproduces how the IQ-OTH/NCCD training
     # JPEGs were exported; measured in ingest/README.md ("Windowing").

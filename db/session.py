@@ -22,9 +22,14 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-    """WAL lets the API read while a worker writes; busy timeout avoids 'database is locked'."""
+    """WAL lets the API read while a worker writes; busy timeout avoids 'database is locked'.
+
+    ``synchronous=NORMAL`` is the setting SQLite recommends with WAL: no corruption
+    on power loss, at most the last commits lost, and no fsync per batch commit.
+    """
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()

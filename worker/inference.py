@@ -66,10 +66,13 @@ def get_predictor(name: str) -> Predictor:
 
 
 def warm_up(name: str) -> None:
-    """Load ``name`` and run one prediction so graph tracing happens before jobs."""
+    """Load ``name`` and trace its forward pass before the first job arrives.
+
+    Two batch sizes, because TensorFlow's ``reduce_retracing`` then generalises
+    the batch dimension: a study's shorter last batch does not trigger a new
+    trace (about a second) in the middle of a job.
+    """
     predictor = get_predictor(name)
     spec = predictor.card.input
-    batch = np.zeros(
-        (get_settings().batch_size, spec.height, spec.width, spec.channels), np.float32
-    )
-    predictor.predict(batch)
+    for n in (get_settings().batch_size, 1):
+        predictor.predict(np.zeros((n, spec.height, spec.width, spec.channels), np.float32))

@@ -62,9 +62,27 @@ def run_job(job_id: str) -> None:
         _record_plan(job_id, plan)
         done = _done_indexes(job_id)
         todo = [s for s in plan.slices if s.index not in done]
-        for batch in _batches(_decode_ahead(todo, predictor, settings), settings.batch_size):
-            _write_batch(job_id, batch, predictor)
+        _predict_and_store(job_id, todo, predictor, settings)
     _finish(job_id, predictor, settings)
+
+
+def _predict_and_store(
+    job_id: str, todo: list[SliceSource], predictor: Predictor, settings: Settings
+) -> None:
+    """Predict batch after batch while a writer thread stores the previous batch.
+
+    At most one write is in flight, so batches land in order and a slow
+    database applies back-pressure instead of piling results up in memory.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer") as writer:
+        pending: Future[None] | None = None
+        for batch in _batches(_decode_ahead(todo, predictor, settings), settings.batch_size):
+            rows = _predict(batch, predictor)
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(_store_batch, job_id, rows)
+        if pending is not None:
+            pending.result()
 
 
 def _transition(s: Session, job_id: str, allowed: tuple[JobStatus, ...], **values: object) -> bool:
@@ -193,9 +211,8 @@ def _insert_ignore(session: Session, job_id: str, rows: list[dict]) -> None:
     session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "slice_index"]))
 
 
-def _write_batch(job_id: str, batch: list[Decoded], predictor: Predictor) -> None:
-    """Predict one batch and store it with the new progress in one transaction."""
-    rows = _predict(batch, predictor)
+def _store_batch(job_id: str, rows: list[dict]) -> None:
+    """Store one batch's rows and the new progress in one transaction."""
     with session_scope() as s:
         _insert_ignore(s, job_id, rows)
         done, failed = _counts(s, job_id)
