@@ -19,6 +19,15 @@ from models.preprocessing import InputSpec
 logger = logging.getLogger(__name__)
 
 CARD_FILE = "card.json"
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, *args: object) -> None:
+    """Log a registry problem once per process: folders are rescanned on every request."""
+    text = message % args
+    if text not in _warned:
+        _warned.add(text)
+        logger.warning(text)
 DEFAULT_MODEL_FILE = "model.keras"
 
 
@@ -108,7 +117,7 @@ class Registry:
                 if card is None:
                     continue
                 if card.name in found:
-                    logger.warning(
+                    _warn_once(
                         "model %r in %s ignored: already provided by %s",
                         card.name, card.path, found[card.name].path,
                     )
@@ -122,7 +131,7 @@ class Registry:
         try:
             return ModelCard.load(card_path.parent)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("skipping unreadable model card %s: %s", card_path, exc)
+            _warn_once("skipping unreadable model card %s: %s", card_path, exc)
             return None
 
     def cards(self) -> list[ModelCard]:
