@@ -111,10 +111,3 @@ def time_one(base: str, archive: Path, poll_s: float = 0.02) -> float:
     if job["status"] != "succeeded":
         raise RuntimeError(f"job failed: {job['error']}")
     return elapsed
-
-
-def end_to_end(archive: Path, model: str, repeat: int = 3) -> float:
-    """Best of ``repeat`` end-to-end runs (after one warm-up job)."""
-    with service(model) as base:
-        time_one(base, archive)
-        return min(time_one(base, archive) for _ in range(repeat))

@@ -10,14 +10,19 @@ On the same slices from DATA_DIR/iqoth-nccd and the same model it prints:
     the zip, thread-pool decoding a window ahead, ``predict_on_batch`` per
     batch), in-process, no queue, no database: the bare batched model time;
 (c) with ``--e2e``: a throwaway service (SQLite, Redis at REDIS_URL, a real
-    worker subprocess, the API over HTTP) and the wall time from POSTing the
-    zip to reading ``succeeded``, and its ratio to (b).
+    worker subprocess, gunicorn) and the wall time from POSTing the zip to
+    reading ``succeeded`` (polling every 20 ms), and its ratio to (b).
+
+Each pair is timed alternately (a, b, a, b, ...; then c, b, c, b, ...) so that
+load drifting on a shared machine affects both sides alike; medians are
+compared, best times are shown too.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
 import zipfile
@@ -72,13 +77,27 @@ def batched(archive: Path, predictor) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - start
 
 
+def _interleaved(first, second, repeat: int) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
+    """Time two callables alternately, so drifting machine load hits both alike."""
+    a, b = [], []
+    for _ in range(repeat):
+        a.append(first())
+        b.append(second())
+    return a, b
+
+
+def _report(name: str, n: int, times: list[float]) -> None:
+    best, med = min(times), statistics.median(times)
+    print(f"{name}: {n / med:8.1f} images/s median ({med:.3f} s; best {best:.3f} s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--n", type=int, default=100, help="number of slices")
     parser.add_argument("--model", default=None, help="model name (default: DEFAULT_MODEL)")
-    parser.add_argument("--repeat", type=int, default=3, help="best of N timings")
+    parser.add_argument("--repeat", type=int, default=7, help="timings per path (median shown)")
     parser.add_argument("--e2e", action="store_true", help="also time the whole service")
     args = parser.parse_args()
 
@@ -93,22 +112,31 @@ def main() -> None:
     warm_up(name)
     predictor = get_predictor(name)
     per_image(files[:5], predictor)  # warm the per-image path too
-    t_single = min(per_image(files, predictor) for _ in range(args.repeat))
-    t_batch = min(batched(archive, predictor) for _ in range(args.repeat))
+    batched(archive, predictor)
     n = len(files)
     print(
         f"model {predictor.card.name} {predictor.card.version}, {n} slices, "
         f"batch size {settings.batch_size}, decode threads {settings.decode_threads}"
     )
-    print(f"(a) per-image model.predict : {n / t_single:8.1f} images/s ({t_single:.2f} s)")
-    print(f"(b) worker batched path     : {n / t_batch:8.1f} images/s ({t_batch:.2f} s)")
-    print(f"    batched / per-image     : {t_single / t_batch:8.1f}x")
+    t_single, t_batch = _interleaved(
+        lambda: per_image(files, predictor), lambda: batched(archive, predictor), args.repeat
+    )
+    _report("(a) per-image model.predict ", n, t_single)
+    _report("(b) worker batched path     ", n, t_batch)
+    ratio = statistics.median(t_single) / statistics.median(t_batch)
+    print(f"    batched / per-image speed-up (medians): {ratio:.1f}x")
     if args.e2e:
-        from bench.e2e import end_to_end
+        from bench.e2e import service, time_one
 
-        t_e2e = end_to_end(archive, name, repeat=args.repeat)
-        print(f"(c) end to end, submit -> succeeded: {t_e2e:.2f} s")
-        print(f"    end-to-end / bare batched : {t_e2e / t_batch:8.2f}x")
+        with service(name) as base:
+            time_one(base, archive)  # first job of a fresh service: connections, imports
+            t_e2e, t_batch = _interleaved(
+                lambda: time_one(base, archive), lambda: batched(archive, predictor), args.repeat
+            )
+        _report("(b) worker batched path     ", n, t_batch)
+        _report("(c) end to end, HTTP+queue+DB", n, t_e2e)
+        ratio = statistics.median(t_e2e) / statistics.median(t_batch)
+        print(f"    end-to-end / bare batched time (medians): {ratio:.2f}x")
 
 
 if __name__ == "__main__":
