@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import Stack, png_bytes, zip_bytes
+from tests.conftest import Stack, default_model, png_bytes, zip_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +133,12 @@ def test_readyz_sees_the_worker(api) -> None:  # type: ignore[no-untyped-def]
     r = api.get("/readyz")
     assert r.status_code == 200, r.json
     assert "cpu@" in r.json["checks"]["workers"]
+
+
+def test_a_job_can_choose_another_installed_model(api) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import TINY_MODEL
+
+    listed = {m["name"] for m in api.get("/api/v1/models").json["items"]}
+    assert {TINY_MODEL, default_model()} <= listed
+    job = wait_done(api, submit(api, png_bytes(9), "x.png", model=TINY_MODEL)["id"])
+    assert job["status"] == "succeeded" and job["model"]["name"] == TINY_MODEL
