@@ -25,20 +25,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own process group, output to ``log`` (tests use it too)."""
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown (SIGTERM), then kill the whole process group if it hangs."""
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _wait_ready(base: str, timeout_s: float = 180) -> None:
@@ -70,8 +73,8 @@ def service(model: str) -> Iterator[str]:
         [sys.executable, "-m", "db.migrate"], cwd=ROOT, env=env, check=True, capture_output=True
     )
     procs = [
-        _spawn([sys.executable, "-m", "worker"], env, tmp / "worker.log"),
-        _spawn(
+        spawn([sys.executable, "-m", "worker"], env, tmp / "worker.log"),
+        spawn(
             [
                 sys.executable,
                 "-m",
@@ -92,7 +95,7 @@ def service(model: str) -> Iterator[str]:
         yield base
     finally:
         for p in procs:
-            _stop(p)
+            stop(p)
 
 
 def time_one(base: str, archive: Path, poll_s: float = 0.02) -> float:

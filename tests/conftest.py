@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from bench.e2e import spawn, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODELS = ROOT / "models" / "store"
@@ -177,15 +178,8 @@ class Stack:
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """``python -m worker`` as a real subprocess, logging to ``log``."""
-    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "worker", "--concurrency", "1", "--loglevel", "INFO"],
-            cwd=ROOT,
-            env={**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "2"},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    argv = [sys.executable, "-m", "worker", "--concurrency", "1", "--loglevel", "INFO"]
+    return spawn(argv, {**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "2"}, log)
 
 
 def wait_for_worker(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> None:
@@ -199,17 +193,6 @@ def wait_for_worker(proc: subprocess.Popen[bytes], log: Path, timeout_s: float =
         if workers_consuming(timeout_s=1.0):
             return
     raise RuntimeError(f"worker did not answer in {timeout_s}s:\n{log.read_text()[-3000:]}")
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    """Warm shutdown (SIGTERM), then kill the process group if it hangs."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="session", params=database_backends())
@@ -233,7 +216,7 @@ def stack(
             wait_for_worker(proc, log)
             yield Stack(env, proc, log)
         finally:
-            stop_worker(proc)
+            stop(proc)
             _drop_queue(env)
             reset_caches()
             db.cleanup()
