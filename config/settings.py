@@ -67,7 +67,6 @@ class ArchiveLimits:
 class Settings:
     """Configuration of one process; build it with :func:`get_settings`."""
 
-    env: str = "development"
     database_url: str = f"sqlite:///{VAR_DIR / 'lungct.db'}"
     redis_url: str = "redis://127.0.0.1:6379/0"
     storage_dir: Path = VAR_DIR / "uploads"
@@ -109,7 +108,6 @@ class Settings:
     def from_env(cls) -> Settings:
         d = cls()
         return cls(
-            env=_env("APP_ENV", d.env),
             database_url=_env("DATABASE_URL", d.database_url),
             redis_url=_env("REDIS_URL", d.redis_url),
             storage_dir=_path(_env("STORAGE_DIR", str(d.storage_dir))),

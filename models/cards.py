@@ -16,9 +16,7 @@ from models.data import Dataset, Split, split_file_lists
 from models.preprocessing import InputSpec
 
 INTENDED_USE = "research use, not for clinical diagnosis"
-IQOTH_CITATION = (
-    "H. Alyasriy, M. AL-Huseiny, The IQ-OTH/NCCD lung cancer dataset, Mendeley Data"
-)
+IQOTH_CITATION = "H. Alyasriy, M. AL-Huseiny, The IQ-OTH/NCCD lung cancer dataset, Mendeley Data"
 LIMITATIONS = [
     "Trained on 2-D axial slices exported as 8-bit JPEG whose display window is narrow, like a "
     "soft-tissue/mediastinal window: lung parenchyma is black (90% of pixels <= 2). The "
@@ -57,15 +55,22 @@ def _data_section(dataset: Dataset) -> dict[str, Any]:
         "dataset": "IQ-OTH/NCCD lung cancer dataset" if is_iqoth else dataset.root.name,
         "citation": IQOTH_CITATION if is_iqoth else None,
         "source": "Iraq-Oncology Teaching Hospital / National Center for Cancer Diseases, 2019"
-        if is_iqoth else None,
+        if is_iqoth
+        else None,
         "folder": dataset.root.name,
         "images": len(dataset.paths),
         "per_class": counts,
     }
 
 
-def build_card(args: argparse.Namespace, spec: InputSpec, dataset: Dataset, split: Split,
-               metrics: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
+def build_card(
+    args: argparse.Namespace,
+    spec: InputSpec,
+    dataset: Dataset,
+    split: Split,
+    metrics: dict[str, Any],
+    training: dict[str, Any],
+) -> dict[str, Any]:
     """The card.json dictionary (schema: docs/architecture.md)."""
     return {
         "name": args.name or args.out.name,
@@ -73,14 +78,21 @@ def build_card(args: argparse.Namespace, spec: InputSpec, dataset: Dataset, spli
         "architecture": args.arch,
         "classes": list(dataset.classes),
         "input": spec.to_dict(),
-        "preprocessing": {"resize": "bilinear", "scale": "x/255",
-                          "function": "models.preprocessing.preprocess"},
+        "preprocessing": {
+            "resize": "bilinear",
+            "scale": "x/255",
+            "function": "models.preprocessing.preprocess",
+        },
         "severity": severity_order(list(dataset.classes), args.severity),
         "file": "model.keras",
         "metrics": {"split": split.method, "val": metrics["val"], "test": metrics["test"]},
         "data": _data_section(dataset),
-        "split": {"method": split.method, "params": split.params, "audit": split.audit,
-                  "files": split_file_lists(dataset, split)},
+        "split": {
+            "method": split.method,
+            "params": split.params,
+            "audit": split.audit,
+            "files": split_file_lists(dataset, split),
+        },
         "training": training,
         "intended_use": INTENDED_USE,
         "limitations": LIMITATIONS,
@@ -95,12 +107,16 @@ def write_card(card: dict[str, Any], out: Path) -> None:
 
 def _metrics_table(test: dict[str, Any]) -> list[str]:
     auc = test["roc_auc_ovr"]
-    rows = ["| class | precision | recall | F1 | ROC-AUC (OvR) | support |",
-            "|---|---|---|---|---|---|"]
+    rows = [
+        "| class | precision | recall | F1 | ROC-AUC (OvR) | support |",
+        "|---|---|---|---|---|---|",
+    ]
     for cls, m in test["per_class"].items():
         a = "n/a" if auc.get(cls) is None else f"{auc[cls]:.3f}"
-        rows.append(f"| {cls} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "
-                    f"| {a} | {m['support']} |")
+        rows.append(
+            f"| {cls} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "
+            f"| {a} | {m['support']} |"
+        )
     return rows
 
 
@@ -144,10 +160,13 @@ def render_markdown(card: dict[str, Any]) -> str:
     test, tr, data = card["metrics"]["test"], card["training"], card["data"]
     audit = card["split"]["audit"]
     lines = [
-        f"# Model card: {card['name']} {card['version']}", "",
+        f"# Model card: {card['name']} {card['version']}",
+        "",
         f"**Intended use:** {card['intended_use']}. Outputs must not be used to diagnose, "
-        "treat or triage patients.", "",
-        "## Model", "",
+        "treat or triage patients.",
+        "",
+        "## Model",
+        "",
         f"- Architecture: `{card['architecture']}` ({tr['params']:,} parameters), "
         f"input {card['input']['height']}x{card['input']['width']}x"
         f"{card['input']['channels']}, preprocessing: Pillow bilinear resize, x/255.",
@@ -156,29 +175,41 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"- Trained for {tr['epochs_run']} epochs (best validation epoch {tr['best_epoch']}) in "
         f"{tr['train_seconds']:.0f} s on {tr['device']}.",
         f"- Reproduce: `{tr['command']}`",
-        *_selection_lines(tr), "",
-        "## Data", "",
+        *_selection_lines(tr),
+        "",
+        "## Data",
+        "",
         f"- {data['dataset']}: {data['images']} images, per class {data['per_class']}.",
     ]
     if data.get("citation"):
         lines += [f"- Source: {data['source']}.", f"- Citation: {data['citation']}."]
     lines += [
-        "", "## Split (no patient crosses splits)", "",
+        "",
+        "## Split (no patient crosses splits)",
+        "",
         f"- Method: {card['split']['method']}.",
         f"- {audit['groups']} groups; groups crossing splits: {audit['groups_crossing_splits']}; "
         f"closest test-to-train pHash distance per class: "
         f"{audit['min_phash_distance_test_to_train']}.",
         f"- Images per split: {audit['counts']}.",
-        "- Case numbers per split (full file lists in card.json):", "",
-        *_case_lists(card["split"]["files"]), "",
-        "## Test-split metrics (scored once, after model selection on validation)", "",
+        "- Case numbers per split (full file lists in card.json):",
+        "",
+        *_case_lists(card["split"]["files"]),
+        "",
+        "## Test-split metrics (scored once, after model selection on validation)",
+        "",
         f"- Accuracy **{test['accuracy']:.3f}**, macro-F1 **{test['macro_f1']:.3f}**, "
-        f"macro ROC-AUC (OvR) {_fmt(test['roc_auc_ovr'].get('macro'))}, n = {test['n']}.", "",
-        *_metrics_table(test), "",
+        f"macro ROC-AUC (OvR) {_fmt(test['roc_auc_ovr'].get('macro'))}, n = {test['n']}.",
+        "",
+        *_metrics_table(test),
+        "",
         f"Confusion matrix (rows true, columns predicted, order {card['classes']}): "
-        f"`{test['confusion_matrix']}`. See confusion_matrix.png and training_curves.png.", "",
-        "## Limitations", "",
-        *[f"- {item}" for item in card["limitations"]], "",
+        f"`{test['confusion_matrix']}`. See confusion_matrix.png and training_curves.png.",
+        "",
+        "## Limitations",
+        "",
+        *[f"- {item}" for item in card["limitations"]],
+        "",
     ]
     return "\n".join(lines)
 

@@ -33,8 +33,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), choices=ARCH_NAMES)
     p.add_argument("--epochs", type=int, default=25)
     p.add_argument("--img-size", type=int, default=128)
-    p.add_argument("--channels", type=int, default=1, choices=(1, 3),
-                   help="same for every architecture, so inputs are identical")
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=1,
+        choices=(1, 3),
+        help="same for every architecture, so inputs are identical",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--min-epochs", type=int, default=5)
@@ -51,12 +56,35 @@ def train_one(arch: str, args: argparse.Namespace) -> Path:
     if args.skip_existing and (out / "card.json").is_file():
         return out
     cmd = [
-        sys.executable, "-m", "models.train", "--arch", arch, "--data", str(args.data),
-        "--out", str(out), "--name", f"compare-{arch}", "--epochs", str(args.epochs),
-        "--img-size", str(args.img_size), "--channels", str(args.channels),
-        "--batch-size", str(args.batch_size), "--patience", str(args.patience),
-        "--min-epochs", str(args.min_epochs),
-        "--seed", str(args.seed), "--lr", str(args.lr), "--verbose", "2",
+        sys.executable,
+        "-m",
+        "models.train",
+        "--arch",
+        arch,
+        "--data",
+        str(args.data),
+        "--out",
+        str(out),
+        "--name",
+        f"compare-{arch}",
+        "--epochs",
+        str(args.epochs),
+        "--img-size",
+        str(args.img_size),
+        "--channels",
+        str(args.channels),
+        "--batch-size",
+        str(args.batch_size),
+        "--patience",
+        str(args.patience),
+        "--min-epochs",
+        str(args.min_epochs),
+        "--seed",
+        str(args.seed),
+        "--lr",
+        str(args.lr),
+        "--verbose",
+        "2",
     ] + (["--no-class-weights"] if args.no_class_weights else [])
     print(f"== {arch}: {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, check=True, env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"})

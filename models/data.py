@@ -74,7 +74,8 @@ def scan_folder(root: Path | str) -> Dataset:
     labels: list[int] = []
     for label, name in enumerate(classes):
         files = sorted(
-            f for f in (root / name).rglob("*")
+            f
+            for f in (root / name).rglob("*")
             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
         )
         paths.extend(files)
@@ -273,8 +274,11 @@ def grouped_split(
         f"train/val/test by image count per class, seed={seed}"
     )
     params = {
-        "fractions": list(fractions), "seed": seed, "block_size": block_size,
-        "dup_distance": dup_distance, "per_class_method": methods,
+        "fractions": list(fractions),
+        "seed": seed,
+        "block_size": block_size,
+        "dup_distance": dup_distance,
+        "per_class_method": methods,
     }
     split = Split(method, indices, groups, params)
     split.audit = _audit(dataset, split, bits)

@@ -34,14 +34,19 @@ def classification_metrics(
         y_true, y_pred, labels=labels, zero_division=0
     )
     per_class = {
-        c: {"precision": float(prec[k]), "recall": float(rec[k]), "f1": float(f1[k]),
-            "support": int(support[k])}
+        c: {
+            "precision": float(prec[k]),
+            "recall": float(rec[k]),
+            "f1": float(f1[k]),
+            "support": int(support[k]),
+        }
         for k, c in enumerate(classes)
     }
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro",
-                                   zero_division=0)),
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+        ),
         "per_class": per_class,
         "roc_auc_ovr": _roc_auc_ovr(y_true, probs, classes),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
@@ -56,7 +61,8 @@ def _roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) 
         positives = y_true == k
         out[c] = (
             float(roc_auc_score(positives, probs[:, k]))
-            if 0 < positives.sum() < len(y_true) else None
+            if 0 < positives.sum() < len(y_true)
+            else None
         )
     present = [v for v in out.values() if v is not None]
     out["macro"] = float(np.mean(present)) if present else None
@@ -65,12 +71,23 @@ def _roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) 
 
 def macro_f1(y_true: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
     """Macro-F1 of argmax predictions (the validation model-selection score)."""
-    return float(f1_score(y_true, probs.argmax(axis=1), labels=list(range(num_classes)),
-                          average="macro", zero_division=0))
+    return float(
+        f1_score(
+            y_true,
+            probs.argmax(axis=1),
+            labels=list(range(num_classes)),
+            average="macro",
+            zero_division=0,
+        )
+    )
 
 
-def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Path,
-                   title: str = "Confusion matrix (test split)") -> None:
+def plot_confusion(
+    cm: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    path: Path,
+    title: str = "Confusion matrix (test split)",
+) -> None:
     """Save a labelled confusion-matrix heat map."""
     import matplotlib
 

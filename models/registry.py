@@ -28,6 +28,8 @@ def _warn_once(message: str, *args: object) -> None:
     if text not in _warned:
         _warned.add(text)
         logger.warning(text)
+
+
 DEFAULT_MODEL_FILE = "model.keras"
 
 
@@ -74,10 +76,14 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: Path) -> ModelCard:
-        """Build a card from parsed card.json; missing severity falls back to class order."""
+        """Build a card from parsed card.json.
+
+        A missing severity stays empty (not the class order): class names alone say
+        nothing about which is worse, and the study summary then uses the majority label.
+        """
         classes = [str(c) for c in data["classes"]]
-        severity = [str(c) for c in data.get("severity") or classes]
-        if sorted(severity) != sorted(classes):
+        severity = [str(c) for c in data.get("severity") or []]
+        if severity and sorted(severity) != sorted(classes):
             raise ValueError(f"severity {severity} must be a permutation of classes {classes}")
         return cls(
             name=str(data["name"]),
@@ -119,7 +125,9 @@ class Registry:
                 if card.name in found:
                     _warn_once(
                         "model %r in %s ignored: already provided by %s",
-                        card.name, card.path, found[card.name].path,
+                        card.name,
+                        card.path,
+                        found[card.name].path,
                     )
                     continue
                 found[card.name] = card

@@ -32,13 +32,24 @@ from models.preprocessing import InputSpec
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
 
 ARCH_NAMES = (
-    "lenet", "alexnet", "cnn6", "cnn6plain", "rescnn",
-    "vgg16", "vgg19", "resnet50", "efficientnetb0",
+    "lenet",
+    "alexnet",
+    "cnn6",
+    "cnn6plain",
+    "rescnn",
+    "vgg16",
+    "vgg19",
+    "resnet50",
+    "efficientnetb0",
 )
 THREE_CHANNEL = frozenset({"vgg16", "vgg19", "resnet50", "efficientnetb0"})
 AUGMENTATION = {
-    "rotation_deg": 10, "translate": 0.05, "zoom": 0.10, "horizontal_flip": True,
-    "brightness": 0.10, "contrast": 0.15,
+    "rotation_deg": 10,
+    "translate": 0.05,
+    "zoom": 0.10,
+    "horizontal_flip": True,
+    "brightness": 0.10,
+    "contrast": 0.15,
 }
 
 
@@ -71,22 +82,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--img-size", type=int, default=128, help="square input side in pixels")
-    p.add_argument("--channels", type=int, choices=(1, 3),
-                   help="input channels (default: 3 for ImageNet-style backbones, else 1)")
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=(1, 3),
+        help="input channels (default: 3 for ImageNet-style backbones, else 1)",
+    )
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--patience", type=int, default=15, help="early-stopping patience (epochs)")
-    p.add_argument("--min-epochs", type=int, default=5,
-                   help="epochs before model selection starts (early epochs are unstable)")
-    p.add_argument("--lr-schedule", choices=("cosine", "plateau"), default="cosine",
-                   help="cosine decay over --epochs, or ReduceLROnPlateau on val loss")
+    p.add_argument(
+        "--min-epochs",
+        type=int,
+        default=5,
+        help="epochs before model selection starts (early epochs are unstable)",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        choices=("cosine", "plateau"),
+        default="cosine",
+        help="cosine decay over --epochs, or ReduceLROnPlateau on val loss",
+    )
     p.add_argument("--block-size", type=int, default=16, help="slices per case-number block")
     p.add_argument("--dup-distance", type=int, default=4, help="pHash near-duplicate distance")
     p.add_argument("--severity", help="comma-separated classes, least to most severe")
     p.add_argument("--no-augment", action="store_true", help="disable data augmentation")
     p.add_argument("--no-class-weights", action="store_true", help="plain (unweighted) loss")
-    p.add_argument("--ema", type=float, default=0.98,
-                   help="weight EMA momentum used for validation and the saved model; 0 = off")
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.98,
+        help="weight EMA momentum used for validation and the saved model; 0 = off",
+    )
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras progress")
     return p.parse_args(argv)
 
@@ -119,8 +146,9 @@ def augmenter() -> Any:
     ]
 
 
-def make_dataset(arrays: Arrays, num_classes: int, batch_size: int, seed: int,
-                 augment: bool) -> Any:
+def make_dataset(
+    arrays: Arrays, num_classes: int, batch_size: int, seed: int, augment: bool
+) -> Any:
     """tf.data pipeline: shuffle, batch, augment on the fly, clip to [0, 1], prefetch."""
     import tensorflow as tf
 
@@ -165,16 +193,18 @@ def selection_callback(val: Arrays, num_classes: int, min_epochs: int) -> Any:
     return ValMacroF1()
 
 
-def fit(args: argparse.Namespace, spec: InputSpec, data: dict[str, Arrays],
-        num_classes: int, ckpt: Path) -> tuple[Any, dict[str, list[float]], int, float]:
+def fit(
+    args: argparse.Namespace, spec: InputSpec, data: dict[str, Arrays], num_classes: int, ckpt: Path
+) -> tuple[Any, dict[str, list[float]], int, float]:
     """Build, compile and fit; returns (best model, history, best epoch, seconds)."""
     import keras
 
     from models.architectures import build_model
 
     model = build_model(args.arch, spec.shape, num_classes)
-    train_ds = make_dataset(data["train"], num_classes, args.batch_size, args.seed,
-                            not args.no_augment)
+    train_ds = make_dataset(
+        data["train"], num_classes, args.batch_size, args.seed, not args.no_augment
+    )
     steps = args.epochs * -(-len(data["train"].x) // args.batch_size)
     lr: Any = args.lr
     if args.lr_schedule == "cosine":
@@ -190,17 +220,25 @@ def fit(args: argparse.Namespace, spec: InputSpec, data: dict[str, Arrays],
     callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if use_ema else []
     callbacks += [
         selection_callback(data["val"], num_classes, min(args.min_epochs, args.epochs)),
-        keras.callbacks.ModelCheckpoint(ckpt, monitor="val_score", mode="max",
-                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.ModelCheckpoint(
+            ckpt, monitor="val_score", mode="max", save_best_only=True, save_weights_only=True
+        ),
         keras.callbacks.EarlyStopping(monitor="val_score", mode="max", patience=args.patience),
     ]
     if args.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=max(2, args.patience // 3), min_lr=1e-5))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(2, args.patience // 3), min_lr=1e-5
+            )
+        )
     val_ds = make_dataset(data["val"], num_classes, 64, args.seed, augment=False)
     start = time.perf_counter()
     hist = model.fit(
-        train_ds, validation_data=val_ds, epochs=args.epochs, verbose=args.verbose, shuffle=False,
+        train_ds,
+        validation_data=val_ds,
+        epochs=args.epochs,
+        verbose=args.verbose,
+        shuffle=False,
         class_weight=None if args.no_class_weights else class_weights(data["train"].y, num_classes),
         callbacks=callbacks,
     )
@@ -240,8 +278,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = InputSpec(args.img_size, args.img_size, channels)
     dataset = scan_folder(args.data)
     print(f"{len(dataset.paths)} images, classes {dataset.classes}; grouping...", flush=True)
-    split = grouped_split(dataset, seed=args.seed, block_size=args.block_size,
-                          dup_distance=args.dup_distance)
+    split = grouped_split(
+        dataset, seed=args.seed, block_size=args.block_size, dup_distance=args.dup_distance
+    )
     print(f"split: {split.audit['counts']}", flush=True)
     data = split_arrays(load_arrays(dataset, spec), dataset, split)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -252,27 +291,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     save_inference_model(model, args.out / "model.keras")
     ckpt.unlink(missing_ok=True)
     training = {
-        "arch": args.arch, "epochs_max": args.epochs, "epochs_run": len(history["loss"]),
-        "best_epoch": best_epoch, "batch_size": args.batch_size, "optimizer": "Adam",
-        "learning_rate": args.lr, "lr_schedule": LR_SCHEDULES[args.lr_schedule],
+        "arch": args.arch,
+        "epochs_max": args.epochs,
+        "epochs_run": len(history["loss"]),
+        "best_epoch": best_epoch,
+        "batch_size": args.batch_size,
+        "optimizer": "Adam",
+        "learning_rate": args.lr,
+        "lr_schedule": LR_SCHEDULES[args.lr_schedule],
         "loss": "categorical cross-entropy, label smoothing 0.05"
         + ("" if args.no_class_weights else ", balanced class weights"),
         "weight_ema": args.ema or None,
         "early_stopping": f"val macro-F1 (ties: lower val loss), patience {args.patience}, "
         f"selection from epoch {min(args.min_epochs, args.epochs)}",
-        "augmentation": None if args.no_augment else AUGMENTATION, "seed": args.seed,
-        "params": int(model.count_params()), "train_seconds": round(seconds, 1),
-        "history": history, "device": f"CPU ({os.cpu_count()} cores), no GPU"
-        if not tf.config.list_physical_devices("GPU") else "GPU",
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                     "python": platform.python_version()},
+        "augmentation": None if args.no_augment else AUGMENTATION,
+        "seed": args.seed,
+        "params": int(model.count_params()),
+        "train_seconds": round(seconds, 1),
+        "history": history,
+        "device": f"CPU ({os.cpu_count()} cores), no GPU"
+        if not tf.config.list_physical_devices("GPU")
+        else "GPU",
+        "versions": {
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "python": platform.python_version(),
+        },
         "command": "python -m models.train " + shlex.join(sys.argv[1:]),
     }
     card = cards.build_card(args, spec, dataset, split, metrics, training)
     cards.write_card(card, args.out)
     plot_curves(history, args.out / "training_curves.png", best_epoch)
-    plot_confusion(metrics["test"]["confusion_matrix"], dataset.classes,
-                   args.out / "confusion_matrix.png")
+    plot_confusion(
+        metrics["test"]["confusion_matrix"], dataset.classes, args.out / "confusion_matrix.png"
+    )
     return card
 
 
@@ -281,8 +333,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     card = run(args)
     test = card["metrics"]["test"]
-    print(f"saved {args.out}: test accuracy {test['accuracy']:.3f}, "
-          f"macro-F1 {test['macro_f1']:.3f} ({card['metrics']['split']})")
+    print(
+        f"saved {args.out}: test accuracy {test['accuracy']:.3f}, "
+        f"macro-F1 {test['macro_f1']:.3f} ({card['metrics']['split']})"
+    )
 
 
 if __name__ == "__main__":

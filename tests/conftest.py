@@ -87,7 +87,6 @@ def default_model() -> str:
 def base_env(tmp: Path, models_dir: Path, database_url: str) -> dict[str, str]:
     """Environment of one isolated stack (the API in-process and its worker)."""
     return {
-        "APP_ENV": "test",
         "DATABASE_URL": database_url,
         "REDIS_URL": REDIS_URL,
         "STORAGE_DIR": str(tmp / "uploads"),

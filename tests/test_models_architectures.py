@@ -87,7 +87,8 @@ def test_saved_model_loads_through_registry_card(tmp_path: Path) -> None:
     )
     loaded = load_model(card)
     x, _ = _batch((32, 32, 1), 2)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
     with pytest.raises(FileNotFoundError):
         load_model(ModelCard.from_dict(card.raw | {"file": "nope.keras"}, tmp_path))

@@ -29,8 +29,9 @@ def _patient_base(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
 
 
-def make_dataset(root: Path, patients: dict[str, list[int]], size: int = 64, seed: int = 0,
-                 numbered: bool = True) -> dict[str, str]:
+def make_dataset(
+    root: Path, patients: dict[str, list[int]], size: int = 64, seed: int = 0, numbered: bool = True
+) -> dict[str, str]:
     """Write ``<class>/<class>_<NNNN>.png`` slices; ``patients[cls]`` = slices per patient.
 
     Consecutive numbers within a patient are near-identical (tiny noise), like adjacent CT
@@ -160,7 +161,9 @@ def test_real_iqoth_split_has_no_leakage() -> None:
     # No test slice is a near-duplicate (pHash <= 4) of a training slice of its class.
     assert min(audit["min_phash_distance_test_to_train"].values()) > 4
     # Each split holds contiguous runs of case numbers, not scattered single slices.
-    numbers = {s: sorted(case_number(ds.paths[i]) for i in idx if ds.labels[i] == 1)
-               for s, idx in split.indices.items()}
+    numbers = {
+        s: sorted(case_number(ds.paths[i]) for i in idx if ds.labels[i] == 1)
+        for s, idx in split.indices.items()
+    }
     runs = sum(1 for a, b in zip(numbers["test"], numbers["test"][1:], strict=False) if b != a + 1)
     assert runs < 10

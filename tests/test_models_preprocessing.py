@@ -29,9 +29,12 @@ def test_preprocess_shape_dtype_range() -> None:
 
 def test_preprocess_is_pillow_bilinear_over_255() -> None:
     img = _ct_like()
-    expected = np.asarray(
-        Image.fromarray(img).resize((40, 30), Image.Resampling.BILINEAR), dtype=np.float32
-    ) / 255.0
+    expected = (
+        np.asarray(
+            Image.fromarray(img).resize((40, 30), Image.Resampling.BILINEAR), dtype=np.float32
+        )
+        / 255.0
+    )
     np.testing.assert_array_equal(preprocess(img, InputSpec(30, 40, 1))[:, :, 0], expected)
 
 

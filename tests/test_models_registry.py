@@ -19,10 +19,13 @@ SHIPPED = REPO_ROOT / "models" / "store" / "lungct-cnn6"
 
 def _card(name: str, version: str = "1.0.0", **extra: Any) -> dict[str, Any]:
     card = {
-        "name": name, "version": version, "architecture": "cnn6",
+        "name": name,
+        "version": version,
+        "architecture": "cnn6",
         "classes": ["benign", "malignant", "normal"],
         "input": {"height": 128, "width": 128, "channels": 1},
-        "severity": ["normal", "benign", "malignant"], "file": "model.keras",
+        "severity": ["normal", "benign", "malignant"],
+        "file": "model.keras",
         "metrics": {"split": "grouped", "test": {"accuracy": 0.9, "macro_f1": 0.8}},
         "intended_use": "research use, not for clinical diagnosis",
     }
@@ -68,11 +71,11 @@ def test_broken_card_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture
     assert "skipping" in caplog.text
 
 
-def test_severity_defaults_to_class_order(tmp_path: Path) -> None:
+def test_missing_severity_stays_empty(tmp_path: Path) -> None:
     data = _card("plain")
     del data["severity"]
     card = ModelCard.from_dict(data, tmp_path)
-    assert card.severity == card.classes
+    assert card.severity == []
 
 
 def test_to_public_has_no_paths(tmp_path: Path) -> None:

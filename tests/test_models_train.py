@@ -21,8 +21,20 @@ from models.train import ARCH_NAMES, class_weights, main, parse_args
 from tests.test_models_data import make_dataset
 
 CARD_KEYS = {
-    "name", "version", "architecture", "classes", "input", "preprocessing", "severity", "file",
-    "metrics", "data", "split", "training", "intended_use", "limitations",
+    "name",
+    "version",
+    "architecture",
+    "classes",
+    "input",
+    "preprocessing",
+    "severity",
+    "file",
+    "metrics",
+    "data",
+    "split",
+    "training",
+    "intended_use",
+    "limitations",
 }
 
 
@@ -42,10 +54,33 @@ def test_train_cli_writes_a_servable_model(tmp_path: Path) -> None:
     data = tmp_path / "data"
     make_dataset(data, {"normal": [4] * 5, "benign": [4] * 5, "malignant": [4] * 5}, size=48)
     out = tmp_path / "models" / "tiny"
-    main(["--arch", "cnn6", "--data", str(data), "--out", str(out), "--epochs", "2",
-          "--img-size", "32", "--batch-size", "8", "--block-size", "4", "--verbose", "0"])
-    for name in ("model.keras", "card.json", "card.md", "training_curves.png",
-                 "confusion_matrix.png"):
+    main(
+        [
+            "--arch",
+            "cnn6",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--img-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--block-size",
+            "4",
+            "--verbose",
+            "0",
+        ]
+    )
+    for name in (
+        "model.keras",
+        "card.json",
+        "card.md",
+        "training_curves.png",
+        "confusion_matrix.png",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "best.weights.h5").exists()
     card_json = json.loads((out / "card.json").read_text(encoding="utf-8"))
@@ -78,14 +113,29 @@ def test_classification_metrics_known_values() -> None:
 def test_comparison_table_states_budget_and_hardware() -> None:
     card = {
         "architecture": "lenet",
-        "metrics": {"test": {"accuracy": 0.5, "macro_f1": 0.4, "roc_auc_ovr": {"macro": 0.7}},
-                    "val": {"macro_f1": 0.45}},
-        "training": {"params": 1234, "train_seconds": 12.3, "epochs_run": 5, "best_epoch": 3,
-                     "device": "CPU (2 cores), no GPU"},
+        "metrics": {
+            "test": {"accuracy": 0.5, "macro_f1": 0.4, "roc_auc_ovr": {"macro": 0.7}},
+            "val": {"macro_f1": 0.45},
+        },
+        "training": {
+            "params": 1234,
+            "train_seconds": 12.3,
+            "epochs_run": 5,
+            "best_epoch": 3,
+            "device": "CPU (2 cores), no GPU",
+        },
     }
-    args = argparse.Namespace(seed=42, img_size=128, channels=1, epochs=25, patience=8,
-                              batch_size=32, lr=1e-3, min_epochs=5,
-                              no_class_weights=True)
+    args = argparse.Namespace(
+        seed=42,
+        img_size=128,
+        channels=1,
+        epochs=25,
+        patience=8,
+        batch_size=32,
+        lr=1e-3,
+        min_epochs=5,
+        no_class_weights=True,
+    )
     table = render_table([card], args)
     assert "| lenet | 1,234 | 0.500 | 0.400 | 0.700 | 0.450 | 12 | 5 | 3 |" in table
     assert "no GPU" in table and "max 25 epochs" in table

@@ -115,8 +115,11 @@ def _start(job_id: str) -> tuple[str, str] | None:
             log.info("job %s is %s; nothing to do", job_id, job.status if job else "unknown")
             return None
         attempts, model_name, upload = job.attempts, job.model_name, job.upload_key
-    if attempts > MAX_ATTEMPTS:  # it killed or outlived the worker every time
-        mark_failed(job_id, f"the worker stopped {MAX_ATTEMPTS} times while processing this job")
+    if attempts > MAX_ATTEMPTS:  # started again and again without finishing
+        mark_failed(
+            job_id,
+            f"started {MAX_ATTEMPTS} times without finishing (worker crashes or database outages)",
+        )
         return None
     return model_name, upload
 

@@ -83,6 +83,16 @@ def summarize_group(
     }
 
 
+def _rule_text(card: ModelCard, settings: Settings) -> str:
+    """The rule applied, in words, so a reader of the result need not find the README."""
+    if not card.severity:
+        return "majority slice label (the model card gives no severity order)"
+    return (
+        f"most severe class with >= {settings.min_abnormal_slices} slices "
+        f"(severity order {' < '.join(card.severity)}), else {card.severity[0]}"
+    )
+
+
 def summarize(
     rows: Sequence[SlicePrediction], card: ModelCard, settings: Settings, skipped: int = 0
 ) -> dict[str, Any]:
@@ -97,9 +107,6 @@ def summarize(
             for uid, group in series.items()
         ],
         "skipped_files": skipped,
-        "rule": (
-            f"most severe class with >= {settings.min_abnormal_slices} slices "
-            f"(severity order {card.severity or 'n/a'}), else the least severe"
-        ),
+        "rule": _rule_text(card, settings),
         "disclaimer": DISCLAIMER,
     }
