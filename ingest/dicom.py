@@ -94,8 +94,16 @@ class DicomSlice:
     position: float | None
 
 
+class TooManyFrames(ValueError):
+    """NumberOfFrames beyond the limit: refused before any per-frame work."""
+
+
 def read_header(
-    fp: BinaryIO, *, force: bool = False, identifiers: set[str] | None = None
+    fp: BinaryIO,
+    *,
+    force: bool = False,
+    identifiers: set[str] | None = None,
+    max_frames: int | None = None,
 ) -> DicomHeader:
     """Parse the header of one file (no pixel data, only :data:`HEADER_TAGS`).
 
@@ -108,12 +116,18 @@ def read_header(
         raise ValueError("not a DICOM dataset")
     if identifiers is not None:
         identifiers |= identifying_values(ds)
-    return _header(ds)
+    return _header(ds, max_frames)
 
 
-def _header(ds: Dataset) -> DicomHeader:
-    """The planning fields of a parsed header."""
+def _header(ds: Dataset, max_frames: int | None = None) -> DicomHeader:
+    """The planning fields of a parsed header.
+
+    The frame count is checked first: a 1 KB file can claim millions of frames, and
+    positions are read per frame.
+    """
     frames = max(_int(ds.get("NumberOfFrames")) or 1, 1)
+    if max_frames is not None and frames > max_frames:
+        raise TooManyFrames(f"DICOM file has {frames} frames; the limit is {max_frames}")
     orientation = _orientation(ds)
     return DicomHeader(
         study_uid=str(ds.get("StudyInstanceUID", "")),

@@ -10,8 +10,6 @@ Every ``source`` of a plan is redacted (:mod:`ingest.redact`) before it is retur
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -33,6 +31,7 @@ from ingest.dicom import (
     DEFLATED_TS,
     DicomHeader,
     DicomSlice,
+    TooManyFrames,
     exclusion_reason,
     image_problem,
     order_series,
@@ -117,17 +116,15 @@ def _inspect_dicom(path: Path, kind: str, limits: ArchiveLimits) -> None:
             raise InvalidUpload("deflated DICOM transfer syntax is not supported")
         fp.seek(0)
         try:
-            header = read_header(fp, force=kind == "dicom?")
+            header = read_header(fp, force=kind == "dicom?", max_frames=limits.max_members)
+        except TooManyFrames as exc:
+            raise InvalidUpload(str(exc)) from exc
         except Exception as exc:  # any parser failure on untrusted bytes
             corrupt = "corrupt DICOM file: header unreadable"
             raise InvalidUpload(_NOT_SUPPORTED if kind == "dicom?" else corrupt) from exc
     problem = image_problem(header, limits.max_image_pixels)
     if problem:
         raise InvalidUpload(f"DICOM file cannot be used: {problem}")
-    if header.frames > limits.max_members:
-        raise InvalidUpload(
-            f"DICOM file has {header.frames} frames; the limit is {limits.max_members}"
-        )
 
 
 def _inspect_image(path: Path, limits: ArchiveLimits) -> None:
@@ -147,8 +144,13 @@ def _plan_zip(path: Path, settings: Settings) -> UploadPlan:
     origin = ZipOrigin(path, settings.limits)
     names = [info.filename for info in candidates]
     identifiers: set[str] = set()  # patient values from the headers; local, emptied below
-    found, more = _examine_all(origin, names, settings, identifiers)
-    return _redacted(_assemble(origin, found, skipped + more, settings, "study"), identifiers)
+    try:
+        found, more = _examine_all(origin, names, settings, identifiers)
+        plan = _assemble(origin, found, skipped + more, settings, "study")
+    except BaseException:
+        origin.close()  # the plan that would own the zip handles never came to be
+        raise
+    return _redacted(plan, identifiers)
 
 
 def _redacted(plan: UploadPlan, identifiers: set[str]) -> UploadPlan:
@@ -178,24 +180,30 @@ def _examine_all(
     """
     found: list[Found] = []
     skipped: list[Skipped] = []
+    slices = 0
     for name in names:
         try:
-            fmt, header = _examine(origin, name, settings.limits.max_image_pixels, identifiers)
+            fmt, header = _examine(origin, name, settings.limits, identifiers)
         except _Skip as exc:
             skipped.append(Skipped(name, str(exc)))
         except ArchiveTooLarge as exc:
             raise InvalidUpload(str(exc)) from exc
         except MemberTooLarge as exc:
             skipped.append(Skipped(name, str(exc)))
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, NotImplementedError) as exc:
+        except Exception as exc:  # untrusted bytes: zlib, bz2, lzma... fail in many ways
             skipped.append(Skipped(name, f"corrupt archive member ({type(exc).__name__})"))
         else:
             found.append((name, fmt, header))
+            slices += header.frames if header else 1
+            if slices > settings.limits.max_members:
+                raise InvalidUpload(
+                    f"more than {settings.limits.max_members} slices (MAX_ARCHIVE_MEMBERS)"
+                )
     return found, skipped
 
 
 def _examine(
-    origin: Origin, name: str, max_pixels: int, identifiers: set[str]
+    origin: Origin, name: str, limits: ArchiveLimits, identifiers: set[str]
 ) -> tuple[str, DicomHeader | None]:
     """Recognise one member by content and read its header; raise _Skip to leave it out."""
     with origin.open_stream(name) as stream:
@@ -203,10 +211,10 @@ def _examine(
         kind = sniff(head)
         stream.seek(0)
         if kind in _IMAGE_KINDS:
-            _image_header(stream, max_pixels)
+            _image_header(stream, limits.max_image_pixels)
             return "image", None
         if kind in _DICOM_KINDS:
-            return "dicom", _dicom_header(stream, head, kind, identifiers)
+            return "dicom", _dicom_header(stream, head, kind, identifiers, limits.max_members)
     if kind in ("zip", "archive"):
         raise _Skip("nested archive, not opened")
     raise _Skip("not a DICOM, PNG or JPEG file")
@@ -221,13 +229,22 @@ def _image_header(stream: object, max_pixels: int) -> None:
         raise _Skip("corrupt image: PNG/JPEG header cannot be read") from exc
 
 
-def _dicom_header(stream: object, head: bytes, kind: str, identifiers: set[str]) -> DicomHeader:
+def _dicom_header(
+    stream: object, head: bytes, kind: str, identifiers: set[str], max_frames: int
+) -> DicomHeader:
     if DEFLATED_TS in head:
         raise _Skip("deflated DICOM transfer syntax is not supported")
     try:
-        return read_header(stream, force=kind == "dicom?", identifiers=identifiers)  # type: ignore[arg-type]
+        return read_header(
+            stream,  # type: ignore[arg-type]
+            force=kind == "dicom?",
+            identifiers=identifiers,
+            max_frames=max_frames,
+        )
     except LimitExceeded:
         raise
+    except TooManyFrames as exc:
+        raise _Skip(str(exc)) from exc
     except Exception as exc:  # any pydicom failure on untrusted bytes
         reason = "not a DICOM, PNG or JPEG file" if kind == "dicom?" else "corrupt DICOM header"
         raise _Skip(reason) from exc

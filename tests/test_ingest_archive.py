@@ -237,3 +237,51 @@ def test_loads_are_thread_safe(tmp_path: Path) -> None:
             parallel = list(pool.map(lambda s: s.load(), plan.slices))
     assert all(np.array_equal(a, b) for a, b in zip(serial, parallel, strict=True))
     assert len({int(a[5, 5]) for a in serial}) > 1  # different slices, not one cached image
+
+
+def test_frame_count_bomb_is_refused_from_the_header(tmp_path: Path) -> None:
+    """A tiny DICOM claiming millions of frames is refused before per-frame work."""
+    import time
+
+    from pydicom import dcmread
+
+    from ingest import InvalidUpload, inspect_upload, plan_upload
+    from tests.fixtures_dicom import ct_slice, to_bytes
+
+    ds = dcmread(io.BytesIO(to_bytes(ct_slice(series_uid="1.2.3.9", instance=1, z=0.0))))
+    ds.NumberOfFrames = 2_000_000
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    single = tmp_path / "bomb.dcm"
+    single.write_bytes(buf.getvalue())
+    start = time.perf_counter()
+    with pytest.raises(InvalidUpload, match="frames"):
+        inspect_upload(single, "bomb.dcm", Settings().limits)
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("bomb.dcm", buf.getvalue())
+        zf.writestr("ok.dcm", to_bytes(ct_slice(series_uid="1.2.3.9", instance=2, z=1.0)))
+    with plan_upload(archive, Settings()) as plan:
+        assert [k.reason for k in plan.skipped if "frames" in k.reason]
+        assert len(plan.slices) == 1
+    assert time.perf_counter() - start < 5
+
+
+def test_corrupt_lzma_member_is_skipped_not_fatal(tmp_path: Path) -> None:
+    from ingest import plan_upload
+    from tests.fixtures_dicom import ct_slice, to_bytes
+
+    good = to_bytes(ct_slice(series_uid="1.2.3.8", instance=1, z=0.0))
+    archive = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("good.dcm", good)
+        zf.writestr("bad.dcm", good, compress_type=zipfile.ZIP_LZMA)
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo("bad.dcm")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 4
+    data[start : start + 40] = b"\xff" * 40  # wreck the LZMA stream
+    archive.write_bytes(bytes(data))
+    with plan_upload(archive, Settings()) as plan:
+        assert [s.source for s in plan.slices] == ["good.dcm"]
+        assert any(k.source == "bad.dcm" for k in plan.skipped)
