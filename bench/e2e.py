@@ -59,7 +59,8 @@ def _wait_ready(base: str, timeout_s: float = 180) -> None:
 @contextmanager
 def service(model: str) -> Iterator[str]:
     """Start migrate + worker + gunicorn on a temp SQLite file; yield the base URL."""
-    tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    holder = tempfile.TemporaryDirectory(prefix="bench-e2e-")
+    tmp = Path(holder.name)
     port = _free_port()
     env = {
         **os.environ,
@@ -96,6 +97,7 @@ def service(model: str) -> Iterator[str]:
     finally:
         for p in procs:
             stop(p)
+        holder.cleanup()
 
 
 def time_one(base: str, archive: Path, poll_s: float = 0.02) -> float:

@@ -29,7 +29,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,12 +51,13 @@ def make_zip(files: list[Path], out: Path) -> Path:
 
 def per_image(files: list[Path], predictor) -> float:  # type: ignore[no-untyped-def]
     """Seconds for decode + preprocess + ``model.predict`` one image at a time."""
+    from models.data import load_gray
     from models.preprocessing import preprocess
 
     spec = predictor.card.input
     start = time.perf_counter()
     for f in files:
-        x = preprocess(np.asarray(Image.open(f).convert("L")), spec)
+        x = preprocess(load_gray(f), spec)
         predictor.model.predict(x[None], verbose=0)
     return time.perf_counter() - start
 
@@ -107,8 +107,8 @@ def main() -> None:
     settings = get_settings()
     name = args.model or settings.default_model
     files = pick_slices(args.n)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    archive = make_zip(files, tmp / "study.zip")
+    tmp = tempfile.TemporaryDirectory(prefix="bench-")
+    archive = make_zip(files, Path(tmp.name) / "study.zip")
     warm_up(name)
     predictor = get_predictor(name)
     per_image(files[:5], predictor)  # warm the per-image path too
@@ -137,6 +137,7 @@ def main() -> None:
         _report("(c) end to end, HTTP+queue+DB", n, t_e2e)
         ratio = statistics.median(t_e2e) / statistics.median(t_batch)
         print(f"    end-to-end / bare batched time (medians): {ratio:.2f}x")
+    tmp.cleanup()
 
 
 if __name__ == "__main__":
