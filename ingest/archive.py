@@ -121,10 +121,7 @@ def scan_members(zf: zipfile.ZipFile) -> tuple[list[zipfile.ZipInfo], list[Skipp
 
 
 def member_skip_reason(info: zipfile.ZipInfo) -> str | None:
-    """Why a member is not even opened: unsafe name, symlink, encryption, file type."""
-    reason = unsafe_name_reason(info.filename)
-    if reason:
-        return reason
+    """Why a member with a safe name is not even opened: symlink, encryption, file type."""
     if stat.S_ISLNK(info.external_attr >> 16):
         return "symbolic link, not followed"
     if info.flag_bits & 0x1:
