@@ -161,6 +161,9 @@ def _application(
     def build(input_shape: Shape, num_classes: int) -> keras.Model:
         inputs = keras.Input(input_shape, name="image")
         backbone = factory(include_top=False, weights=None, input_shape=input_shape, pooling="avg")
+        for layer in backbone.layers:  # same reason as _bn(): ~20 steps per epoch
+            if isinstance(layer, layers.BatchNormalization):
+                layer.momentum = 0.9
         x = layers.Rescaling(255.0, name="to_0_255")(inputs) if expects_0_255 else inputs
         x = backbone(x)
         return keras.Model(inputs, _classifier_head(x, num_classes, 0.3), name=name)
