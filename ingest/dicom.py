@@ -24,6 +24,7 @@ window -600/1500; the fit pins the lower edge near -100 HU (see ingest/README.md
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -217,11 +218,29 @@ def order_series(files: Iterable[tuple[str, DicomHeader]]) -> list[DicomSlice]:
     return slices
 
 
+_last_parsed = threading.local()
+
+
+def _parsed(data: bytes) -> Dataset:
+    """The dataset of ``data``, parsed once per thread for all frames of one file.
+
+    The archive keeps each thread's last member as the same bytes object, so frame
+    after frame of a multi-frame file reuses one parse instead of re-reading the
+    whole file per frame (which made frame decoding quadratic in the frame count).
+    """
+    last = getattr(_last_parsed, "value", None)
+    if last is not None and last[0] is data:
+        return last[1]
+    ds = dcmread(BytesIO(data), force=True)
+    _last_parsed.value = (data, ds)
+    return ds
+
+
 def decode_dicom(
     data: bytes, frame: int | None, center: float, width: float, max_pixels: int
 ) -> np.ndarray:
     """Decode one slice to the display image (uint8, H x W); see the module docstring."""
-    ds = dcmread(BytesIO(data), force=True)
+    ds = _parsed(data)
     if "PixelData" not in ds:
         raise SliceError("DICOM file has no pixel data")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
