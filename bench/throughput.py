@@ -26,6 +26,7 @@ import statistics
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,17 @@ def _report(name: str, n: int, times: list[float]) -> None:
     print(f"{name}: {n / med:8.1f} images/s median ({med:.3f} s; best {best:.3f} s)")
 
 
+Timed = tuple[str, Callable[[], float]]
+
+
+def _side_by_side(n: int, repeat: int, slow: Timed, fast: Timed) -> float:
+    """Time two labelled paths alternately, print both; the ratio of their medians."""
+    t_slow, t_fast = _interleaved(slow[1], fast[1], repeat)
+    _report(slow[0], n, t_slow)
+    _report(fast[0], n, t_fast)
+    return statistics.median(t_slow) / statistics.median(t_fast)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -118,24 +130,17 @@ def main() -> None:
         f"model {predictor.card.name} {predictor.card.version}, {n} slices, "
         f"batch size {settings.batch_size}, decode threads {settings.decode_threads}"
     )
-    t_single, t_batch = _interleaved(
-        lambda: per_image(files, predictor), lambda: batched(archive, predictor), args.repeat
-    )
-    _report("(a) per-image model.predict ", n, t_single)
-    _report("(b) worker batched path     ", n, t_batch)
-    ratio = statistics.median(t_single) / statistics.median(t_batch)
+    batch_path: Timed = ("(b) worker batched path     ", lambda: batched(archive, predictor))
+    single_path: Timed = ("(a) per-image model.predict ", lambda: per_image(files, predictor))
+    ratio = _side_by_side(n, args.repeat, single_path, batch_path)
     print(f"    batched / per-image speed-up (medians): {ratio:.1f}x")
     if args.e2e:
         from bench.e2e import service, time_one
 
         with service(name) as base:
             time_one(base, archive)  # first job of a fresh service: connections, imports
-            t_e2e, t_batch = _interleaved(
-                lambda: time_one(base, archive), lambda: batched(archive, predictor), args.repeat
-            )
-        _report("(b) worker batched path     ", n, t_batch)
-        _report("(c) end to end, HTTP+queue+DB", n, t_e2e)
-        ratio = statistics.median(t_e2e) / statistics.median(t_batch)
+            e2e_path: Timed = ("(c) end to end, HTTP+queue+DB", lambda: time_one(base, archive))
+            ratio = _side_by_side(n, args.repeat, e2e_path, batch_path)
         print(f"    end-to-end / bare batched time (medians): {ratio:.2f}x")
     tmp.cleanup()
 

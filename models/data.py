@@ -107,7 +107,7 @@ def case_number(path: Path) -> int | None:
 
 def phash_bits(paths: Sequence[Path]) -> np.ndarray:
     """64-bit perceptual hashes as a (n, 64) bool matrix, for fast pairwise distances."""
-    return np.array([imagehash.phash(Image.open(p).convert("L")).hash.ravel() for p in paths])
+    return np.array([imagehash.phash(Image.fromarray(load_gray(p))).hash.ravel() for p in paths])
 
 
 def _hamming(bits: np.ndarray) -> np.ndarray:
