@@ -43,7 +43,7 @@ def _broker() -> str:
 def _workers() -> str:
     names = workers_consuming()
     if not names:
-        raise RuntimeError(f"no worker consumes the queue {get_settings().queue_name!r}")
+        raise RuntimeError(f"no worker consumes the queue {get_settings().celery_queue!r}")
     return ", ".join(names)
 
 

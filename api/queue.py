@@ -25,7 +25,7 @@ def enqueue_job(job_id: str) -> None:
 
 def workers_consuming(timeout_s: float = 1.0) -> list[str]:
     """Names of the workers that answered and consume our queue (for /readyz)."""
-    queue = get_settings().queue_name
+    queue = get_settings().celery_queue
     replies = producer().control.inspect(timeout=timeout_s).active_queues() or {}
     return sorted(
         name for name, queues in replies.items() if any(q["name"] == queue for q in queues)

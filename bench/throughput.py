@@ -73,7 +73,7 @@ def batched(archive: Path, predictor) -> float:  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     with plan_upload(archive, settings) as plan:
         decoded = _decode_ahead(plan.slices, predictor, settings)
-        for batch in _batches(decoded, settings.batch_size):
+        for batch in _batches(decoded, settings.inference_batch_size):
             predictor.predict(np.stack([d.tensor for d in batch if d.tensor is not None]))
     return time.perf_counter() - start
 
@@ -128,7 +128,7 @@ def main() -> None:
     n = len(files)
     print(
         f"model {predictor.card.name} {predictor.card.version}, {n} slices, "
-        f"batch size {settings.batch_size}, decode threads {settings.decode_threads}"
+        f"batch size {settings.inference_batch_size}, decode threads {settings.decode_threads}"
     )
     batch_path: Timed = ("(b) worker batched path     ", lambda: batched(archive, predictor))
     single_path: Timed = ("(a) per-image model.predict ", lambda: per_image(files, predictor))

@@ -1,144 +1,171 @@
-"""One typed settings object, read from environment variables.
+"""One typed settings object, read from environment variables (pydantic-settings).
 
 Every process (API, worker, migrations, scripts) reads its configuration here,
-so a variable means the same thing everywhere. Defaults are safe for a local,
-single-machine run: an SQLite file and the storage folder under ``var/``.
+so a variable means the same thing everywhere. Each field's environment
+variable is its name in upper case (``inference_batch_size`` ->
+``INFERENCE_BATCH_SIZE``): a setting is added in one place. Defaults are safe
+for a local, single-machine run: an SQLite file and the storage folder under
+``var/``. An empty variable means "use the default", as in ``.env.example``.
+
+``APP_ENV=production`` refuses to start with placeholder secrets.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VAR_DIR = PROJECT_ROOT / "var"
+MB = 1024**2
+
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "password", "secret", "dummy", "admin"}
+"""Values that mean "nobody set this"; refused as secrets when APP_ENV=production."""
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """Limits applied to untrusted uploads before and while they are read (in bytes)."""
+
+    max_members: int = 5000
+    max_uncompressed_bytes: int = 4 * 1024**3
+    max_member_bytes: int = 512 * MB
+    max_compression_ratio: float = 200.0
+    max_image_pixels: int = 8192 * 8192
 
 
-def _int(name: str, default: int) -> int:
-    return int(_env(name, str(default)))
-
-
-def _float(name: str, default: float) -> float:
-    return float(_env(name, str(default)))
-
-
-def _path(value: str) -> Path:
+def _project_path(value: str | Path) -> Path:
     """Relative paths are taken from the project root, so every process agrees."""
     path = Path(value).expanduser()
     return path if path.is_absolute() else PROJECT_ROOT / path
 
 
-def _paths(name: str, default: str) -> tuple[Path, ...]:
-    return tuple(_path(p) for p in _env(name, default).split(os.pathsep) if p)
+def _split(value: object, sep: str) -> object:
+    """``"A,B"`` from the environment -> ("A", "B"); sequences pass through."""
+    if isinstance(value, str):
+        return tuple(p.strip() for p in value.split(sep) if p.strip())
+    return value
 
 
-@dataclass(frozen=True)
-class ArchiveLimits:
-    """Limits applied to untrusted uploads before and while they are read."""
-
-    max_members: int = 5000
-    max_uncompressed_bytes: int = 4 * 1024**3
-    max_member_bytes: int = 512 * 1024**2
-    max_compression_ratio: float = 200.0
-    max_image_pixels: int = 8192 * 8192
-
-    @classmethod
-    def from_env(cls) -> ArchiveLimits:
-        return cls(
-            max_members=_int("MAX_ARCHIVE_MEMBERS", cls.max_members),
-            max_uncompressed_bytes=_int(
-                "MAX_UNCOMPRESSED_MB", cls.max_uncompressed_bytes // 1024**2
-            )
-            * 1024**2,
-            max_member_bytes=_int("MAX_MEMBER_MB", cls.max_member_bytes // 1024**2) * 1024**2,
-            max_compression_ratio=_float("MAX_COMPRESSION_RATIO", cls.max_compression_ratio),
-            max_image_pixels=_int("MAX_IMAGE_PIXELS", cls.max_image_pixels),
-        )
+CommaList = Annotated[tuple[str, ...], NoDecode]
+PathList = Annotated[tuple[Path, ...], NoDecode]
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Configuration of one process; build it with :func:`get_settings`."""
+class Settings(BaseSettings):
+    """Configuration of one process; build it with :func:`get_settings` or directly."""
 
+    model_config = SettingsConfigDict(
+        env_ignore_empty=True, frozen=True, extra="ignore", case_sensitive=False
+    )
+
+    app_env: Literal["development", "production"] = "development"
+
+    # --- where things live ---
     database_url: str = f"sqlite:///{VAR_DIR / 'lungct.db'}"
     redis_url: str = "redis://127.0.0.1:6379/0"
     storage_dir: Path = VAR_DIR / "uploads"
-    models_dirs: tuple[Path, ...] = (PROJECT_ROOT / "models" / "store", VAR_DIR / "models")
+    models_dirs: PathList = (PROJECT_ROOT / "models" / "store", VAR_DIR / "models")
     default_model: str = "lungct-cnn6"
-    max_upload_bytes: int = 1024 * 1024**2
-    batch_size: int = 64
-    decode_threads: int = 2
+    celery_queue: str = "inference"
+
+    # --- uploads and inference ---
+    max_upload_mb: PositiveInt = 1024
+    max_form_parts: PositiveInt = 100
+    inference_batch_size: PositiveInt = 64
+    decode_threads: PositiveInt = 2
     # DICOM display window (HU) that reproduces how the IQ-OTH/NCCD training
     # JPEGs were exported; measured in ingest/README.md ("Windowing").
-    window_center: float = 150.0
-    window_width: float = 500.0
-    skip_series_types: tuple[str, ...] = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM")
-    allowed_modalities: tuple[str, ...] = ("CT",)
-    min_abnormal_slices: int = 2
-    top_slices: int = 5
-    results_page_size: int = 100
-    queue_name: str = "inference"
+    dicom_window_center: float = 150.0
+    dicom_window_width: PositiveFloat = 500.0
+    skip_image_types: CommaList = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM")
+    allowed_modalities: CommaList = ("CT",)
+    min_abnormal_slices: PositiveInt = 2
+    summary_top_slices: int = Field(5, ge=0)
+    results_page_size: PositiveInt = 100
     keep_uploads: bool = False
-    job_time_limit_s: int = 3600
-    limits: ArchiveLimits = field(default_factory=ArchiveLimits)
 
-    def __post_init__(self) -> None:
-        """Refuse values that would silently break jobs (e.g. a batch size of 0)."""
-        positive = {
-            "INFERENCE_BATCH_SIZE": self.batch_size,
-            "DECODE_THREADS": self.decode_threads,
-            "MAX_UPLOAD_MB": self.max_upload_bytes,
-            "DICOM_WINDOW_WIDTH": self.window_width,
-            "MIN_ABNORMAL_SLICES": self.min_abnormal_slices,
-            "RESULTS_PAGE_SIZE": self.results_page_size,
-            "JOB_TIME_LIMIT_S": self.job_time_limit_s,
-        }
-        bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
-        if bad:
-            raise ValueError(f"settings must be positive: {', '.join(bad)}")
+    # --- archive limits (ingest) ---
+    max_archive_members: PositiveInt = 5000
+    max_uncompressed_mb: PositiveInt = 4096
+    max_member_mb: PositiveInt = 512
+    max_compression_ratio: PositiveFloat = 200.0
+    max_image_pixels: PositiveInt = 8192 * 8192
 
+    # --- job life cycle (db/lifecycle.py, worker/sweeper.py) ---
+    job_time_limit_s: PositiveInt = 3600
+    max_attempts: PositiveInt = 3
+    heartbeat_interval_s: PositiveFloat = 5.0
+    stale_after_s: PositiveFloat = 30.0
+    sweep_interval_s: PositiveFloat = 10.0
+    orphan_upload_age_s: PositiveFloat = 3600.0
+    retention_days: float = Field(30.0, ge=0)
+    broker_timeout_s: PositiveFloat = 3.0
+    readyz_cache_s: float = Field(5.0, ge=0)
+
+    # --- access (api/auth.py, api/limits.py) ---
+    rate_limit_submit: str = "60/minute"
+    rate_limit_read: str = "1200/minute"
+    max_active_jobs_per_owner: PositiveInt = 50
+    idempotency_hours: PositiveFloat = 24.0
+    flower_basic_auth: str = ""
+
+    @field_validator("storage_dir", mode="before")
     @classmethod
-    def from_env(cls) -> Settings:
-        d = cls()
-        return cls(
-            database_url=_env("DATABASE_URL", d.database_url),
-            redis_url=_env("REDIS_URL", d.redis_url),
-            storage_dir=_path(_env("STORAGE_DIR", str(d.storage_dir))),
-            models_dirs=_paths("MODELS_DIRS", os.pathsep.join(map(str, d.models_dirs))),
-            default_model=_env("DEFAULT_MODEL", d.default_model),
-            max_upload_bytes=_int("MAX_UPLOAD_MB", d.max_upload_bytes // 1024**2) * 1024**2,
-            batch_size=_int("INFERENCE_BATCH_SIZE", d.batch_size),
-            decode_threads=_int("DECODE_THREADS", d.decode_threads),
-            window_center=_float("DICOM_WINDOW_CENTER", d.window_center),
-            window_width=_float("DICOM_WINDOW_WIDTH", d.window_width),
-            skip_series_types=tuple(
-                s.strip().upper()
-                for s in _env("SKIP_IMAGE_TYPES", ",".join(d.skip_series_types)).split(",")
-                if s.strip()
-            ),
-            allowed_modalities=tuple(
-                s.strip().upper()
-                for s in _env("ALLOWED_MODALITIES", ",".join(d.allowed_modalities)).split(",")
-                if s.strip()
-            ),
-            min_abnormal_slices=_int("MIN_ABNORMAL_SLICES", d.min_abnormal_slices),
-            top_slices=_int("SUMMARY_TOP_SLICES", d.top_slices),
-            results_page_size=_int("RESULTS_PAGE_SIZE", d.results_page_size),
-            queue_name=_env("CELERY_QUEUE", d.queue_name),
-            keep_uploads=_env("KEEP_UPLOADS", "0").lower() in ("1", "true", "yes"),
-            job_time_limit_s=_int("JOB_TIME_LIMIT_S", d.job_time_limit_s),
-            limits=ArchiveLimits.from_env(),
+    def _storage_path(cls, value: str | Path) -> Path:
+        return _project_path(value)
+
+    @field_validator("models_dirs", mode="before")
+    @classmethod
+    def _model_paths(cls, value: object) -> object:
+        parts = _split(value, os.pathsep)
+        return tuple(_project_path(p) for p in parts) if isinstance(parts, tuple | list) else parts
+
+    @field_validator("skip_image_types", "allowed_modalities", mode="before")
+    @classmethod
+    def _upper_list(cls, value: object) -> object:
+        parts = _split(value, ",")
+        return tuple(str(p).upper() for p in parts) if isinstance(parts, tuple | list) else parts
+
+    @model_validator(mode="after")
+    def _no_placeholders_in_production(self) -> Settings:
+        """A production deployment must not run with a guessable password."""
+        if self.app_env != "production":
+            return self
+        problems = []
+        url = make_url(self.database_url)
+        if url.get_backend_name() != "sqlite" and (url.password or "") in PLACEHOLDER_SECRETS:
+            problems.append("DATABASE_URL has no real password")
+        flower_password = self.flower_basic_auth.partition(":")[2]
+        if self.flower_basic_auth and flower_password in PLACEHOLDER_SECRETS:
+            problems.append("FLOWER_BASIC_AUTH uses a placeholder password")
+        if problems:
+            raise ValueError("APP_ENV=production refuses to start: " + "; ".join(problems))
+        return self
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * MB
+
+    @property
+    def limits(self) -> ArchiveLimits:
+        """The archive limits in the form ingest takes them."""
+        return ArchiveLimits(
+            max_members=self.max_archive_members,
+            max_uncompressed_bytes=self.max_uncompressed_mb * MB,
+            max_member_bytes=self.max_member_mb * MB,
+            max_compression_ratio=self.max_compression_ratio,
+            max_image_pixels=self.max_image_pixels,
         )
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
-    return Settings.from_env()
+    return Settings()

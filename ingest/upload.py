@@ -300,7 +300,7 @@ def _select_one(
     limits = settings.limits
     reasons = {
         m: exclusion_reason(
-            h, settings.allowed_modalities, settings.skip_series_types, limits.max_image_pixels
+            h, settings.allowed_modalities, settings.skip_image_types, limits.max_image_pixels
         )
         for m, h in files
     }
@@ -333,8 +333,8 @@ def _reader(origin: Origin, member: str, fmt: str, settings: Settings) -> Member
         origin=origin,
         member=member,
         fmt=fmt,
-        window_center=settings.window_center,
-        window_width=settings.window_width,
+        window_center=settings.dicom_window_center,
+        window_width=settings.dicom_window_width,
         max_pixels=settings.limits.max_image_pixels,
     )
 

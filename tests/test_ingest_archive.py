@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from config.settings import ArchiveLimits, Settings
+from config.settings import Settings
 from ingest import InvalidUpload, SliceError, UploadPlan, plan_upload
 from tests.fixtures_dicom import (
     ct_slice,
@@ -143,7 +143,7 @@ def test_images_next_to_dicom_are_left_out(tmp_path: Path) -> None:
 
 
 def test_image_over_pixel_limit_is_skipped(tmp_path: Path) -> None:
-    settings = Settings(limits=ArchiveLimits(max_image_pixels=1000 * 1000))
+    settings = Settings(max_image_pixels=1000 * 1000)
     plan = _plan(tmp_path, [("a.png", image_bytes()), ("b.png", huge_png(1500, 1000))], settings)
     assert [s.source for s in plan.slices] == ["a.png"]
     assert "too large" in _reasons(plan)["b.png"]
@@ -166,7 +166,7 @@ def _lying_zip(tmp_path: Path, extra_pixels: int) -> Path:
 
 def test_lying_declared_size_is_stopped_while_streaming(tmp_path: Path) -> None:
     path = _lying_zip(tmp_path, 8 * 1024**2)  # 8 MB of zeros behind a 100 KB claim
-    settings = Settings(limits=ArchiveLimits(max_member_bytes=1024**2))
+    settings = Settings(max_member_mb=1)
     plan = plan_upload(path, settings)  # the header is small: planned
     with pytest.raises(SliceError, match="beyond the 1 MB per-file limit"):
         plan.slices[0].load()
@@ -186,8 +186,7 @@ def test_total_budget_counts_real_bytes(tmp_path: Path) -> None:
     )
     for i in (1, 2, 3):
         patch_zip(path, f"{i}.dcm", declared_size=1000)
-    limits = ArchiveLimits(max_uncompressed_bytes=1024**2, max_member_bytes=1024**2)
-    plan = plan_upload(path, Settings(limits=limits))
+    plan = plan_upload(path, Settings(max_uncompressed_mb=1, max_member_mb=1))
     errors = []
     for s in plan.slices:
         try:
@@ -230,7 +229,7 @@ def test_single_text_file_plan(tmp_path: Path) -> None:
 def test_loads_are_thread_safe(tmp_path: Path) -> None:
     members = [(f"s/{i}.dcm", _slice(i)) for i in range(1, 25)]
     # Slices differ by 1 HU near -1000: the lung window tells them apart, 150/500 would not.
-    lung = Settings(window_center=-600, window_width=1500)
+    lung = Settings(dicom_window_center=-600, dicom_window_width=1500)
     with _plan(tmp_path, members, lung, compression=zipfile.ZIP_DEFLATED) as plan:
         serial = [s.load() for s in plan.slices]
         with ThreadPoolExecutor(max_workers=4) as pool:

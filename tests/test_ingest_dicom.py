@@ -29,11 +29,11 @@ from tests.fixtures_dicom import (
 )
 
 SETTINGS = Settings()
-LUNG = Settings(window_center=-600, window_width=1500)
+LUNG = Settings(dicom_window_center=-600, dicom_window_width=1500)
 ALL_MODALITIES = Settings(
     allowed_modalities=("CT", "MR", "NM", "OT", "US"),
-    window_center=1000,
-    window_width=3000,
+    dicom_window_center=1000,
+    dicom_window_width=3000,
 )
 
 
@@ -117,7 +117,7 @@ def test_localizer_and_non_ct_series_are_skipped(tmp_path: Path) -> None:
 def test_selection_rule_is_configurable(tmp_path: Path) -> None:
     mr = series("1.2.3.4.5", [0.0, 5.0], modality="MR")
     scout = series("1.2.3.4.1", [0.0], image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))
-    settings = Settings(allowed_modalities=("CT", "MR"), skip_series_types=())
+    settings = Settings(allowed_modalities=("CT", "MR"), skip_image_types=())
     assert len(_plan(tmp_path, mr + scout, settings).slices) == 3
 
 
@@ -160,7 +160,7 @@ def test_default_window_is_training_matched(tmp_path: Path) -> None:
         for i, hu in enumerate([-600.0, -100.0, 150.0])
     ]
     plan = _plan(tmp_path, datasets)
-    assert (SETTINGS.window_center, SETTINGS.window_width) == (150.0, 500.0)
+    assert (SETTINGS.dicom_window_center, SETTINGS.dicom_window_width) == (150.0, 500.0)
     assert [int(s.load()[5, 5]) for s in plan.slices] == [0, 0, 128]
 
 

@@ -63,7 +63,7 @@ def test_real_study_plan(study_zip: Path) -> None:
 
 
 def test_real_study_loads(study_zip: Path) -> None:
-    plan = plan_upload(study_zip, Settings(window_center=-600, window_width=1500))
+    plan = plan_upload(study_zip, Settings(dicom_window_center=-600, dicom_window_width=1500))
     with ThreadPoolExecutor(max_workers=2) as pool:
         images = list(pool.map(lambda s: s.load(), plan.slices[20:24] + plan.slices[84:88]))
     for image in images:

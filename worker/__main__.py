@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     from config import get_settings
     from worker.celery_app import celery
 
-    celery.worker_main(worker_argv(args, extra, get_settings().queue_name))
+    celery.worker_main(worker_argv(args, extra, get_settings().celery_queue))
 
 
 if __name__ == "__main__":

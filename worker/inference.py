@@ -74,5 +74,5 @@ def warm_up(name: str) -> None:
     """
     predictor = get_predictor(name)
     spec = predictor.card.input
-    for n in (get_settings().batch_size, 1):
+    for n in (get_settings().inference_batch_size, 1):
         predictor.predict(np.zeros((n, spec.height, spec.width, spec.channels), np.float32))

@@ -76,7 +76,7 @@ def _predict_and_store(
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer") as writer:
         pending: Future[None] | None = None
-        for batch in _batches(_decode_ahead(todo, predictor, settings), settings.batch_size):
+        for batch in _batches(_decode_ahead(todo, predictor, settings), settings.inference_batch_size):
             rows = _predict(batch, predictor)
             if pending is not None:
                 pending.result()
@@ -154,7 +154,7 @@ def _decode_ahead(
     todo: list[SliceSource], predictor: Predictor, settings: Settings
 ) -> Iterator[Decoded]:
     """Decode in a thread pool, at most two batches ahead of the consumer."""
-    window = 2 * settings.batch_size
+    window = 2 * settings.inference_batch_size
     with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
         pending: list[Future[Decoded]] = []
         sources = iter(todo)

@@ -79,7 +79,7 @@ def summarize_group(
         "label": label,
         "probabilities": mean,
         "slice_counts": {c: counts.get(c, 0) for c in card.classes},
-        "top_slices": _top(ok, label, settings.top_slices),
+        "top_slices": _top(ok, label, settings.summary_top_slices),
     }
 
 
