@@ -1,32 +1,90 @@
-"""Application factory: settings, JSON errors, blueprints."""
+"""Application factory: settings, JSON errors, rate limits, blueprints."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from apiflask import APIFlask, HTTPError
+from flask import request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from config import get_settings
+from api.auth import hash_key
+from config import Settings, get_settings
 
 
 def _error_body(error: HTTPError) -> tuple[dict[str, Any], int, Any]:
-    """Every error, ours or Werkzeug's, as ``{"error": {"code", "message"}}``."""
-    body: dict[str, Any] = {"code": error.status_code, "message": error.message}
+    """Every error, ours or Werkzeug's, as ``{"error": {"code", "message", "detail"?}}``."""
+    message = error.message
+    if error.status_code == 400 and error.detail and message == "Invalid request":
+        message = f"Invalid request: {_first_problem(error.detail)}"
+    body: dict[str, Any] = {"code": error.status_code, "message": message}
     if error.detail:
         body["detail"] = error.detail
     return {"error": body}, error.status_code, error.headers
 
 
-def _too_large(_error: Exception) -> tuple[dict[str, Any], int]:
-    """Werkzeug's 413 names no limit; ours does."""
-    limit_mb = get_settings().max_upload_bytes // 1024**2
-    message = f"upload too large: the limit is {limit_mb} MB (MAX_UPLOAD_MB)"
+def _first_problem(detail: dict[str, Any]) -> str:
+    """'field: message' of the first validation problem, for a readable message."""
+    for fields in detail.values():
+        if isinstance(fields, dict):
+            for name, problems in fields.items():
+                text = problems[0] if isinstance(problems, list) and problems else problems
+                return f"{name}: {text}"
+    return "see detail"
+
+
+def _too_large(error: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
+    """Werkzeug's 413 names no limit and also covers 'too many form parts'; ours say which."""
+    settings = _app_settings()
+    limit = request.max_content_length or settings.max_upload_bytes
+    if request.content_length is not None and request.content_length <= limit:
+        message = (
+            f"too many form fields: at most {settings.max_form_parts} are accepted "
+            "(send the upload as the multipart field 'file', plus 'model')"
+        )
+        return {"error": {"code": 400, "message": message}}, 400
+    message = f"upload too large: the limit is {limit / 1024**2:g} MB (MAX_UPLOAD_MB)"
     return {"error": {"code": 413, "message": message}}, 413
 
 
-def create_app() -> APIFlask:
-    """Build the API from the process settings (environment variables)."""
-    settings = get_settings()
+def _app_settings() -> Settings:
+    from api import context
+
+    return context.settings()
+
+
+def rate_limit_key() -> str:
+    """Rate limits count per API key (its hash), or per address without one."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return "key:" + hash_key(token.strip())[:32]
+    return "ip:" + get_remote_address()
+
+
+def _limiter(app: APIFlask, settings: Settings) -> Limiter:
+    """Per-key limits on /api/ routes, counted in Redis so every API process shares them."""
+    from api import jobs
+
+    limiter = Limiter(
+        rate_limit_key,
+        default_limits=[settings.rate_limit_read],
+        default_limits_exempt_when=lambda: not request.path.startswith("/api/"),
+        storage_uri=settings.redis_url,
+        storage_options={"socket_timeout": settings.broker_timeout_s},
+        headers_enabled=True,
+        swallow_errors=True,
+        key_prefix=f"lungct-limits:{settings.celery_queue}",
+    )
+    limiter.limit(lambda: settings.rate_limit_submit, methods=["POST"])(jobs.submit_job)
+    limiter.init_app(app)
+    return limiter
+
+
+def create_app(settings: Settings | None = None) -> APIFlask:
+    """Build the API from ``settings`` (default: the environment)."""
+    settings = settings or get_settings()
     app = APIFlask(
         __name__,
         title="Lung-CT classifier API",
@@ -37,20 +95,24 @@ def create_app() -> APIFlask:
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+        MAX_FORM_PARTS=settings.max_form_parts,
         VALIDATION_ERROR_STATUS_CODE=400,
         VALIDATION_ERROR_DESCRIPTION="Invalid request",
         JSON_SORT_KEYS=False,
         INFO={
             "description": "Submit CT slices or zipped studies, poll jobs, read predictions. "
+            "Every /api/v1 route needs `Authorization: Bearer <API key>`. "
             "Research use only; not for clinical diagnosis."
         },
     )
+    app.json.sort_keys = False
     app.error_processor(_error_body)
-    app.register_error_handler(413, _too_large)
+    app.register_error_handler(RequestEntityTooLarge, _too_large)
     settings.storage_dir.mkdir(parents=True, exist_ok=True)
 
-    from api import health, jobs, model_routes, ui
+    from api import admin, health, jobs, model_routes, ui
 
-    for module in (jobs, model_routes, health, ui):
+    for module in (jobs, model_routes, admin, health, ui):
         app.register_blueprint(module.bp)
+    app.extensions["lungct_limiter"] = _limiter(app, settings)
     return app

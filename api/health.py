@@ -1,18 +1,31 @@
-"""Liveness and readiness probes for orchestrators and load balancers."""
+"""Liveness and readiness probes for orchestrators and load balancers.
+
+``/readyz`` checks the database, the broker and that a worker consumes the
+queue; the answer is cached for READYZ_CACHE_S seconds (the worker check
+alone takes a second), so probes and dashboards cannot load the broker.
+Anyone gets ``ok``/``failed`` per check; the error text (host names, driver
+messages) is shown only to an operator, i.e. a request with an admin key.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from apiflask import APIBlueprint
-from redis import Redis
+from flask import request
 from sqlalchemy import text
 
-from api.queue import workers_consuming
-from config import get_settings
+from api import context
+from api.auth import find_key
+from api.queue import redis_client, workers_consuming
+from config import Settings
 from db.session import get_engine
 
 bp = APIBlueprint("health", __name__, tag="Health")
+_cache: dict[Settings, tuple[float, dict[str, tuple[bool, str]]]] = {}
+_cache_lock = threading.Lock()
 
 
 @bp.get("/healthz")
@@ -21,42 +34,75 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _check(fn: Any) -> tuple[bool, str]:
+def _check(fn: Any, settings: Settings) -> tuple[bool, str]:
     try:
-        return True, fn() or "ok"
+        return True, fn(settings) or "ok"
     except Exception as exc:  # any failure means "not ready", reported, never raised
         return False, f"{type(exc).__name__}: {exc}"
 
 
-def _database() -> str:
-    with get_engine().connect() as conn:
+def _database(settings: Settings) -> str:
+    with get_engine(settings.database_url).connect() as conn:
         conn.execute(text("SELECT 1"))
     return "ok"
 
 
-def _broker() -> str:
-    with Redis.from_url(get_settings().redis_url, socket_timeout=2) as client:
-        client.ping()
+def _broker(settings: Settings) -> str:
+    redis_client(settings).ping()
     return "ok"
 
 
-def _workers() -> str:
-    names = workers_consuming()
+def _workers(settings: Settings) -> str:
+    names = workers_consuming(settings)
     if not names:
-        raise RuntimeError(f"no worker consumes the queue {get_settings().celery_queue!r}")
+        raise RuntimeError(f"no worker consumes the queue {settings.celery_queue!r}")
     return ", ".join(names)
+
+
+def _checks(settings: Settings) -> dict[str, tuple[bool, str]]:
+    """Run the checks, or reuse a result younger than READYZ_CACHE_S."""
+    now = time.monotonic()
+    with _cache_lock:
+        cached = _cache.get(settings)
+        if cached is not None and now - cached[0] < settings.readyz_cache_s:
+            return cached[1]
+    checks = {"database": _check(_database, settings), "broker": _check(_broker, settings)}
+    if checks["broker"][0]:
+        checks["workers"] = _check(_workers, settings)
+    else:
+        checks["workers"] = (False, "broker down")
+    with _cache_lock:
+        _cache[settings] = (time.monotonic(), checks)
+    return checks
+
+
+def _is_operator() -> bool:
+    """An admin API key in the Authorization header (optional on this route)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    try:
+        with context.session() as s:
+            row = find_key(s, token.strip())
+            return bool(row is not None and row.admin)
+    except Exception:  # database down: the caller is nobody in particular
+        return False
 
 
 @bp.get("/readyz")
 @bp.doc(
-    summary="Database and broker reachable, at least one worker answering", responses=[200, 503]
+    summary="Database and broker reachable, at least one worker consuming the queue",
+    description="Details of each check only with an admin API key.",
+    responses=[200, 503],
 )
 def readyz() -> tuple[dict[str, Any], int]:
-    checks = {"database": _check(_database), "broker": _check(_broker)}
-    checks["workers"] = _check(_workers) if checks["broker"][0] else (False, "broker down")
+    checks = _checks(context.settings())
     ready = all(ok for ok, _ in checks.values())
+    detail = _is_operator()
     body = {
         "status": "ready" if ready else "not ready",
-        "checks": {k: v for k, (_, v) in checks.items()},
+        "checks": {
+            k: (v if detail else ("ok" if ok else "failed")) for k, (ok, v) in checks.items()
+        },
     }
     return body, 200 if ready else 503

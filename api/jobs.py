@@ -1,37 +1,53 @@
-"""Jobs: submit an upload, poll its status, page through per-slice results."""
+"""Jobs: submit, list, poll, page through results, cancel and delete, per owner.
+
+Every route requires an API key (:mod:`api.auth`); a job that belongs to
+another owner answers 404 exactly like a job that does not exist (no hint
+that it does). Status changes go through :mod:`db.lifecycle`.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import timedelta
+from typing import Any, NoReturn
 
 from apiflask import APIBlueprint, abort
-from flask import current_app, url_for
+from flask import request, url_for
+from redis.exceptions import LockError, RedisError
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
-from api.queue import enqueue_job
-from api.schemas import JobIn, JobOut, ResultsOut, ResultsQuery
+from api import context
+from api.auth import Caller, auth, caller
+from api.queue import enqueue_job, redis_client
+from api.schemas import CancelOut, JobIn, JobList, JobListQuery, JobOut, ResultsOut, ResultsQuery
 from api.serializers import job_to_dict, prediction_to_dict
-from api.storage import discard, save_upload
-from config import Settings
-from db.models import Job, JobStatus, SlicePrediction, utcnow
-from db.session import session_scope
+from db import lifecycle
+from db.models import (
+    ACTIVE_STATUSES,
+    AuditEvent,
+    Job,
+    JobStatus,
+    SlicePrediction,
+    as_utc,
+    utcnow,
+)
 from ingest import InvalidUpload, inspect_upload
 from models.registry import ModelCard, Registry
 
 log = logging.getLogger(__name__)
 bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
-
-
-def _settings() -> Settings:
-    return current_app.config["SETTINGS"]
+IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 def _choose_model(name: str | None) -> ModelCard:
     """The requested model, or the default; 400 with the choices if unknown."""
-    settings = _settings()
+    settings = context.settings()
     registry = Registry(settings.models_dirs)
     try:
         return registry.get(name or settings.default_model)
@@ -40,53 +56,95 @@ def _choose_model(name: str | None) -> ModelCard:
         abort(400, f"unknown model {name or settings.default_model!r}; available: {known}")
 
 
-def _create_job(job_id: str, kind: str, card: ModelCard, key: str, size: int) -> Job:
-    """Commit the job row before anything is enqueued (the worker reads it)."""
-    with session_scope() as s:
-        job = Job(
-            id=job_id,
-            kind=kind,
-            model_name=card.name,
-            model_version=card.version,
-            upload_key=key,
-            upload_bytes=size,
-            status=JobStatus.QUEUED,
-            warnings=[],
-        )
-        s.add(job)
+def _owned(s: Session, job_id: str, who: Caller) -> Job:
+    """The caller's job (any job for an admin key), else 404."""
+    job = s.get(Job, job_id)
+    if job is None or (job.owner != who.owner and not who.admin):
+        abort(404, f"no job with id {job_id!r}")
     return job
 
 
+def _audit(s: Session, who: Caller, action: str, job_id: str) -> None:
+    """Record who did what to which job (no patient data); logged as well."""
+    s.add(AuditEvent(owner=who.owner, action=action, job_id=job_id))
+    log.info("audit: owner=%s action=%s job=%s", who.owner, action, job_id)
+
+
 @bp.post("/jobs")
+@bp.auth_required(auth)
 @bp.input(JobIn, location="form_and_files", arg_name="form")
 @bp.output(JobOut, status_code=202)
-@bp.doc(summary="Submit a slice or a study", responses=[202, 400, 413, 503])
+@bp.doc(
+    summary="Submit a slice or a study",
+    description=(
+        "Answers 202 with the new job. With an `Idempotency-Key` header, a retry by the same "
+        "owner with the same key within IDEMPOTENCY_HOURS answers 200 with the original job "
+        "instead of creating a second one."
+    ),
+    responses=[200, 202, 400, 401, 413, 429, 503],
+)
 def submit_job(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Store the upload, record a job and queue it; answers at once with the job."""
+    who = caller()
     upload = form.get("file")
     if upload is None or not upload.filename:
         abort(400, "missing file: send the image or study archive as multipart field 'file'")
+    key = _idempotency_key()
+    if key and (earlier := _replay(who, key)) is not None:
+        return earlier
     card = _choose_model(form.get("model"))
-    settings = _settings()
     job_id = str(uuid.uuid4())
     try:
-        job = _store_and_record(job_id, upload, card, settings)
+        job = _store_and_record(job_id, upload, card, who, key)
     except BaseException:
-        discard(settings.storage_dir, job_id)  # a rejected or failed submit leaves nothing
+        context.storage().discard(job_id)  # a rejected or failed submit leaves nothing
         raise
+    if job.id != job_id:  # lost an idempotency race: the other request's job answers
+        return _created(job, 200)
     try:
-        enqueue_job(job_id)
-    except Exception as exc:  # broker down: say so, and keep the record honest
-        log.exception("could not enqueue job %s", job_id)
-        _fail_unqueued(job_id)
-        abort(503, f"the job queue is unavailable ({type(exc).__name__}); please resubmit")
-    location = url_for("jobs.get_job", job_id=job_id)
-    return job_to_dict(job), 202, {"Location": location}
+        enqueue_job(context.settings(), job_id)
+    except Exception as exc:  # broker down or hung: say so, and keep the record honest
+        _unqueued(job_id, type(exc).__name__)
+    return _created(job, 202)
 
 
-def _store_and_record(job_id: str, upload: FileStorage, card: ModelCard, settings: Settings) -> Job:
+def _created(job: Job, status: int) -> tuple[dict[str, Any], int, dict[str, str]]:
+    return job_to_dict(job), status, {"Location": url_for("jobs.get_job", job_id=job.id)}
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
+    if len(key) > 255:
+        abort(400, f"{IDEMPOTENCY_HEADER} must be at most 255 characters")
+    return key or None
+
+
+def _replay(who: Caller, key: str) -> tuple[dict[str, Any], int, dict[str, str]] | None:
+    """The original answer for a retried submit, if this owner used ``key`` recently."""
+    with context.session() as s:
+        job = _job_by_key(s, who.owner, key)
+        return None if job is None else _created(job, 200)
+
+
+def _job_by_key(s: Session, owner: str, key: str) -> Job | None:
+    """The owner's job with this idempotency key, if it is recent; an old one lets go of it."""
+    job = s.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+    if job is None:
+        return None
+    horizon = timedelta(hours=context.settings().idempotency_hours)
+    if as_utc(job.created_at) < utcnow() - horizon:
+        job.idempotency_key = None
+        s.flush()
+        return None
+    return job
+
+
+def _store_and_record(
+    job_id: str, upload: FileStorage, card: ModelCard, who: Caller, key: str | None
+) -> Job:
     """Save the upload, check it (4xx if it cannot be a slice or study), commit the job."""
-    key, path = save_upload(settings.storage_dir, job_id, upload)
+    settings = context.settings()
+    stored_key, path = context.storage().save(job_id, upload.filename or "", upload.stream)
     try:
         kind = inspect_upload(path, upload.filename or "", settings.limits)
     except InvalidUpload as exc:
@@ -94,39 +152,143 @@ def _store_and_record(job_id: str, upload: FileStorage, card: ModelCard, setting
     except Exception as exc:  # a decoder choking on crafted input is still bad input
         log.warning("upload for job %s unreadable: %s", job_id, type(exc).__name__)
         abort(400, f"the upload could not be read ({type(exc).__name__})")
-    return _create_job(job_id, kind, card, key, path.stat().st_size)
+    job = Job(
+        id=job_id,
+        kind=kind,
+        owner=who.owner,
+        idempotency_key=key,
+        model_name=card.name,
+        model_version=card.version,
+        upload_key=stored_key,
+        upload_bytes=path.stat().st_size,
+        status=JobStatus.QUEUED,
+        warnings=[],
+    )
+    with _owner_lock(who.owner) as broker_up:
+        try:
+            with context.session() as s:
+                if broker_up:
+                    _check_active_cap(s, who.owner)
+                s.add(job)
+                _audit(s, who, "submit", job_id)
+        except IntegrityError:  # the same idempotency key committed a moment ago
+            context.storage().discard(job_id)
+            with context.session() as s:
+                earlier = _job_by_key(s, who.owner, key or "")
+            if earlier is None:
+                raise
+            return earlier
+    if not broker_up:
+        _unqueued(job_id, "RedisError")
+    return job
 
 
-def _fail_unqueued(job_id: str) -> None:
-    with session_scope() as s:
-        job = s.get_one(Job, job_id)
-        job.status, job.error, job.finished_at = JobStatus.FAILED, "could not be queued", utcnow()
-    discard(_settings().storage_dir, job_id)
+@contextmanager
+def _owner_lock(owner: str) -> Iterator[bool]:
+    """Serialise one owner's count-then-insert across API processes and hosts (Redis lock).
+
+    Yields False when Redis does not answer: the job is then recorded and
+    failed as "could not be queued" rather than waiting on the broker twice.
+    """
+    settings = context.settings()
+    name = f"lungct:owner-lock:{settings.celery_queue}:{owner}"
+    lock = redis_client(settings).lock(name, timeout=30, blocking_timeout=10)
+    try:
+        acquired = lock.acquire()
+    except RedisError as exc:
+        log.warning("owner lock unavailable: %s", type(exc).__name__)
+        yield False
+        return
+    if not acquired:
+        abort(503, "too many submissions at once for this owner; please retry")
+    try:
+        yield True
+    finally:
+        with suppress(RedisError, LockError):
+            lock.release()
+
+
+def _check_active_cap(s: Session, owner: str) -> None:
+    """429 when the owner already has MAX_ACTIVE_JOBS_PER_OWNER jobs queued or running."""
+    cap = context.settings().max_active_jobs_per_owner
+    active = s.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.owner == owner, Job.status.in_([str(a) for a in ACTIVE_STATUSES]))
+    )
+    if (active or 0) >= cap:
+        abort(
+            429,
+            f"{active} of your jobs are queued or running (limit {cap}, "
+            "MAX_ACTIVE_JOBS_PER_OWNER); wait for some to finish",
+            headers={"Retry-After": "10"},
+        )
+
+
+def _unqueued(job_id: str, reason: str) -> NoReturn:
+    """The broker did not take the job: record it as failed and answer 503."""
+    log.warning("could not enqueue job %s: %s", job_id, reason)
+    with context.session() as s:
+        ended = lifecycle.fail(s, job_id, "could not be queued")
+    if ended:
+        context.storage().release(job_id)
+    abort(503, f"the job queue is unavailable ({reason}); please resubmit")
+
+
+@bp.get("/jobs")
+@bp.auth_required(auth)
+@bp.input(JobListQuery, location="query", arg_name="query")
+@bp.output(JobList)
+@bp.doc(summary="List your jobs, newest first", responses=[200, 400, 401, 429])
+def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
+    """The caller's jobs (every owner's for an admin key), filtered and paginated."""
+    who = caller()
+    limit = query["limit"] or context.settings().results_page_size
+    offset = query["offset"]
+    q = select(Job)
+    if not who.admin:
+        q = q.where(Job.owner == who.owner)
+    if query.get("status"):
+        q = q.where(Job.status == query["status"])
+    if query.get("model"):
+        q = q.where(Job.model_name == query["model"])
+    if query.get("since"):
+        q = q.where(Job.created_at >= as_utc(query["since"]))
+    with context.session() as s:
+        rows = s.scalars(
+            q.order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit + 1)
+        ).all()
+        items = [job_to_dict(j) for j in rows[:limit]]
+    args = {k: v for k, v in request.args.items() if k not in ("offset", "limit")}
+    nxt = (
+        url_for("jobs.list_jobs", offset=offset + limit, limit=limit, **args)
+        if len(rows) > limit
+        else None
+    )
+    return {"items": items, "next": nxt}
 
 
 @bp.get("/jobs/<job_id>")
+@bp.auth_required(auth)
 @bp.output(JobOut)
-@bp.doc(summary="Poll a job", responses=[200, 404])
+@bp.doc(summary="Poll a job", responses=[200, 401, 404, 429])
 def get_job(job_id: str) -> dict[str, Any]:
     """Status, progress, and the study summary once the job has succeeded."""
-    with session_scope() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            abort(404, f"no job with id {job_id!r}")
-        return job_to_dict(job)
+    with context.session() as s:
+        return job_to_dict(_owned(s, job_id, caller()))
 
 
 @bp.get("/jobs/<job_id>/results")
+@bp.auth_required(auth)
 @bp.input(ResultsQuery, location="query", arg_name="query")
 @bp.output(ResultsOut)
-@bp.doc(summary="Per-slice predictions, paginated", responses=[200, 404])
+@bp.doc(summary="Per-slice predictions, paginated", responses=[200, 400, 401, 404, 429])
 def get_results(job_id: str, query: dict[str, Any]) -> dict[str, Any]:
     """Slices in order (series, then anatomical position); ``next`` links the next page."""
-    limit = query["limit"] or _settings().results_page_size
+    limit = query["limit"] or context.settings().results_page_size
     offset = query["offset"]
-    with session_scope() as s:
-        if s.get(Job, job_id) is None:
-            abort(404, f"no job with id {job_id!r}")
+    with context.session() as s:
+        _owned(s, job_id, caller())
         total = s.scalar(
             select(func.count())
             .select_from(SlicePrediction)
@@ -149,17 +311,46 @@ def get_results(job_id: str, query: dict[str, Any]) -> dict[str, Any]:
     return {"items": items, "total": total or 0, "next": nxt}
 
 
+@bp.post("/jobs/<job_id>/cancel")
+@bp.auth_required(auth)
+@bp.output(CancelOut)
+@bp.doc(
+    summary="Cancel a job",
+    description=(
+        "A queued job is `cancelled` at once. A running job stops after its current batch, "
+        "keeps the slices it stored, and ends `cancelled` (`cancel_requested` is true "
+        "meanwhile). 409 if the job has already ended."
+    ),
+    responses=[200, 401, 404, 409, 429],
+)
+def cancel_job(job_id: str) -> dict[str, Any]:
+    """Cancel the caller's job; its upload is freed once it has stopped."""
+    who = caller()
+    with context.session() as s:
+        job = _owned(s, job_id, who)
+        outcome = lifecycle.cancel(s, job_id)
+        if outcome is None:
+            abort(409, f"job has already ended ({job.status})")
+        _audit(s, who, "cancel", job_id)
+        s.refresh(job)
+        body = job_to_dict(job)
+    if outcome == JobStatus.CANCELLED:
+        context.storage().release(job_id)
+    return body
+
+
 @bp.delete("/jobs/<job_id>")
+@bp.auth_required(auth)
 @bp.output({}, status_code=204)
-@bp.doc(summary="Delete a job, its upload and its results", responses=[204, 404, 409])
+@bp.doc(summary="Delete a job, its upload and its results", responses=[204, 401, 404, 409, 429])
 def delete_job(job_id: str) -> tuple[str, int]:
-    """Remove everything stored for a finished job (patient data hygiene)."""
-    with session_scope() as s:
-        job = s.get(Job, job_id)
-        if job is None:
-            abort(404, f"no job with id {job_id!r}")
-        if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            abort(409, f"job is {job.status}; delete it once it has finished")
+    """Remove everything stored for an ended job (patient data hygiene)."""
+    who = caller()
+    with context.session() as s:
+        job = _owned(s, job_id, who)
+        if job.status in ACTIVE_STATUSES:
+            abort(409, f"job is {job.status}; cancel it first, or delete it once it has ended")
         s.delete(job)
-    discard(_settings().storage_dir, job_id)
+        _audit(s, who, "delete", job_id)
+    context.storage().discard(job_id)
     return "", 204

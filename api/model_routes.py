@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import current_app
 
+from api import context
+from api.auth import auth
 from api.schemas import ModelsOut
 from models.registry import Registry
 
@@ -14,11 +15,12 @@ bp = APIBlueprint("models", __name__, url_prefix="/api/v1", tag="Models")
 
 
 @bp.get("/models")
+@bp.auth_required(auth)
 @bp.output(ModelsOut)
 @bp.doc(summary="List the installed models")
 def list_models() -> dict[str, Any]:
     """Name, version, classes, input shape and test metrics of each installed model."""
-    settings = current_app.config["SETTINGS"]
+    settings = context.settings()
     items = []
     for card in Registry(settings.models_dirs).cards():
         public = card.to_public()

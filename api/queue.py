@@ -5,28 +5,40 @@ from __future__ import annotations
 from functools import lru_cache
 
 from celery import Celery
+from redis import Redis
 
-from config import get_settings
-from config.celery import RUN_JOB_TASK, celery_config
+from config import Settings
+from config.celery import celery_config, publish_job
 
 
-@lru_cache(maxsize=1)
-def producer() -> Celery:
-    """A producer-only Celery app with the workers' configuration."""
+@lru_cache(maxsize=8)
+def producer(settings: Settings) -> Celery:
+    """A producer-only Celery app with the workers' configuration (short socket timeouts)."""
     app = Celery("lungct-api")
-    app.conf.update(celery_config(get_settings()))
+    app.conf.update(celery_config(settings, producer=True))
     return app
 
 
-def enqueue_job(job_id: str) -> None:
-    """Send only the job ID; the worker loads everything else from the database."""
-    producer().send_task(RUN_JOB_TASK, args=[job_id], retry=True, retry_policy={"max_retries": 2})
+def enqueue_job(settings: Settings, job_id: str) -> None:
+    """Send only the job ID; raises when the broker does not answer within a few seconds."""
+    publish_job(producer(settings), job_id)
 
 
-def workers_consuming(timeout_s: float = 1.0) -> list[str]:
+def workers_consuming(settings: Settings, timeout_s: float = 1.0) -> list[str]:
     """Names of the workers that answered and consume our queue (for /readyz)."""
-    queue = get_settings().celery_queue
-    replies = producer().control.inspect(timeout=timeout_s).active_queues() or {}
+    replies = producer(settings).control.inspect(timeout=timeout_s).active_queues() or {}
     return sorted(
-        name for name, queues in replies.items() if any(q["name"] == queue for q in queues)
+        name
+        for name, queues in replies.items()
+        if any(q["name"] == settings.celery_queue for q in queues)
+    )
+
+
+@lru_cache(maxsize=8)
+def redis_client(settings: Settings) -> Redis:
+    """A Redis client with the same short timeouts as publishing (locks, readiness)."""
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.broker_timeout_s,
+        socket_connect_timeout=settings.broker_timeout_s,
     )

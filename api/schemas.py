@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 from apiflask import Schema
-from apiflask.fields import Boolean, Dict, File, Float, Integer, List, Nested, Raw, String
-from apiflask.validators import Range
+from apiflask.fields import (
+    AwareDateTime,
+    Boolean,
+    Dict,
+    File,
+    Float,
+    Integer,
+    List,
+    Nested,
+    Raw,
+    String,
+)
+from apiflask.validators import Length, OneOf, Range
+
+JOB_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
+MAX_OFFSET = 2**31 - 1
 
 
 class JobIn(Schema):
     file = File(
-        metadata={"description": "A .png/.jpg/.jpeg image, a DICOM file, or a .zip study archive"}
+        required=True,
+        metadata={"description": "A .png/.jpg/.jpeg image, a DICOM file, or a .zip study archive"},
     )
     model = String(
-        metadata={"description": "Model name (GET /api/v1/models); default model if absent"}
+        validate=Length(max=128),
+        metadata={"description": "Model name (GET /api/v1/models); default model if absent"},
     )
 
 
@@ -28,10 +44,13 @@ class Progress(Schema):
 
 class JobOut(Schema):
     id = String()
-    status = String(metadata={"enum": ["queued", "running", "succeeded", "failed"]})
+    status = String(metadata={"enum": JOB_STATUSES})
     kind = String(metadata={"enum": ["image", "study"]})
+    owner = String()
     model = Nested(ModelRef)
     progress = Nested(Progress)
+    cancel_requested = Boolean()
+    attempts = Integer()
     created_at = String()
     started_at = String(allow_none=True)
     finished_at = String(allow_none=True)
@@ -43,9 +62,31 @@ class JobOut(Schema):
     links = Dict()
 
 
-class ResultsQuery(Schema):
-    offset = Integer(load_default=0, validate=Range(min=0))
+class CancelOut(JobOut):
+    pass
+
+
+class Page(Schema):
+    offset = Integer(load_default=0, validate=Range(min=0, max=MAX_OFFSET))
     limit = Integer(load_default=None, validate=Range(min=1, max=1000))
+
+
+class ResultsQuery(Page):
+    pass
+
+
+class JobListQuery(Page):
+    status = String(validate=OneOf(JOB_STATUSES))
+    model = String(validate=Length(max=128))
+    since = AwareDateTime(
+        default_timezone=None,
+        metadata={"description": "Only jobs created at or after this ISO 8601 time (with zone)"},
+    )
+
+
+class JobList(Schema):
+    items = List(Nested(JobOut))
+    next = String(allow_none=True)
 
 
 class SliceOut(Schema):
@@ -81,3 +122,15 @@ class ModelOut(Schema):
 class ModelsOut(Schema):
     items = List(Nested(ModelOut))
     default = String()
+
+
+class AuditEventOut(Schema):
+    at = String()
+    owner = String()
+    action = String()
+    job_id = String(allow_none=True)
+
+
+class AuditOut(Schema):
+    items = List(Nested(AuditEventOut))
+    next = String(allow_none=True)

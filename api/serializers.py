@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from flask import url_for
 
-from db.models import Job, SlicePrediction
+from db.models import Job, SlicePrediction, as_utc
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     """ISO 8601 in UTC; SQLite hands back naive datetimes, which are stored in UTC."""
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return None if value is None else as_utc(value).isoformat()
 
 
 def job_to_dict(job: Job) -> dict[str, Any]:
@@ -23,12 +21,15 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "id": job.id,
         "status": job.status,
         "kind": job.kind,
+        "owner": job.owner,
         "model": {"name": job.model_name, "version": job.model_version},
         "progress": {"done": job.done, "total": job.total},
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
-        "updated_at": _iso(job.updated_at),
+        "cancel_requested": bool(job.cancel_requested),
+        "attempts": job.attempts,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "updated_at": iso(job.updated_at),
         "error": job.error,
         "warnings_count": len(job.warnings or []) + job.failed_slices,
         "warnings": job.warnings or [],

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -44,6 +45,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+@dataclass
+class Service:
+    """A running throwaway service: its base URL and an HTTP session with an API key."""
+
+    base: str
+    http: requests.Session
+
+
 def _wait_ready(base: str, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -56,9 +65,18 @@ def _wait_ready(base: str, timeout_s: float = 180) -> None:
     raise RuntimeError("service did not become ready")
 
 
+def api_key(env: dict[str, str], owner: str = "bench") -> str:
+    """Create an API key with ``python -m api.keys`` (its last output line is the key)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "api.keys", "create", owner],
+        cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return out.stdout.strip().splitlines()[-1]
+
+
 @contextmanager
-def service(model: str) -> Iterator[str]:
-    """Start migrate + worker + gunicorn on a temp SQLite file; yield the base URL."""
+def service(model: str) -> Iterator[Service]:
+    """Start migrate + worker + gunicorn on a temp SQLite file; yield the running service."""
     holder = tempfile.TemporaryDirectory(prefix="bench-e2e-")
     tmp = Path(holder.name)
     port = _free_port()
@@ -93,22 +111,24 @@ def service(model: str) -> Iterator[str]:
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_ready(base)
-        yield base
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {api_key(env)}"
+        yield Service(base, http)
     finally:
         for p in procs:
             stop(p)
         holder.cleanup()
 
 
-def time_one(base: str, archive: Path, poll_s: float = 0.02) -> float:
+def time_one(svc: Service, archive: Path, poll_s: float = 0.02) -> float:
     """Seconds from starting the upload to reading status ``succeeded``."""
     start = time.perf_counter()
     with archive.open("rb") as fh:
-        r = requests.post(f"{base}/api/v1/jobs", files={"file": (archive.name, fh)}, timeout=60)
+        r = svc.http.post(f"{svc.base}/api/v1/jobs", files={"file": (archive.name, fh)}, timeout=60)
     r.raise_for_status()
-    url = base + r.headers["Location"]
+    url = svc.base + r.headers["Location"]
     while True:
-        job = requests.get(url, timeout=10).json()
+        job = svc.http.get(url, timeout=10).json()
         if job["status"] in ("succeeded", "failed"):
             break
         time.sleep(poll_s)

@@ -137,9 +137,9 @@ def main() -> None:
     if args.e2e:
         from bench.e2e import service, time_one
 
-        with service(name) as base:
-            time_one(base, archive)  # first job of a fresh service: connections, imports
-            e2e_path: Timed = ("(c) end to end, HTTP+queue+DB", lambda: time_one(base, archive))
+        with service(name) as svc:
+            time_one(svc, archive)  # first job of a fresh service: connections, imports
+            e2e_path: Timed = ("(c) end to end, HTTP+queue+DB", lambda: time_one(svc, archive))
             ratio = _side_by_side(n, args.repeat, e2e_path, batch_path)
         print(f"    end-to-end / bare batched time (medians): {ratio:.2f}x")
     tmp.cleanup()

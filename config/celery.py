@@ -2,22 +2,43 @@
 
 Kept here, apart from ``worker/``, so the API can enqueue by task name without
 importing worker code (which would pull in TensorFlow).
+
+The numbers that make recovery work (README, "Reliability"):
+
+* the Celery task ID of a job is its job ID, so Flower finds a job by its ID;
+* a publish gives up after about ``2 * BROKER_TIMEOUT_S`` (socket timeouts and
+  one retry), so a hung Redis costs a client a few seconds and a JSON 503;
+* the broker's visibility timeout is longer than the hard time limit of a
+  job, so Redis never hands a message to a second worker while the first may
+  still legitimately run it; lost work is recovered by the sweeper instead
+  (``worker/sweeper.py``), within ``STALE_AFTER_S + SWEEP_INTERVAL_S``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from celery import Celery
+
 from config.settings import Settings
 
 RUN_JOB_TASK = "lungct.run_job"
+VISIBILITY_MARGIN_S = 300
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
-    """Broker, serialization and reliability options, identical on both sides."""
+def celery_config(settings: Settings, *, producer: bool = False) -> dict[str, Any]:
+    """Broker, serialization and reliability options, identical on both sides.
+
+    ``producer`` (the API) gets short socket timeouts: a request must not wait
+    on a hung broker. Workers keep a longer one so a slow Redis does not drop
+    their consuming connection.
+    """
+    hard_limit = settings.job_time_limit_s + 60
+    socket_timeout = settings.broker_timeout_s if producer else max(10.0, settings.broker_timeout_s)
     return {
         "broker_url": settings.redis_url,
         "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": settings.broker_timeout_s,
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",
@@ -25,7 +46,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": settings.celery_queue,
         "task_routes": {RUN_JOB_TASK: {"queue": settings.celery_queue}},
         "task_acks_late": True,
-        "task_reject_on_worker_lost": True,
+        # A lost pool child is handled by worker/signals.py (requeue + publish
+        # once), so Celery acknowledges the message instead of requeueing it.
+        "task_reject_on_worker_lost": False,
         "worker_prefetch_multiplier": 1,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
@@ -35,7 +58,34 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         # A hung decoder or model call must not keep a job "running" forever.
         "task_soft_time_limit": settings.job_time_limit_s,
-        "task_time_limit": settings.job_time_limit_s + 60,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "broker_transport_options": {"visibility_timeout": 6 * 3600},
+        "task_time_limit": hard_limit,
+        # A running job keeps going while the worker reconnects to a restarted
+        # Redis (its heartbeat shows it alive); its old message is redelivered
+        # after the visibility timeout and finds the job finished.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "broker_transport_options": {
+            "visibility_timeout": hard_limit + VISIBILITY_MARGIN_S,
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": settings.broker_timeout_s,
+        },
     }
+
+
+def publish_job(app: Celery, job_id: str) -> None:
+    """Send only the job ID (as the task ID too); give up after one quick retry.
+
+    Raises the broker's error when Redis does not answer; the caller decides
+    what the job becomes (the API fails it, the sweeper tries again later).
+    """
+    app.send_task(
+        RUN_JOB_TASK,
+        args=[job_id],
+        task_id=job_id,
+        retry=True,
+        retry_policy={
+            "max_retries": 1,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 0.5,
+        },
+    )

@@ -7,9 +7,9 @@ would share pooled connections between processes. Celery workers also call
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -47,26 +47,40 @@ def build_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-@lru_cache(maxsize=1)
-def get_engine() -> Engine:
-    """The process-wide engine for ``DATABASE_URL``."""
-    return build_engine(get_settings().database_url)
+_engines: dict[str, Engine] = {}
+_makers: dict[str, sessionmaker[Session]] = {}
+_lock = threading.Lock()
 
 
-@lru_cache(maxsize=1)
-def get_sessionmaker() -> sessionmaker[Session]:
-    """The process-wide session factory (one session per request or task)."""
-    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for ``url`` (default ``DATABASE_URL``), one per URL."""
+    url = url or get_settings().database_url
+    with _lock:
+        if url not in _engines:
+            _engines[url] = build_engine(url)
+            _makers[url] = sessionmaker(bind=_engines[url], expire_on_commit=False)
+        return _engines[url]
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
+def session_scope(url: str | None = None) -> Iterator[Session]:
     """A session in one transaction: commit on success, roll back on error."""
-    with get_sessionmaker()() as session, session.begin():
+    url = url or get_settings().database_url
+    get_engine(url)
+    with _makers[url]() as session, session.begin():
         yield session
 
 
 def dispose_after_fork() -> None:
     """Drop pooled connections inherited from the parent without closing them."""
-    if get_engine.cache_info().currsize:
-        get_engine().dispose(close=False)
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+
+
+def dispose_all() -> None:
+    """Close and forget every engine of this process (tests switching databases)."""
+    with _lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+        _makers.clear()

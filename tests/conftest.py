@@ -34,15 +34,32 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")
 
 
 def reset_caches() -> None:
-    """Forget every process-wide object built from the previous environment."""
-    from api.queue import producer
-    from config import get_settings
-    from db.session import get_engine, get_sessionmaker
+    """Forget the process-wide settings and engines built from the previous environment.
 
-    if get_engine.cache_info().currsize:
-        get_engine().dispose()
-    for cached in (get_settings, get_engine, get_sessionmaker, producer):
-        cached.cache_clear()
+    The API itself takes its settings from ``create_app(settings)``; the worker-side
+    code that tests call in-process (the sweeper, db.lifecycle) reads the environment.
+    """
+    from config import get_settings
+    from db.session import dispose_all
+
+    dispose_all()
+    get_settings.cache_clear()
+
+
+def new_key(database_url: str, owner: str = "alice", admin: bool = False) -> str:
+    """Create an API key for ``owner`` directly in the database; return the key."""
+    from api.auth import create_key
+    from db.session import session_scope
+
+    with session_scope(database_url) as s:
+        return create_key(s, owner, admin=admin)[1]
+
+
+def authed(app, key: str):  # type: ignore[no-untyped-def]
+    """A Flask test client that sends ``Authorization: Bearer <key>`` with every request."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client
 
 
 def png_bytes(seed: int = 0, size: int = 64) -> bytes:
@@ -152,13 +169,20 @@ def _drop_queue(env: dict[str, str]) -> None:
 
 
 @pytest.fixture
-def client(api_env: dict[str, str]):  # type: ignore[no-untyped-def]
-    """A Flask test client on the isolated API."""
+def app(api_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """The isolated API (its settings passed in, as a deployment would)."""
     from api import create_app
+    from config import Settings
 
-    app = create_app()
+    app = create_app(Settings())
     app.config["TESTING"] = True
-    return app.test_client()
+    return app
+
+
+@pytest.fixture
+def client(app, api_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A test client of the isolated API, authenticated as owner ``alice``."""
+    return authed(app, new_key(api_env["DATABASE_URL"], "alice"))
 
 
 @dataclass
@@ -168,11 +192,25 @@ class Stack:
     env: dict[str, str]
     worker: subprocess.Popen[bytes]
     log: Path
+    key: str = ""
 
     def app(self):  # type: ignore[no-untyped-def]
         from api import create_app
+        from config import Settings
 
-        return create_app()
+        return create_app(Settings())
+
+    def client(self):  # type: ignore[no-untyped-def]
+        """A test client of the stack's API with the stack's API key."""
+        return authed(self.app(), self.key)
+
+    def http(self):  # type: ignore[no-untyped-def]
+        """A requests session that sends the stack's API key."""
+        import requests
+
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.key}"
+        return session
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -184,12 +222,14 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 def wait_for_worker(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> None:
     """Block until the worker answers a ping (its model is loaded by then)."""
     from api.queue import workers_consuming
+    from config import Settings
 
+    settings = Settings()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited early:\n{log.read_text()[-3000:]}")
-        if workers_consuming(timeout_s=1.0):
+        if workers_consuming(settings, timeout_s=1.0):
             return
     raise RuntimeError(f"worker did not answer in {timeout_s}s:\n{log.read_text()[-3000:]}")
 
@@ -213,7 +253,7 @@ def stack(
         proc = start_worker(env, log)
         try:
             wait_for_worker(proc, log)
-            yield Stack(env, proc, log)
+            yield Stack(env, proc, log, key=new_key(db.url, "tester"))
         finally:
             stop(proc)
             _drop_queue(env)

@@ -33,7 +33,7 @@ def wait_done(client, job_id: str, timeout_s: float = 120) -> dict[str, Any]:  #
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = client.get(f"/api/v1/jobs/{job_id}").json
-        if job["status"] in ("succeeded", "failed"):
+        if job["status"] in ("succeeded", "failed", "cancelled"):
             return job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} still {job['status']} after {timeout_s}s")
@@ -50,7 +50,7 @@ def all_results(client, job_id: str, limit: int = 7) -> list[dict[str, Any]]:  #
 
 @pytest.fixture
 def api(stack: Stack):  # type: ignore[no-untyped-def]
-    return stack.app().test_client()
+    return stack.client()
 
 
 def test_single_image_succeeds(api) -> None:  # type: ignore[no-untyped-def]
@@ -95,6 +95,7 @@ def test_nothing_decodable_fails_with_message(api) -> None:  # type: ignore[no-u
 def test_redelivery_does_not_duplicate_rows(stack: Stack, api) -> None:  # type: ignore[no-untyped-def]
     """Deliver the same job ID twice while it is half done: rows stay unique."""
     from api.queue import enqueue_job
+    from config import Settings
     from db.models import Job, JobStatus, SlicePrediction
     from db.session import session_scope
 
@@ -108,11 +109,13 @@ def test_redelivery_does_not_duplicate_rows(stack: Stack, api) -> None:  # type:
         ).delete()
         job = s.get_one(Job, job_id)
         job.status, job.done, job.summary = JobStatus.RUNNING, 8, None
+        job.heartbeat_at = None  # its worker died: no heartbeat
         upload = Path(stack.env["STORAGE_DIR"]) / job.upload_key
     upload.parent.mkdir(parents=True)
     upload.write_bytes(archive)
-    enqueue_job(job_id)
-    enqueue_job(job_id)
+    settings = Settings()
+    enqueue_job(settings, job_id)
+    enqueue_job(settings, job_id)  # a duplicate delivery: the first takes it, this one skips
     job = wait_done(api, job_id)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and job["summary"] is None:
@@ -129,10 +132,14 @@ def test_finished_job_can_be_deleted(api) -> None:  # type: ignore[no-untyped-de
     assert api.get(f"/api/v1/jobs/{job['id']}").status_code == 404
 
 
-def test_readyz_sees_the_worker(api) -> None:  # type: ignore[no-untyped-def]
+def test_readyz_sees_the_worker(stack: Stack, api) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import authed, new_key
+
     r = api.get("/readyz")
     assert r.status_code == 200, r.json
-    assert "cpu@" in r.json["checks"]["workers"]
+    assert r.json["checks"]["workers"] == "ok"  # no detail for a plain key
+    operator = authed(stack.app(), new_key(stack.env["DATABASE_URL"], "ops", admin=True))
+    assert "cpu@" in operator.get("/readyz").json["checks"]["workers"]
 
 
 def test_a_job_can_choose_another_installed_model(api) -> None:  # type: ignore[no-untyped-def]

@@ -28,6 +28,12 @@ STUDY = DATA_DIR / "lung-pet-ct-dx" / "Lung_Dx-A0001" / "04-04-2007-NA-Chest-079
 
 
 @pytest.fixture(scope="module")
+def http(stack: Stack) -> requests.Session:
+    """HTTP with the stack's API key."""
+    return stack.http()
+
+
+@pytest.fixture(scope="module")
 def base_url(stack: Stack) -> Iterator[str]:
     """The stack's API served over real HTTP on a loopback port."""
     from werkzeug.serving import make_server
@@ -48,34 +54,36 @@ def zip_folder(files: list[Path], root: Path) -> bytes:
     return buf.getvalue()
 
 
-def run_job(base: str, archive: bytes, name: str, timeout_s: float = 300) -> dict[str, Any]:
-    r = requests.post(f"{base}/api/v1/jobs", files={"file": (name, archive)}, timeout=60)
+def run_job(
+    http: requests.Session, base: str, archive: bytes, name: str, timeout_s: float = 300
+) -> dict[str, Any]:
+    r = http.post(f"{base}/api/v1/jobs", files={"file": (name, archive)}, timeout=60)
     assert r.status_code == 202, r.text
     url = base + r.headers["Location"]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        job = requests.get(url, timeout=10).json()
+        job = http.get(url, timeout=10).json()
         if job["status"] in ("succeeded", "failed"):
             return job
         time.sleep(0.2)
     raise AssertionError(f"job not finished after {timeout_s}s")
 
 
-def results(base: str, job_id: str) -> list[dict[str, Any]]:
+def results(http: requests.Session, base: str, job_id: str) -> list[dict[str, Any]]:
     items, url = [], f"{base}/api/v1/jobs/{job_id}/results"
     while url:
-        page = requests.get(url if url.startswith("http") else base + url, timeout=10).json()
+        page = http.get(url if url.startswith("http") else base + url, timeout=10).json()
         items += page["items"]
         url = page["next"]
     return items
 
 
-def test_twenty_iqoth_slices(base_url: str) -> None:
+def test_twenty_iqoth_slices(http: requests.Session, base_url: str) -> None:
     root = DATA_DIR / "iqoth-nccd"
     files = sorted(root.glob("*/*.jpg"))[::45][:20]
-    job = run_job(base_url, zip_folder(files, root), "iqoth20.zip")
+    job = run_job(http, base_url, zip_folder(files, root), "iqoth20.zip")
     assert job["status"] == "succeeded", job
-    items = results(base_url, job["id"])
+    items = results(http, base_url, job["id"])
     assert len(items) == 20 and all(i["label"] and not i["error"] for i in items)
     assert job["summary"]["slices_predicted"] == 20
 
@@ -115,15 +123,15 @@ def _database_text(job_id: str) -> str:
 
 
 @pytest.mark.slow
-def test_real_dicom_study(base_url: str, stack: Stack) -> None:
+def test_real_dicom_study(http: requests.Session, base_url: str, stack: Stack) -> None:
     files = sorted(STUDY.rglob("*.dcm"))
     secrets = _identifiers()
     assert secrets, "the study should carry identifiers to look for"
     # Zipped with the patient folder, as a user would, under an identifying name.
     name = f"{sorted(secrets)[0]}.zip"
-    job = run_job(base_url, zip_folder(files, STUDY.parent.parent), name)
+    job = run_job(http, base_url, zip_folder(files, STUDY.parent.parent), name)
     assert job["status"] == "succeeded", job
-    items = results(base_url, job["id"])
+    items = results(http, base_url, job["id"])
     assert len(items) == 128 and all(i["label"] for i in items)
     series = job["summary"]["series"]
     assert len(series) == 2 and all(s["slices_predicted"] == 64 for s in series)

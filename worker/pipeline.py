@@ -2,35 +2,58 @@
 
 Decoding runs in a thread pool a window ahead of the model, so reading the
 next slices overlaps the forward pass of the current batch. Each batch's
-results are written in one transaction and advance the progress. Writes are
-idempotent (unique job/slice index, insert-or-ignore), so a redelivered job
-only fills in what is missing.
+results are written in one transaction with the progress and a heartbeat.
+Writes are idempotent (unique job/slice index, insert-or-ignore), so a job
+continued by another worker only fills in what is missing.
+
+Status changes go through :mod:`db.lifecycle`. Between batches the job stops
+early when it was cancelled (it ends ``cancelled``, keeping what it stored),
+when this worker is shutting down (it is handed back to the queue), or when
+another worker took it over (this one just stops).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-import shutil
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from config import Settings, get_settings
-from db.models import Job, JobStatus, SlicePrediction, utcnow
+from db import lifecycle
+from db.models import Job, JobStatus, SlicePrediction
 from db.session import session_scope
 from ingest import InvalidUpload, SliceError, SliceSource, UploadPlan, plan_upload
 from models.preprocessing import preprocess
+from storage import LocalStorage
 from worker.inference import Predictor, get_predictor
 from worker.summary import summarize
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN = threading.Event()
+"""Set (by worker/signals.py) when this worker process is asked to stop: jobs hand back."""
+
+
+class JobFailed(Exception):
+    """The job ended ``failed``; raised so Celery (and Flower) record the task as FAILURE."""
+
+
+class Stop(enum.Enum):
+    """Why a job stopped before its last batch."""
+
+    CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"
+    LOST = "lost"
 
 
 @dataclass
@@ -42,86 +65,148 @@ class Decoded:
     error: str | None
 
 
-MAX_ATTEMPTS = 3
+class Heartbeat:
+    """Beats for a running job from a thread, and says whether the job should stop.
+
+    The pipeline also beats with every stored batch; the thread covers long
+    phases without batches (planning a large archive, loading a model), so the
+    sweeper only ever takes over jobs whose process is really gone.
+    """
+
+    def __init__(self, job_id: str, interval_s: float) -> None:
+        self.job_id = job_id
+        self.interval_s = interval_s
+        self._ours = True
+        self._cancel = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval_s):
+            try:
+                with session_scope() as s:
+                    self.record(lifecycle.heartbeat(s, self.job_id), s)
+            except Exception as exc:  # a database hiccup: the next beat tries again
+                log.warning("job %s: heartbeat failed: %s", self.job_id, type(exc).__name__)
+
+    def record(self, alive: bool, s: Session) -> None:
+        """Remember a heartbeat's answer (False: cancel requested, or no longer ours)."""
+        if alive:
+            return
+        row = s.execute(
+            select(Job.status, Job.cancel_requested).where(Job.id == self.job_id)
+        ).one_or_none()
+        if row is not None and row.status == JobStatus.RUNNING and row.cancel_requested:
+            self._cancel = True
+        else:
+            self._ours = False
+
+    def stop_reason(self) -> Stop | None:
+        """Why the job should stop now, if it should (checked between batches)."""
+        if self._cancel:
+            return Stop.CANCELLED
+        if SHUTDOWN.is_set():
+            return Stop.SHUTDOWN
+        if not self._ours:
+            return Stop.LOST
+        return None
 
 
-def run_job(job_id: str) -> None:
-    """Run job ``job_id`` to a terminal state (unless it already reached one)."""
+def run_job(job_id: str, republish: Callable[[], None]) -> None:
+    """Run job ``job_id`` until it ends or stops; raise :class:`JobFailed` if it failed.
+
+    ``republish`` sends the job's message again; it is called after a job was
+    handed back because this worker is shutting down.
+    """
     settings = get_settings()
-    start = _start(job_id)
-    if start is None:
+    storage = LocalStorage.from_settings(settings)
+    with session_scope() as s:
+        started = lifecycle.start(s, job_id, settings.stale_after_s)
+    if started is None:
+        log.info("job %s: nothing to do (unknown, ended, or running elsewhere)", job_id)
         return
-    model_name, upload = start
+    if started.attempts > settings.max_attempts:  # started again and again without finishing
+        end_failed(
+            job_id,
+            f"started {settings.max_attempts} times without finishing "
+            "(worker crashes or database outages)",
+        )
+    with Heartbeat(job_id, settings.heartbeat_interval_s) as beat:
+        stop = _run_started(started, beat, storage, settings)
+    _after_stop(job_id, stop, republish, storage)
+
+
+def _run_started(
+    started: lifecycle.Started, beat: Heartbeat, storage: LocalStorage, settings: Settings
+) -> Stop | None:
+    """Plan, predict and store; then summarise, unless the job had to stop early."""
+    job_id = started.job_id
     try:
-        plan = plan_upload(settings.storage_dir / upload, settings)
+        plan = plan_upload(storage.path(started.upload_key), settings)
     except InvalidUpload as exc:
-        mark_failed(job_id, str(exc))
-        return
-    predictor = get_predictor(model_name)
+        end_failed(job_id, str(exc))
+    predictor = get_predictor(started.model_name)
     with plan:  # releases the per-thread archive handles before the upload is deleted
         _record_plan(job_id, plan)
         done = _done_indexes(job_id)
         todo = [s for s in plan.slices if s.index not in done]
-        _predict_and_store(job_id, todo, predictor, settings)
-    _finish(job_id, predictor, settings)
+        stop = _predict_and_store(job_id, todo, predictor, settings, beat)
+    if stop is None:
+        _finish(job_id, predictor, settings, storage)
+    return stop
+
+
+def _after_stop(
+    job_id: str, stop: Stop | None, republish: Callable[[], None], storage: LocalStorage
+) -> None:
+    """Close a job that stopped early: cancelled, handed back, or taken over."""
+    if stop is Stop.CANCELLED:
+        with session_scope() as s:
+            ended = lifecycle.cancelled(s, job_id)
+        if ended:
+            storage.release(job_id)
+        log.info("job %s cancelled after its current batch", job_id)
+    elif stop is Stop.SHUTDOWN:
+        with session_scope() as s:
+            handed_back = lifecycle.hand_back(s, job_id)
+        if handed_back:
+            republish()
+        log.info("job %s handed back to the queue: this worker is stopping", job_id)
+    elif stop is Stop.LOST:
+        log.info("job %s is no longer this worker's (taken over or ended elsewhere)", job_id)
 
 
 def _predict_and_store(
-    job_id: str, todo: list[SliceSource], predictor: Predictor, settings: Settings
-) -> None:
+    job_id: str, todo: list[SliceSource], predictor: Predictor, settings: Settings, beat: Heartbeat
+) -> Stop | None:
     """Predict batch after batch while a writer thread stores the previous batch.
 
     At most one write is in flight, so batches land in order and a slow
     database applies back-pressure instead of piling results up in memory.
+    Returns why the job stopped early, or None once every slice is stored.
     """
+    stop: Stop | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer") as writer:
         pending: Future[None] | None = None
-        for batch in _batches(_decode_ahead(todo, predictor, settings), settings.inference_batch_size):
+        batches = _batches(_decode_ahead(todo, predictor, settings), settings.inference_batch_size)
+        for batch in batches:
             rows = _predict(batch, predictor)
             if pending is not None:
                 pending.result()
-            pending = writer.submit(_store_batch, job_id, rows)
+            pending = writer.submit(_store_batch, job_id, rows, beat)
+            if (stop := beat.stop_reason()) is not None:
+                break
         if pending is not None:
             pending.result()
-
-
-def _transition(s: Session, job_id: str, allowed: tuple[JobStatus, ...], **values: object) -> bool:
-    """Set ``values`` only if the job is still in one of ``allowed`` states.
-
-    A conditional UPDATE is atomic on every backend (SQLite ignores row locks),
-    so two deliveries of one job cannot both move it, or undo a terminal state.
-    """
-    stmt = (
-        update(Job)
-        .where(Job.id == job_id, Job.status.in_([str(a) for a in allowed]))
-        .values(updated_at=utcnow(), **values)
-    )
-    return s.execute(stmt).rowcount == 1
-
-
-def _start(job_id: str) -> tuple[str, str] | None:
-    """Mark the job running; None when it is unknown, finished, or retried too often."""
-    with session_scope() as s:
-        moved = _transition(
-            s,
-            job_id,
-            (JobStatus.QUEUED, JobStatus.RUNNING),
-            status=JobStatus.RUNNING,
-            attempts=Job.attempts + 1,
-            started_at=func.coalesce(Job.started_at, utcnow()),
-        )
-        job = s.get(Job, job_id)
-        if job is None or not moved:
-            log.info("job %s is %s; nothing to do", job_id, job.status if job else "unknown")
-            return None
-        attempts, model_name, upload = job.attempts, job.model_name, job.upload_key
-    if attempts > MAX_ATTEMPTS:  # started again and again without finishing
-        mark_failed(
-            job_id,
-            f"started {MAX_ATTEMPTS} times without finishing (worker crashes or database outages)",
-        )
-        return None
-    return model_name, upload
+    return stop or beat.stop_reason()
 
 
 def _record_plan(job_id: str, plan: UploadPlan) -> None:
@@ -214,13 +299,12 @@ def _insert_ignore(session: Session, job_id: str, rows: list[dict]) -> None:
     session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "slice_index"]))
 
 
-def _store_batch(job_id: str, rows: list[dict]) -> None:
-    """Store one batch's rows and the new progress in one transaction."""
+def _store_batch(job_id: str, rows: list[dict], beat: Heartbeat) -> None:
+    """Store one batch's rows, the new progress and a heartbeat in one transaction."""
     with session_scope() as s:
         _insert_ignore(s, job_id, rows)
         done, failed = _counts(s, job_id)
-        job = s.get_one(Job, job_id)
-        job.done, job.failed_slices = done, failed
+        beat.record(lifecycle.heartbeat(s, job_id, done=done, failed_slices=failed), s)
 
 
 def _counts(s: Session, job_id: str) -> tuple[int, int]:
@@ -232,7 +316,7 @@ def _counts(s: Session, job_id: str) -> tuple[int, int]:
     return int(done), int(failed)
 
 
-def _finish(job_id: str, predictor: Predictor, settings: Settings) -> None:
+def _finish(job_id: str, predictor: Predictor, settings: Settings, storage: LocalStorage) -> None:
     """Compute the study summary from the stored rows and close the job."""
     with session_scope() as s:
         job = s.get_one(Job, job_id)
@@ -242,42 +326,22 @@ def _finish(job_id: str, predictor: Predictor, settings: Settings) -> None:
             .order_by(SlicePrediction.slice_index)
         ).all()
         if rows and all(r.error for r in rows):
-            outcome = {
-                "status": JobStatus.FAILED,
-                "error": f"no slice could be decoded: {rows[0].error}",
-            }
+            error = f"no slice could be decoded: {rows[0].error}"
+            ended = lifecycle.fail(s, job_id, error)
         else:
+            error = None
             summary = summarize(rows, predictor.card, settings, skipped=len(job.warnings))
-            outcome = {"status": JobStatus.SUCCEEDED, "summary": summary, "error": None}
-        upload = job.upload_key
-        finished = _transition(s, job_id, (JobStatus.RUNNING,), finished_at=utcnow(), **outcome)
-    if finished:
-        _drop_upload(upload, settings)
+            ended = lifecycle.succeed(s, job_id, summary)
+    if ended:
+        storage.release(job_id)
+    if error is not None:
+        raise JobFailed(error)
 
 
-def mark_failed(job_id: str, message: str) -> None:
-    """Close a job as failed with a message the client can read (if it is not finished)."""
+def end_failed(job_id: str, message: str) -> NoReturn:
+    """Close the job as failed (if it has not ended), release its upload, raise JobFailed."""
     with session_scope() as s:
-        upload = s.scalar(select(Job.upload_key).where(Job.id == job_id))
-        failed = _transition(
-            s,
-            job_id,
-            (JobStatus.QUEUED, JobStatus.RUNNING),
-            status=JobStatus.FAILED,
-            error=message,
-            finished_at=utcnow(),
-        )
-    if failed and upload:
-        _drop_upload(upload, get_settings())
-
-
-def _drop_upload(upload_key: str, settings: Settings) -> None:
-    """Delete the stored upload once the job is finished, unless KEEP_UPLOADS is set.
-
-    Uploads can hold patient data; results do not need them after the job.
-    """
-    if settings.keep_uploads:
-        return
-    folder = (settings.storage_dir / Path(upload_key)).parent
-    if folder.resolve() != settings.storage_dir.resolve():
-        shutil.rmtree(folder, ignore_errors=True)
+        ended = lifecycle.fail(s, job_id, message)
+    if ended:
+        LocalStorage.from_settings(get_settings()).release(job_id)
+    raise JobFailed(message)

@@ -8,22 +8,28 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
-from config.celery import RUN_JOB_TASK
-from worker.pipeline import mark_failed, run_job
+from config.celery import RUN_JOB_TASK, publish_job
+from worker.pipeline import JobFailed, end_failed, run_job
 
 log = logging.getLogger(__name__)
 
 
-@shared_task(name=RUN_JOB_TASK, bind=True, max_retries=5, acks_late=True)
-def run_job_task(self: Task, job_id: str) -> None:
-    """Process one job. Only its ID travels through the broker, never data."""
+@shared_task(name=RUN_JOB_TASK, bind=True, acks_late=True, throws=(JobFailed,))
+def run_job_task(self: Task, job_id: str) -> str:
+    """Process one job. Only its ID travels through the broker, never data.
+
+    A job that ends ``failed`` raises :class:`JobFailed`, so Flower shows the
+    task as FAILURE with the job's message (``throws``: logged without a
+    traceback; the message is acknowledged all the same).
+    """
     try:
-        run_job(job_id)
-    except OperationalError as exc:  # database briefly unreachable: try again later
-        if self.request.retries < self.max_retries:
-            log.warning("job %s: database error, retrying: %s", job_id, exc)
-            raise self.retry(exc=exc, countdown=min(2**self.request.retries, 30)) from exc
-        _fail_safely(job_id, "the database was unreachable; please resubmit")
+        run_job(job_id, republish=lambda: publish_job(self.app, job_id))
+    except JobFailed:
+        raise
+    except OperationalError as exc:
+        # Database unreachable: leave the job running; its heartbeat goes stale
+        # and the sweeper requeues it once the database answers again.
+        log.warning("job %s: database error, the sweeper will requeue it: %s", job_id, exc)
     except SoftTimeLimitExceeded:
         _fail_safely(job_id, "the job exceeded its time limit (JOB_TIME_LIMIT_S)")
     except Exception as exc:
@@ -31,11 +37,14 @@ def run_job_task(self: Task, job_id: str) -> None:
         _fail_safely(
             job_id, f"internal error ({type(exc).__name__}); the operators have the details"
         )
+    return job_id
 
 
 def _fail_safely(job_id: str, message: str) -> None:
-    """Record the failure; if even that fails, log it rather than crash the worker."""
+    """Record the failure and raise JobFailed; if recording fails, log it, never crash."""
     try:
-        mark_failed(job_id, message)
+        end_failed(job_id, message)
+    except JobFailed:
+        raise
     except Exception:
         log.exception("job %s: could not record the failure %r", job_id, message)

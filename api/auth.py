@@ -1,0 +1,88 @@
+"""API keys: who is asking. Every ``/api/v1`` route requires ``Authorization: Bearer <key>``.
+
+A key is 32 random bytes (``lct_`` + URL-safe base64), shown once when it is
+created; the database keeps only its SHA-256. A salt or a slow hash is not
+needed for random 256-bit secrets (they cannot be guessed from a dictionary),
+and a plain digest lets each request be checked with one indexed lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from apiflask import HTTPTokenAuth
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api import context
+from db.models import ApiKey, as_utc, utcnow
+
+KEY_PREFIX = "lct_"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+"""``last_used_at`` is written at most once a minute per key: no write per read request."""
+
+auth = HTTPTokenAuth(scheme="Bearer", description="An API key: python -m api.keys create OWNER")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The owner behind a valid key."""
+
+    owner: str
+    admin: bool
+    key_id: int
+
+
+def hash_key(key: str) -> str:
+    """The stored form of a key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(s: Session, owner: str, admin: bool = False) -> tuple[ApiKey, str]:
+    """A new key for ``owner``: returns the row and the key (never stored)."""
+    owner = owner.strip()
+    if not owner or len(owner) > 128:
+        raise ValueError("the owner must be 1 to 128 characters")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(owner=owner, key_hash=hash_key(key), prefix=key[:12], admin=admin)
+    s.add(row)
+    s.flush()
+    return row, key
+
+
+def find_key(s: Session, key: str) -> ApiKey | None:
+    """The active key row for ``key``, if any."""
+    row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key)))
+    return row if row is not None and row.revoked_at is None else None
+
+
+@auth.verify_token
+def _verify(token: str) -> Caller | None:
+    """Look the key up; remember roughly when it was last used."""
+    if not token:
+        return None
+    with context.session() as s:
+        row = find_key(s, token)
+        if row is None:
+            return None
+        now = utcnow()
+        last = row.last_used_at
+        if last is None or as_utc(last) < now - LAST_USED_RESOLUTION:
+            row.last_used_at = now
+        return Caller(owner=row.owner, admin=row.admin, key_id=row.id)
+
+
+@auth.error_processor
+def _unauthorized(error):  # type: ignore[no-untyped-def]
+    """401 with a message that says what to send (the app's JSON error shape)."""
+    message = "missing or invalid API key: send 'Authorization: Bearer <key>'"
+    headers = {"WWW-Authenticate": 'Bearer realm="lungct"'}
+    return {"error": {"code": 401, "message": message}}, 401, headers
+
+
+def caller() -> Caller:
+    """The authenticated caller of the current request."""
+    return auth.current_user

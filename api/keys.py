@@ -1,0 +1,80 @@
+"""Manage API keys: ``python -m api.keys create OWNER [--admin] | list | revoke PREFIX``.
+
+``create`` prints the new key alone on the last line of its output (exit 0);
+it is shown only this once. ``list`` shows owner, prefix, created, last used
+and whether the key is revoked, never the key. ``revoke`` takes the key's
+prefix (as ``list`` shows it) or the whole key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from sqlalchemy import select
+
+from api.auth import create_key, hash_key
+from config import get_settings
+from db.models import ApiKey, utcnow
+from db.session import session_scope
+
+
+def _create(owner: str, admin: bool) -> int:
+    with session_scope(get_settings().database_url) as s:
+        row, key = create_key(s, owner, admin=admin)
+        kind = "admin key" if admin else "key"
+        print(f"created {kind} {row.prefix}... for owner {row.owner!r}; it is shown only once:")
+    print(key)
+    return 0
+
+
+def _list() -> int:
+    with session_scope() as s:
+        rows = s.scalars(select(ApiKey).order_by(ApiKey.owner, ApiKey.created_at)).all()
+        print(f"{'owner':<24} {'prefix':<14} {'admin':<6} {'created':<26} {'last used':<26} state")
+        for r in rows:
+            state = "revoked" if r.revoked_at else "active"
+            last = r.last_used_at.isoformat() if r.last_used_at else "never"
+            print(
+                f"{r.owner:<24} {r.prefix:<14} {('yes' if r.admin else 'no'):<6} "
+                f"{r.created_at.isoformat():<26} {last:<26} {state}"
+            )
+    return 0
+
+
+def _revoke(ident: str) -> int:
+    with session_scope() as s:
+        rows = s.scalars(
+            select(ApiKey).where(
+                (ApiKey.prefix == ident) | (ApiKey.key_hash == hash_key(ident)),
+                ApiKey.revoked_at.is_(None),
+            )
+        ).all()
+        if len(rows) != 1:
+            print(f"no single active key matches {ident!r} ({len(rows)} found)", file=sys.stderr)
+            return 1
+        rows[0].revoked_at = utcnow()
+        print(f"revoked {rows[0].prefix}... of owner {rows[0].owner!r}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m api.keys", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    create = sub.add_parser("create", help="create a key for OWNER and print it once")
+    create.add_argument("owner")
+    create.add_argument("--admin", action="store_true", help="may see every owner's jobs")
+    sub.add_parser("list", help="list keys (never the keys themselves)")
+    revoke = sub.add_parser("revoke", help="revoke a key by its prefix")
+    revoke.add_argument("prefix")
+    args = parser.parse_args(argv)
+    if args.command == "create":
+        return _create(args.owner, args.admin)
+    if args.command == "list":
+        return _list()
+    return _revoke(args.prefix)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The job state machine: the one place where a job's status changes.
+
+    queued --start--> running --succeed--> succeeded
+      |  ^              |  |---fail------> failed
+      |  |--requeue-----|  |---cancelled-> cancelled   (after a cancel request)
+      |---cancel / fail--------------------> cancelled / failed
+
+The API (submit, cancel) and the worker (start, heartbeat, finish, hand back)
+and the sweeper (requeue stale jobs) all call these functions. Every change
+is a conditional UPDATE ("... WHERE status IN allowed"), atomic on SQLite and
+PostgreSQL alike, so two deliveries of one job, a cancel racing a finish, or
+two sweepers cannot both move a job, and nothing undoes a terminal state.
+
+Each function takes the caller's session (one transaction per call site) and
+returns whether the job moved; the caller releases the upload
+(``storage.LocalStorage.release``) after a terminal move has been committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from db.models import ACTIVE_STATUSES, Job, JobStatus, utcnow
+
+
+@dataclass(frozen=True)
+class Started:
+    """What a worker needs to run a job it has just started."""
+
+    job_id: str
+    model_name: str
+    upload_key: str
+    attempts: int
+
+
+def _move(
+    s: Session, job_id: str, allowed: tuple[JobStatus, ...], *extra: Any, **values: Any
+) -> bool:
+    """Set ``values`` only if the job is in one of ``allowed`` (and matches ``extra``)."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_([str(a) for a in allowed]), *extra)
+        .values(updated_at=utcnow(), **values)
+    )
+    return s.execute(stmt).rowcount == 1
+
+
+def start(s: Session, job_id: str, stale_after_s: float) -> Started | None:
+    """queued -> running, or take over a running job whose heartbeat is stale.
+
+    A redelivered message of a job that a live worker is running (fresh
+    heartbeat) starts nothing, so one job never runs twice at once.
+    Returns None when there is nothing to do (unknown, live elsewhere, ended).
+    """
+    now = utcnow()
+    stale = now - timedelta(seconds=stale_after_s)
+    moved = _move(
+        s,
+        job_id,
+        ACTIVE_STATUSES,
+        or_(
+            Job.status == JobStatus.QUEUED,
+            Job.heartbeat_at.is_(None),
+            Job.heartbeat_at < stale,
+        ),
+        status=JobStatus.RUNNING,
+        attempts=Job.attempts + 1,
+        heartbeat_at=now,
+        started_at=func.coalesce(Job.started_at, now),
+    )
+    if not moved:
+        return None
+    job = s.get_one(Job, job_id)
+    s.refresh(job)
+    return Started(job.id, job.model_name, job.upload_key, job.attempts)
+
+
+def heartbeat(s: Session, job_id: str, **progress: Any) -> bool:
+    """Record that the running job is alive (and its progress); False if it is no longer ours.
+
+    Returns True when the job is still running and nobody asked to cancel it.
+    """
+    moved = _move(s, job_id, (JobStatus.RUNNING,), heartbeat_at=utcnow(), **progress)
+    if not moved:
+        return False
+    return not s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+
+
+def succeed(s: Session, job_id: str, summary: dict[str, Any]) -> bool:
+    """running -> succeeded with the study summary."""
+    return _move(
+        s,
+        job_id,
+        (JobStatus.RUNNING,),
+        status=JobStatus.SUCCEEDED,
+        summary=summary,
+        error=None,
+        finished_at=utcnow(),
+    )
+
+
+def fail(s: Session, job_id: str, message: str) -> bool:
+    """queued|running -> failed, with a message the client can read."""
+    return _move(
+        s, job_id, ACTIVE_STATUSES, status=JobStatus.FAILED, error=message, finished_at=utcnow()
+    )
+
+
+def requeue(s: Session, job_id: str, stale_before: datetime | None = None) -> bool:
+    """running -> queued, to be continued by any worker from the stored slices.
+
+    Used when the job's worker died: by the sweeper (``stale_before``: only if
+    the heartbeat really stopped) and for a lost pool child. The attempt
+    counts, so a job that kills its worker again and again ends ``failed``
+    at MAX_ATTEMPTS.
+    """
+    stale = (
+        ()
+        if stale_before is None
+        else (or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before),)
+    )
+    return _move(
+        s, job_id, (JobStatus.RUNNING,), *stale, status=JobStatus.QUEUED, heartbeat_at=None
+    )
+
+
+def hand_back(s: Session, job_id: str) -> bool:
+    """running -> queued by a worker that is shutting down; the attempt is given back.
+
+    Stopping is not the job's fault, so it does not count towards MAX_ATTEMPTS.
+    """
+    return _move(
+        s,
+        job_id,
+        (JobStatus.RUNNING,),
+        status=JobStatus.QUEUED,
+        attempts=Job.attempts - 1,
+        heartbeat_at=None,
+    )
+
+
+def cancel(s: Session, job_id: str) -> JobStatus | None:
+    """Cancel: a queued job ends at once; a running one is asked to stop after its batch.
+
+    Returns the job's status after the call (``cancelled`` or ``running``), or
+    None if the job had already ended.
+    """
+    if _move(s, job_id, (JobStatus.QUEUED,), status=JobStatus.CANCELLED, finished_at=utcnow()):
+        return JobStatus.CANCELLED
+    if _move(s, job_id, (JobStatus.RUNNING,), cancel_requested=True):
+        return JobStatus.RUNNING
+    return None
+
+
+def cancelled(s: Session, job_id: str) -> bool:
+    """running -> cancelled: the worker stopped a job whose cancel was requested."""
+    return _move(
+        s,
+        job_id,
+        (JobStatus.RUNNING,),
+        Job.cancel_requested.is_(True),
+        status=JobStatus.CANCELLED,
+        finished_at=utcnow(),
+    )
+
+
+def stale_running(s: Session, stale_before: datetime) -> list[str]:
+    """IDs of running jobs whose last heartbeat is older than ``stale_before``."""
+    q = select(Job.id).where(
+        Job.status == JobStatus.RUNNING,
+        or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before),
+    )
+    return list(s.scalars(q))
+
+
+def waiting_since(s: Session, before: datetime) -> list[str]:
+    """IDs of jobs queued (and unchanged) since before ``before``."""
+    q = select(Job.id).where(Job.status == JobStatus.QUEUED, Job.updated_at < before)
+    return list(s.scalars(q))

@@ -1,0 +1,118 @@
+"""Celery signal handlers: per-process set-up, graceful stop, sweeper, lost children.
+
+* **pool child start** (``worker_process_init``): drop database connections
+  inherited from the parent (SQLAlchemy pooling docs), listen for SIGUSR2
+  (stop after the current batch), and load the default model once so the
+  first job does not pay for it.
+* **worker ready** (main process): start the sweeper thread
+  (:mod:`worker.sweeper`).
+* **worker shutting down** (SIGTERM, Ctrl-C, ``docker stop``): send SIGUSR2
+  to the pool children; a running job stops after its current batch, goes
+  back to ``queued`` and is published again, so another worker continues it
+  within seconds and this worker exits without waiting for the whole job.
+* **task failure in the main process**: a pool child that died (OOM kill,
+  segfault) or was killed at the hard time limit. The job is requeued (the
+  attempt counts) and published once, or failed at the time limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import billiard
+from billiard.exceptions import TimeLimitExceeded, WorkerLostError
+from celery import Celery
+from celery.signals import task_failure, worker_process_init, worker_ready, worker_shutting_down
+from redis import Redis
+
+from config import get_settings
+from config.celery import RUN_JOB_TASK, publish_job
+from db import lifecycle
+from db.session import dispose_after_fork, session_scope
+from storage import LocalStorage
+from worker import pipeline
+
+log = logging.getLogger(__name__)
+STOP_SIGNAL = signal.SIGUSR2
+_sweeper_stop = threading.Event()
+
+
+@worker_process_init.connect
+def _init_child(**_kwargs: object) -> None:
+    """Fork safety first, then the stop signal, then warm the default model."""
+    dispose_after_fork()
+    signal.signal(STOP_SIGNAL, lambda *_: pipeline.SHUTDOWN.set())
+    from worker.inference import warm_up
+
+    try:
+        warm_up(get_settings().default_model)
+    except Exception:  # a missing model must not stop the worker; jobs report it
+        log.exception("could not preload the default model")
+
+
+@worker_ready.connect
+def _start_sweeper(sender: Any = None, **_kwargs: object) -> None:
+    app: Celery = sender.app
+    thread = threading.Thread(target=_sweep_forever, args=(app,), name="sweeper", daemon=True)
+    thread.start()
+
+
+def _sweep_forever(app: Celery) -> None:
+    """Sweep every SWEEP_INTERVAL_S until the worker stops; errors wait for the next round."""
+    from worker.sweeper import sweep
+
+    settings = get_settings()
+    redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.broker_timeout_s,
+        socket_connect_timeout=settings.broker_timeout_s,
+    )
+    while not _sweeper_stop.wait(settings.sweep_interval_s):
+        try:
+            sweep(settings, redis, lambda job_id: publish_job(app, job_id))
+        except Exception as exc:  # broker or database away: try again next round
+            log.warning("sweep failed: %s: %s", type(exc).__name__, exc)
+
+
+@worker_shutting_down.connect
+def _stop_children(**_kwargs: object) -> None:
+    """Ask every pool child to stop after its current batch and hand its job back."""
+    _sweeper_stop.set()
+    for child in billiard.active_children():
+        try:
+            os.kill(child.pid, STOP_SIGNAL)
+        except ProcessLookupError:
+            continue
+
+
+@task_failure.connect
+def _child_lost(
+    sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
+    args: Any = None, **_kwargs: object,
+) -> None:  # fmt: skip
+    """Recover the job of a pool child that died or hit the hard time limit."""
+    if getattr(sender, "name", None) != RUN_JOB_TASK or not args:
+        return
+    job_id = str(args[0])
+    try:
+        if isinstance(exception, TimeLimitExceeded):
+            _end_failed(job_id, "the job exceeded its time limit (JOB_TIME_LIMIT_S)")
+        elif isinstance(exception, WorkerLostError):
+            with session_scope() as s:
+                requeued = lifecycle.requeue(s, job_id)
+            if requeued:
+                log.warning("job %s: its worker process died; requeued", job_id)
+                publish_job(sender.app, job_id)
+    except Exception:  # the sweeper recovers it later
+        log.exception("job %s: could not recover after %r", job_id, exception)
+
+
+def _end_failed(job_id: str, message: str) -> None:
+    with session_scope() as s:
+        ended = lifecycle.fail(s, job_id, message)
+    if ended:
+        LocalStorage.from_settings(get_settings()).release(job_id)

@@ -1,0 +1,162 @@
+"""The sweeper: recovers stranded jobs and removes what nobody will ask for again.
+
+Every worker's main process runs :func:`sweep` every ``SWEEP_INTERVAL_S``
+(worker/signals.py starts the thread); a Redis lock lets one sweep run at a
+time across all workers and hosts. One sweep:
+
+1. **stale running jobs**: a running job whose heartbeat is older than
+   ``STALE_AFTER_S`` (its worker was killed, its host died, the database was
+   away) goes back to ``queued`` and is published again; the next attempt
+   continues from the stored slices. Attempts count, so a job that kills its
+   worker every time ends ``failed`` after ``MAX_ATTEMPTS``.
+2. **queued jobs missing from the broker**: a job queued for longer than
+   ``STALE_AFTER_S`` whose ID is neither waiting in the queue nor held
+   (unacknowledged) by a worker is published again (a Redis that lost its
+   data, a publish that failed after the row was committed).
+3. **orphaned uploads**: job folders older than ``ORPHAN_UPLOAD_AGE_S`` with
+   no job row (the API died mid-submit) and partial files are removed.
+4. **retention**: jobs that ended more than ``RETENTION_DAYS`` ago are deleted
+   with their results and files (0 keeps them forever).
+
+Everything here is idempotent: a duplicate publish finds the job running with
+a fresh heartbeat, or ended, and does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from redis import Redis
+from sqlalchemy import delete, select
+
+from config import Settings
+from db import lifecycle
+from db.models import TERMINAL_STATUSES, Job, utcnow
+from db.session import session_scope
+from storage import LocalStorage
+
+log = logging.getLogger(__name__)
+LOCK_NAME = "lungct:sweeper"
+UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered but not acknowledged
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did (job IDs only: no patient data)."""
+
+    requeued: list[str] = field(default_factory=list)
+    republished: list[str] = field(default_factory=list)
+    orphans_removed: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return any((self.requeued, self.republished, self.orphans_removed, self.expired))
+
+
+def sweep(settings: Settings, redis: Redis, publish: Callable[[str], None]) -> SweepReport | None:
+    """Run one sweep unless another process holds the lock; None if skipped."""
+    lock = redis.lock(LOCK_NAME, timeout=max(60.0, 3 * settings.sweep_interval_s))
+    if not lock.acquire(blocking=False):
+        return None
+    try:
+        return _sweep(settings, redis, publish)
+    finally:
+        try:
+            lock.release()
+        except Exception:  # the lock expired meanwhile: nothing to release
+            log.debug("sweeper lock already released")
+
+
+def _sweep(settings: Settings, redis: Redis, publish: Callable[[str], None]) -> SweepReport:
+    report = SweepReport()
+    storage = LocalStorage.from_settings(settings)
+    stale_before = utcnow() - timedelta(seconds=settings.stale_after_s)
+    with session_scope() as s:
+        for job_id in lifecycle.stale_running(s, stale_before):
+            if lifecycle.requeue(s, job_id, stale_before=stale_before):
+                report.requeued.append(job_id)
+    with session_scope() as s:
+        waiting = lifecycle.waiting_since(s, stale_before)
+    if waiting:
+        in_broker = broker_job_ids(redis, settings.celery_queue)
+        report.republished = [j for j in waiting if j not in in_broker]
+    for job_id in report.requeued + report.republished:
+        publish(job_id)
+    report.orphans_removed = _remove_orphans(storage, settings.orphan_upload_age_s)
+    if settings.retention_days > 0:
+        report.expired = _expire(storage, settings.retention_days)
+    if report:
+        log.info(
+            "sweep: requeued %s, republished %s, orphaned uploads removed %s, expired %s",
+            report.requeued,
+            report.republished,
+            len(report.orphans_removed),
+            len(report.expired),
+        )
+    return report
+
+
+def broker_job_ids(redis: Redis, queue: str) -> set[str]:
+    """Task (= job) IDs waiting in ``queue`` or delivered and not yet acknowledged.
+
+    kombu keeps a queue as a Redis list (priority levels as ``queue\\x06\\x16N``)
+    of JSON messages, and delivered messages in the ``unacked`` hash as
+    ``[message, exchange, routing_key]``.
+    """
+    name = queue.encode()
+    messages: list[object] = []
+    for key in redis.scan_iter(match=f"{queue}*", count=100):
+        priority_list = key == name or key.startswith(name + b"\x06\x16")
+        if priority_list and redis.type(key) == b"list":
+            messages += [_json(raw) for raw in redis.lrange(key, 0, -1)]
+    for raw in redis.hvals(UNACKED_KEY):
+        entry = _json(raw)
+        messages.append(entry[0] if isinstance(entry, list) and entry else None)
+    return {m["headers"]["id"] for m in messages if _has_task_id(m)}
+
+
+def _json(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _has_task_id(message: object) -> bool:
+    headers = message.get("headers") if isinstance(message, dict) else None
+    return isinstance(headers, dict) and isinstance(headers.get("id"), str)
+
+
+def _remove_orphans(storage: LocalStorage, age_s: float) -> list[str]:
+    """Remove old job folders that no job row refers to (a submit that never finished)."""
+    candidates = list(storage.folders(older_than_s=age_s))
+    if not candidates:
+        return []
+    with session_scope() as s:
+        known = set(s.scalars(select(Job.id).where(Job.id.in_(candidates))))
+    orphans = [c for c in candidates if c not in known]
+    for job_id in orphans:
+        storage.discard(job_id)
+    return orphans
+
+
+def _expire(storage: LocalStorage, retention_days: float) -> list[str]:
+    """Delete jobs that ended before the retention period, with results and files."""
+    cutoff = utcnow() - timedelta(days=retention_days)
+    with session_scope() as s:
+        expired = list(
+            s.scalars(
+                select(Job.id).where(
+                    Job.status.in_([str(t) for t in TERMINAL_STATUSES]), Job.finished_at < cutoff
+                )
+            )
+        )
+        if expired:
+            s.execute(delete(Job).where(Job.id.in_(expired)))
+    for job_id in expired:
+        storage.discard(job_id)
+    return expired
