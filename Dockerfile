@@ -32,8 +32,9 @@ COPY . .
 
 USER app
 ENV APP_ENV=production \
+    API_HOST=0.0.0.0 \
     STORAGE_DIR=/data/uploads \
     MPLCONFIGDIR=/home/app/.cache/matplotlib
 
 EXPOSE 8000 5555
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--access-logfile", "-", "api.wsgi:app"]
+CMD ["gunicorn", "-c", "python:api.gunicorn_conf", "api.wsgi:app"]

@@ -1,9 +1,11 @@
-"""Manage API keys: ``python -m api.keys create OWNER [--admin] | list | revoke PREFIX``.
+"""Manage API keys: ``python -m api.keys create OWNER [--admin] | ensure OWNER | list | revoke``.
 
 ``create`` prints the new key alone on the last line of its output (exit 0);
-it is shown only this once. ``list`` shows owner, prefix, created, last used
-and whether the key is revoked, never the key. ``revoke`` takes the key's
-prefix (as ``list`` shows it) or the whole key.
+it is shown only this once. ``ensure`` creates a key only if OWNER has no
+active key yet (what ``make run`` does on its first start), else says so.
+``list`` shows owner, prefix, created, last used and whether the key is
+revoked, never the key. ``revoke`` takes the key's prefix (as ``list`` shows
+it) or the whole key.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from api.auth import create_key, hash_key
 from config import get_settings
@@ -27,6 +29,19 @@ def _create(owner: str, admin: bool) -> int:
         print(f"created {kind} {row.prefix}... for owner {row.owner!r}; it is shown only once:")
     print(key)
     return 0
+
+
+def _ensure(owner: str) -> int:
+    with session_scope() as s:
+        active = s.scalar(
+            select(func.count())
+            .select_from(ApiKey)
+            .where(ApiKey.owner == owner, ApiKey.revoked_at.is_(None))
+        )
+    if active:
+        print(f"owner {owner!r} already has {active} active key(s); none created")
+        return 0
+    return _create(owner, admin=False)
 
 
 def _list() -> int:
@@ -65,12 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     create = sub.add_parser("create", help="create a key for OWNER and print it once")
     create.add_argument("owner")
     create.add_argument("--admin", action="store_true", help="may see every owner's jobs")
+    ensure = sub.add_parser("ensure", help="create a key for OWNER unless it has one")
+    ensure.add_argument("owner")
     sub.add_parser("list", help="list keys (never the keys themselves)")
     revoke = sub.add_parser("revoke", help="revoke a key by its prefix")
     revoke.add_argument("prefix")
     args = parser.parse_args(argv)
     if args.command == "create":
         return _create(args.owner, args.admin)
+    if args.command == "ensure":
+        return _ensure(args.owner)
     if args.command == "list":
         return _list()
     return _revoke(args.prefix)

@@ -109,7 +109,14 @@ class Settings(BaseSettings):
     broker_timeout_s: PositiveFloat = 3.0
     readyz_cache_s: float = Field(5.0, ge=0)
 
-    # --- access (api/auth.py, api/limits.py) ---
+    # --- the API server (api/gunicorn_conf.py) ---
+    api_host: str = "127.0.0.1"
+    api_port: PositiveInt = 8000
+    web_concurrency: PositiveInt = 2
+    web_threads: PositiveInt = 8
+    web_timeout_s: PositiveInt = 30
+
+    # --- access (api/auth.py, api/app.py) ---
     rate_limit_submit: str = "60/minute"
     rate_limit_read: str = "1200/minute"
     max_active_jobs_per_owner: PositiveInt = 50

@@ -5,17 +5,20 @@ Steps: create the ``var/`` folders; find or start a Redis (see
 then start and watch three children, each in its own process group:
 
 * one Celery worker          ``python -m worker``
-* the API + web UI           ``gunicorn api.wsgi:app``
-* Flower (task monitoring)   ``celery -A worker.celery_app flower``, basic auth
+* the API + web UI           ``gunicorn -c python:api.gunicorn_conf api.wsgi:app``
+* Flower (task monitoring)   ``python -m worker.flower``, basic auth (``/metrics`` too)
+
+On the first start it creates an API key for the owner ``local`` and prints
+it once in the banner (``python -m api.keys create NAME`` makes more).
 
 Ctrl-C (SIGINT) or SIGTERM stops the children gracefully (SIGTERM, then
 SIGKILL after a timeout) and the embedded Redis last; a second Ctrl-C kills at
 once. If a child dies on its own, the others are stopped and this script exits
 non-zero, naming the one that died.
 
-Settings (environment): API_HOST (127.0.0.1), API_PORT (8000), WEB_CONCURRENCY
-(2 gunicorn workers), FLOWER_PORT (5555), FLOWER_USER / FLOWER_PASSWORD
-(generated for this run when unset), REDIS_URL, and everything config/settings.py reads.
+Settings (environment): FLOWER_PORT (5555), FLOWER_USER / FLOWER_PASSWORD
+(generated for this run when unset), and everything config/settings.py reads
+(API_HOST, API_PORT, WEB_CONCURRENCY, REDIS_URL, ...).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,12 +67,16 @@ class Options:
 
     @classmethod
     def from_env(cls) -> Options:
-        """Read API_HOST, API_PORT, WEB_CONCURRENCY, FLOWER_* from the environment."""
+        """API_HOST, API_PORT, WEB_CONCURRENCY from the settings; FLOWER_* from the environment."""
+        sys.path.insert(0, str(ROOT))
+        from config import get_settings
+
+        settings = get_settings()
         password = os.environ.get("FLOWER_PASSWORD", "").strip()
         return cls(
-            api_host=os.environ.get("API_HOST", "").strip() or "127.0.0.1",
-            api_port=int(os.environ.get("API_PORT", "").strip() or 8000),
-            web_concurrency=int(os.environ.get("WEB_CONCURRENCY", "").strip() or 2),
+            api_host=settings.api_host,
+            api_port=settings.api_port,
+            web_concurrency=settings.web_concurrency,
             flower_port=int(os.environ.get("FLOWER_PORT", "").strip() or 5555),
             flower_user=os.environ.get("FLOWER_USER", "").strip() or "admin",
             flower_password=password or secrets.token_urlsafe(18),
@@ -224,21 +232,27 @@ def flower_env(env: Mapping[str, str], opts: Options) -> dict[str, str]:
 def commands(opts: Options) -> dict[str, list[str]]:
     """The command line of each long-running child, by name."""
     py = sys.executable
-    bind_host = f"[{opts.api_host}]" if ":" in opts.api_host else opts.api_host
     return {
         "worker": [py, "-m", "worker"],
-        "api": [
-            py, "-m", "gunicorn",
-            "--bind", f"{bind_host}:{opts.api_port}",
-            "--workers", str(opts.web_concurrency),
-            "--access-logfile", "-",
-            "api.wsgi:app",
-        ],
+        "api": [py, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api.wsgi:app"],
         "flower": [
-            py, "-m", "celery", "-A", "worker.celery_app", "flower",
+            py, "-m", "worker.flower",
             "--address=127.0.0.1", f"--port={opts.flower_port}", "--persistent=False",
         ],
     }  # fmt: skip
+
+
+LOCAL_OWNER = "local"
+
+
+def local_api_key(env: Mapping[str, str]) -> str | None:
+    """Create the ``local`` owner's API key on the first start; None if it has one already."""
+    out = subprocess.run(
+        [sys.executable, "-m", "api.keys", "ensure", LOCAL_OWNER],
+        cwd=ROOT, env=dict(env), capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    last = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    return last if last.startswith("lct_") else None
 
 
 def port_open(host: str, port: int) -> bool:
@@ -258,14 +272,19 @@ def describe_exit(returncode: int) -> str:
     return f"exit code {returncode}"
 
 
-def banner(opts: Options, redis_url: str, embedded: bool) -> str:
-    """The text shown once everything is up: URLs, credentials and how to stop."""
+def banner(opts: Options, redis_url: str, embedded: bool, api_key: str | None) -> str:
+    """The text shown once everything is up: URLs, then credentials and the API key last."""
     api = opts.api_url
     if opts.flower_password_generated:
         creds = f"user {opts.flower_user}, password {opts.flower_password} (generated for this run)"
     else:
         creds = f"user {opts.flower_user}, password from FLOWER_PASSWORD"
     redis_note = "embedded, data in var/redis" if embedded else "external"
+    more = "more keys: .venv/bin/python -m api.keys create NAME"
+    if api_key:
+        key_text = f"API key (owner {LOCAL_OWNER}, shown only now; {more}):\n  {api_key}"
+    else:
+        key_text = f"API key: the one printed at the first start ({more})"
     return "\n".join([
         "",
         "lungct is running",
@@ -277,14 +296,28 @@ def banner(opts: Options, redis_url: str, embedded: bool) -> str:
         f"  Redis       {ensure_redis.redact(redis_url)} ({redis_note})",
         f"Stop with Ctrl-C (or: kill -TERM {os.getpid()}).",
         "",
+        key_text,
+        "",
     ])  # fmt: skip
 
 
-def watch(sup: Supervisor, opts: Options, redis_url: str, embedded: bool) -> int:
-    """Print the banner once the ports answer, then wait for a signal or a death."""
-    api_host = opts.api_url.split("//", 1)[1].rsplit(":", 1)[0].strip("[]")
+def service_ready(opts: Options) -> bool:
+    """True once /readyz answers 200 (a worker consumes the queue) and Flower listens."""
+    try:
+        with urllib.request.urlopen(f"{opts.api_url}/readyz", timeout=5) as reply:
+            ready = reply.status == 200
+    except (OSError, ValueError):
+        return False
+    return ready and port_open("127.0.0.1", opts.flower_port)
+
+
+def watch(
+    sup: Supervisor, opts: Options, redis_url: str, embedded: bool, api_key: str | None
+) -> int:
+    """Print the banner once the service is ready, then wait for a signal or a death."""
     started = time.monotonic()
     announced = False
+    last_check = 0.0
     while not sup.stop_requested:
         dead = sup.dead_child()
         if dead is not None:
@@ -294,12 +327,13 @@ def watch(sup: Supervisor, opts: Options, redis_url: str, embedded: bool) -> int
                 describe_exit(dead.process.returncode),
             )
             return 1
-        if not announced:
-            up = port_open(api_host, opts.api_port) and port_open("127.0.0.1", opts.flower_port)
+        if not announced and time.monotonic() - last_check >= 1.0:
+            last_check = time.monotonic()
+            up = service_ready(opts)
             if up or time.monotonic() - started > READY_TIMEOUT_S:
                 if not up:
-                    log.warning("API or Flower not answering after %.0f s", READY_TIMEOUT_S)
-                print(banner(opts, redis_url, embedded), flush=True)
+                    log.warning("service not ready after %.0f s (see /readyz)", READY_TIMEOUT_S)
+                print(banner(opts, redis_url, embedded, api_key), flush=True)
                 announced = True
         time.sleep(POLL_S)
     return 0
@@ -313,10 +347,11 @@ def serve(sup: Supervisor, opts: Options, redis_url: str, embedded: bool) -> int
     if code != 0:
         log.error("database migration failed (exit code %d); not starting the service", code)
         return code
+    api_key = local_api_key(env)
     for name, args in commands(opts).items():
         sup.check_stop()
         sup.start(name, args, flower_env(env, opts) if name == "flower" else env)
-    return watch(sup, opts, redis_url, embedded)
+    return watch(sup, opts, redis_url, embedded, api_key)
 
 
 def main() -> int:

@@ -1,0 +1,55 @@
+"""gunicorn settings for the API: ``gunicorn -c python:api.gunicorn_conf api.wsgi:app``.
+
+Threaded workers (``gthread``): a slow upload occupies one thread, not a whole
+worker process, and the worker keeps answering its heartbeat while the upload
+streams in, so uploads may take far longer than ``WEB_TIMEOUT_S`` (a 1 GB study
+at 5 MB/s takes 200 s) and ``/healthz`` stays fast with slow clients connected.
+``WEB_CONCURRENCY`` processes x ``WEB_THREADS`` threads serve requests at once;
+behind the documented reverse proxy, the proxy buffers uploads as well.
+
+gunicorn answers some requests itself (a request line or headers over its
+limits, a malformed request, a crash before Flask runs); those answers are
+HTML in gunicorn, and JSON here (:func:`write_json_error`), like every answer
+of the API.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gunicorn import util
+
+from config import get_settings
+
+_settings = get_settings()
+
+bind = f"{_settings.api_host}:{_settings.api_port}"
+workers = _settings.web_concurrency
+worker_class = "gthread"
+threads = _settings.web_threads
+timeout = _settings.web_timeout_s  # the worker's heartbeat, not a per-request limit (gthread)
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own error answer, as ``{"error": {"code", "message"}}``."""
+    message = f"{reason}: {mesg}" if mesg else reason
+    body = json.dumps({"error": {"code": status_int, "message": message}}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+def post_fork(_server: Any, _worker: Any) -> None:
+    """In each worker process: gunicorn's error pages become JSON."""
+    util.write_error = write_json_error
