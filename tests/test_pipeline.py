@@ -149,3 +149,22 @@ def test_a_job_can_choose_another_installed_model(api) -> None:  # type: ignore[
     assert {TINY_MODEL, default_model()} <= listed
     job = wait_done(api, submit(api, png_bytes(9), "x.png", model=TINY_MODEL)["id"])
     assert job["status"] == "succeeded" and job["model"]["name"] == TINY_MODEL
+
+
+def test_a_running_job_can_be_cancelled_and_keeps_what_it_stored(api) -> None:  # type: ignore[no-untyped-def]
+    from db.models import SlicePrediction
+    from db.session import session_scope
+
+    members = {f"s{i:04}.png": png_bytes(i, size=8) for i in range(1200)}  # < 500 kB
+    job_id = submit(api, zip_bytes(members), "big.zip")["id"]
+    deadline = time.monotonic() + 60
+    while api.get(f"/api/v1/jobs/{job_id}").json["progress"]["done"] == 0:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.05)
+    r = api.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json["status"] in ("running", "cancelled")
+    job = wait_done(api, job_id)
+    assert job["status"] == "cancelled" and job["finished_at"]
+    with session_scope() as s:
+        stored = s.scalar(select(func.count()).where(SlicePrediction.job_id == job_id))
+    assert 0 < stored < 1200 and job["progress"]["done"] == stored

@@ -2,7 +2,7 @@
 
 Every worker's main process runs :func:`sweep` every ``SWEEP_INTERVAL_S``
 (worker/signals.py starts the thread); a Redis lock lets one sweep run at a
-time across all workers and hosts. One sweep:
+time across all workers and hosts of a queue. One sweep:
 
 1. **stale running jobs**: a running job whose heartbeat is older than
    ``STALE_AFTER_S`` (its worker was killed, its host died, the database was
@@ -40,7 +40,7 @@ from db.session import session_scope
 from storage import LocalStorage
 
 log = logging.getLogger(__name__)
-LOCK_NAME = "lungct:sweeper"
+LOCK_PREFIX = "lungct:sweeper:"
 UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered but not acknowledged
 
 
@@ -59,7 +59,9 @@ class SweepReport:
 
 def sweep(settings: Settings, redis: Redis, publish: Callable[[str], None]) -> SweepReport | None:
     """Run one sweep unless another process holds the lock; None if skipped."""
-    lock = redis.lock(LOCK_NAME, timeout=max(60.0, 3 * settings.sweep_interval_s))
+    lock = redis.lock(
+        LOCK_PREFIX + settings.celery_queue, timeout=max(60.0, 3 * settings.sweep_interval_s)
+    )
     if not lock.acquire(blocking=False):
         return None
     try:

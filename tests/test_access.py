@@ -1,0 +1,245 @@
+"""Who may see what: API keys, owners, the job list, cancel, idempotency, rate limits, audit."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import ROOT, TINY_MODEL, authed, new_key, png_bytes
+
+
+def _submit(client, seed: int = 0, **headers: str):  # type: ignore[no-untyped-def]
+    return client.post(
+        "/api/v1/jobs",
+        data={"file": (io.BytesIO(png_bytes(seed)), "slice.png"), "model": TINY_MODEL},
+        content_type="multipart/form-data",
+        headers=headers,
+    )
+
+
+@pytest.fixture
+def bob(app, api_env):  # type: ignore[no-untyped-def]
+    """A second owner."""
+    return authed(app, new_key(api_env["DATABASE_URL"], "bob"))
+
+
+def _routes(job_id: str) -> list[tuple[str, str]]:
+    """Every /api/v1 route that names a job, with its method."""
+    return [
+        ("GET", f"/api/v1/jobs/{job_id}"),
+        ("GET", f"/api/v1/jobs/{job_id}/results"),
+        ("POST", f"/api/v1/jobs/{job_id}/cancel"),
+        ("DELETE", f"/api/v1/jobs/{job_id}"),
+    ]
+
+
+def test_every_route_needs_a_valid_key(app, client) -> None:  # type: ignore[no-untyped-def]
+    job_id = _submit(client).json["id"]
+    anonymous = app.test_client()
+    wrong = authed(app, "lct_not-a-real-key")
+    routes = [*_routes(job_id), ("GET", "/api/v1/jobs"), ("GET", "/api/v1/models")]
+    routes += [("POST", "/api/v1/jobs"), ("GET", "/api/v1/admin/audit")]
+    for who in (anonymous, wrong):
+        for method, url in routes:
+            r = who.open(url, method=method)
+            assert r.status_code == 401, (method, url, r.status_code)
+            assert r.json["error"]["code"] == 401 and "API key" in r.json["error"]["message"]
+            assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    assert anonymous.get("/healthz").status_code == 200
+    assert anonymous.get("/readyz").status_code in (200, 503)
+
+
+def test_another_owners_job_is_404_everywhere(client, bob) -> None:  # type: ignore[no-untyped-def]
+    job_id = _submit(client).json["id"]
+    for method, url in _routes(job_id):
+        r = bob.open(url, method=method)
+        assert r.status_code == 404, (method, url, r.status_code)
+        assert r.json["error"]["message"] == f"no job with id {job_id!r}"
+    assert bob.get("/api/v1/jobs").json["items"] == []
+    # ... and the owner still has it, untouched
+    assert client.get(f"/api/v1/jobs/{job_id}").json["status"] == "queued"
+    assert client.get(f"/api/v1/jobs/{job_id}/results").status_code == 200
+    assert client.post(f"/api/v1/jobs/{job_id}/cancel").json["status"] == "cancelled"
+    assert client.delete(f"/api/v1/jobs/{job_id}").status_code == 204
+
+
+def test_an_admin_key_sees_every_owners_jobs(app, client, api_env) -> None:  # type: ignore[no-untyped-def]
+    job_id = _submit(client).json["id"]
+    admin = authed(app, new_key(api_env["DATABASE_URL"], "ops", admin=True))
+    assert admin.get(f"/api/v1/jobs/{job_id}").json["owner"] == "alice"
+    assert [j["id"] for j in admin.get("/api/v1/jobs").json["items"]] == [job_id]
+
+
+def test_list_is_own_jobs_newest_first_with_filters_and_pages(client, bob) -> None:  # type: ignore[no-untyped-def]
+    mine = [_submit(client, seed=i).json["id"] for i in range(5)]
+    _submit(bob)
+    items = client.get("/api/v1/jobs").json["items"]
+    assert [j["id"] for j in items] == mine[::-1]
+    page, seen = client.get("/api/v1/jobs?limit=2").json, []
+    while True:
+        seen += [j["id"] for j in page["items"]]
+        if not page["next"]:
+            break
+        page = client.get(page["next"]).json
+    assert seen == mine[::-1]
+    client.post(f"/api/v1/jobs/{mine[0]}/cancel")
+    cancelled = client.get("/api/v1/jobs?status=cancelled").json["items"]
+    assert [j["id"] for j in cancelled] == [mine[0]]
+    assert client.get("/api/v1/jobs?model=no-such-model").json["items"] == []
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert client.get("/api/v1/jobs", query_string={"since": future}).json["items"] == []
+    assert client.get("/api/v1/jobs?status=bogus").status_code == 400
+
+
+def test_cancel_a_queued_job_frees_its_upload(client, api_env) -> None:  # type: ignore[no-untyped-def]
+    job_id = _submit(client).json["id"]
+    assert (Path(api_env["STORAGE_DIR"]) / job_id).is_dir()
+    r = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert r.status_code == 200 and r.json["status"] == "cancelled"
+    assert not (Path(api_env["STORAGE_DIR"]) / job_id).exists()
+    again = client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert again.status_code == 409 and "cancelled" in again.json["error"]["message"]
+
+
+def test_idempotent_retry_returns_the_original_job(client, bob) -> None:  # type: ignore[no-untyped-def]
+    from db.models import Job
+    from db.session import session_scope
+
+    first = _submit(client, **{"Idempotency-Key": "upload-42"})
+    retry = _submit(client, seed=1, **{"Idempotency-Key": "upload-42"})
+    assert first.status_code == 202 and retry.status_code == 200
+    assert retry.json["id"] == first.json["id"]
+    assert retry.headers["Location"] == first.headers["Location"]
+    other = _submit(bob, **{"Idempotency-Key": "upload-42"})  # keys are per owner
+    assert other.status_code == 202 and other.json["id"] != first.json["id"]
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 2
+
+
+def test_an_expired_idempotency_key_makes_a_new_job(client) -> None:  # type: ignore[no-untyped-def]
+    from db.models import Job
+    from db.session import session_scope
+
+    first = _submit(client, **{"Idempotency-Key": "k"}).json["id"]
+    with session_scope() as s:
+        s.get_one(Job, first).created_at = datetime.now(UTC) - timedelta(hours=25)
+    second = _submit(client, **{"Idempotency-Key": "k"})
+    assert second.status_code == 202 and second.json["id"] != first
+
+
+def test_a_burst_past_the_read_limit_gets_429_with_retry_after(api_env) -> None:  # type: ignore[no-untyped-def]
+    from api import create_app
+    from config import Settings
+
+    app = create_app(Settings(rate_limit_read="5/minute"))
+    client = authed(app, new_key(api_env["DATABASE_URL"]))
+    codes = [client.get("/api/v1/jobs").status_code for _ in range(7)]
+    assert codes[:5] == [200] * 5 and codes[5:] == [429, 429]
+    r = client.get("/api/v1/jobs")
+    assert r.json["error"]["code"] == 429 and int(r.headers["Retry-After"]) > 0
+    other = authed(app, new_key(api_env["DATABASE_URL"], "bob"))  # limits are per key
+    assert other.get("/api/v1/jobs").status_code == 200
+    assert app.test_client().get("/healthz").status_code == 200  # health is not limited
+
+
+def test_the_per_owner_cap_holds_under_a_burst(api_env) -> None:  # type: ignore[no-untyped-def]
+    """Eight parallel submits against a cap of three: exactly three jobs exist."""
+    from werkzeug.serving import make_server
+
+    from api import create_app
+    from config import Settings
+    from db.models import Job
+    from db.session import session_scope
+
+    app = create_app(Settings(max_active_jobs_per_owner=3))
+    key = new_key(api_env["DATABASE_URL"])
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    codes: list[int] = []
+
+    def submit() -> None:
+        import requests
+
+        files = {"file": ("s.png", png_bytes())}
+        r = requests.post(
+            f"http://127.0.0.1:{server.port}/api/v1/jobs",
+            files=files,
+            data={"model": TINY_MODEL},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        codes.append(r.status_code)
+
+    try:
+        threads = [threading.Thread(target=submit) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.shutdown()
+    assert sorted(codes) == [202] * 3 + [429] * 5
+    with session_scope() as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 3
+
+
+def test_keys_are_stored_hashed(client, api_env) -> None:  # type: ignore[no-untyped-def]
+    key = client.environ_base["HTTP_AUTHORIZATION"].split()[1]
+    _submit(client)
+    db_file = Path(api_env["DATABASE_URL"].removeprefix("sqlite:///"))
+    raw = b"".join(p.read_bytes() for p in db_file.parent.glob(db_file.name + "*"))
+    assert key.encode() not in raw
+    assert key[12:].encode() not in raw  # not even the secret part
+
+
+def test_keys_cli_create_list_revoke(app, api_env) -> None:  # type: ignore[no-untyped-def]
+    def keys(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "api.keys", *args], cwd=ROOT, capture_output=True, text=True
+        )
+
+    created = keys("create", "carol")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("lct_") and len(key) >= 4 + 43
+    carol = authed(app, key)
+    assert carol.get("/api/v1/jobs").status_code == 200
+    listing = keys("list")
+    assert "carol" in listing.stdout and key not in listing.stdout
+    assert keys("revoke", key[:12]).returncode == 0
+    assert carol.get("/api/v1/jobs").status_code == 401
+
+
+def test_audit_log_records_submit_cancel_delete(app, client, api_env) -> None:  # type: ignore[no-untyped-def]
+    job_id = _submit(client).json["id"]
+    client.post(f"/api/v1/jobs/{job_id}/cancel")
+    client.delete(f"/api/v1/jobs/{job_id}")
+    assert client.get("/api/v1/admin/audit").status_code == 403
+    admin = authed(app, new_key(api_env["DATABASE_URL"], "ops", admin=True))
+    events = admin.get("/api/v1/admin/audit").json["items"]
+    assert [(e["owner"], e["action"], e["job_id"]) for e in events] == [
+        ("alice", "delete", job_id),
+        ("alice", "cancel", job_id),
+        ("alice", "submit", job_id),
+    ]
+
+
+def test_production_refuses_placeholder_secrets() -> None:
+    from pydantic import ValidationError
+
+    from config import Settings
+
+    pg = "postgresql+psycopg://lungct:{}@db/lungct"
+    with pytest.raises(ValidationError, match="production refuses"):
+        Settings(app_env="production", database_url=pg.format("changeme"))
+    with pytest.raises(ValidationError, match="FLOWER_BASIC_AUTH"):
+        Settings(app_env="production", flower_basic_auth="admin:admin")
+    ok = Settings(app_env="production", database_url=pg.format("s3cr3t-Long"))
+    assert ok.app_env == "production"

@@ -1,0 +1,169 @@
+"""The job state machine and the sweeper, on a real database and a real Redis (no worker)."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from redis import Redis
+
+from tests.conftest import TINY_MODEL
+
+
+@pytest.fixture
+def db(api_env):  # type: ignore[no-untyped-def]
+    """A session factory on the test's migrated SQLite database."""
+    from db.session import session_scope
+
+    return session_scope
+
+
+def _job(db, status: str = "queued", **values) -> str:  # type: ignore[no-untyped-def]
+    import uuid
+
+    from db.models import Job
+
+    job_id = str(uuid.uuid4())
+    with db() as s:
+        s.add(
+            Job(
+                id=job_id, kind="image", owner="alice", model_name=TINY_MODEL,
+                model_version="1", upload_key=f"{job_id}/upload.png", upload_bytes=1,
+                status=status, warnings=[], **values,
+            )
+        )  # fmt: skip
+    return job_id
+
+
+def _get(db, job_id: str):  # type: ignore[no-untyped-def]
+    from db.models import Job
+
+    with db() as s:
+        return s.get(Job, job_id)
+
+
+def test_start_runs_a_job_once_and_counts_attempts(db) -> None:  # type: ignore[no-untyped-def]
+    from db import lifecycle
+
+    job_id = _job(db)
+    with db() as s:
+        first = lifecycle.start(s, job_id, stale_after_s=30)
+    with db() as s:
+        duplicate = lifecycle.start(s, job_id, stale_after_s=30)  # fresh heartbeat: skip
+    assert first is not None and first.attempts == 1 and duplicate is None
+    job = _get(db, job_id)
+    assert job.status == "running" and job.heartbeat_at is not None
+
+
+def test_a_stale_running_job_can_be_taken_over(db) -> None:  # type: ignore[no-untyped-def]
+    from db import lifecycle
+    from db.models import utcnow
+
+    job_id = _job(db, "running", attempts=1, heartbeat_at=utcnow() - timedelta(seconds=60))
+    with db() as s:
+        taken = lifecycle.start(s, job_id, stale_after_s=30)
+    assert taken is not None and taken.attempts == 2
+
+
+def test_terminal_states_are_final(db) -> None:  # type: ignore[no-untyped-def]
+    from db import lifecycle
+
+    job_id = _job(db, "running")
+    with db() as s:
+        assert lifecycle.succeed(s, job_id, {"label": "normal"})
+    with db() as s:
+        assert not lifecycle.fail(s, job_id, "late failure")
+        assert lifecycle.cancel(s, job_id) is None
+        assert not lifecycle.requeue(s, job_id)
+        assert lifecycle.start(s, job_id, stale_after_s=0) is None
+    assert _get(db, job_id).status == "succeeded"
+
+
+def test_hand_back_gives_the_attempt_back_requeue_does_not(db) -> None:  # type: ignore[no-untyped-def]
+    from db import lifecycle
+
+    a, b = _job(db, "running", attempts=2), _job(db, "running", attempts=2)
+    with db() as s:
+        assert lifecycle.hand_back(s, a) and lifecycle.requeue(s, b)
+    assert (_get(db, a).status, _get(db, a).attempts) == ("queued", 1)
+    assert (_get(db, b).status, _get(db, b).attempts) == ("queued", 2)
+
+
+def test_cancel_queued_at_once_running_after_its_batch(db) -> None:  # type: ignore[no-untyped-def]
+    from db import lifecycle
+
+    queued, running = _job(db), _job(db, "running")
+    with db() as s:
+        assert lifecycle.cancel(s, queued) == "cancelled"
+        assert lifecycle.cancel(s, running) == "running"
+        assert lifecycle.heartbeat(s, running) is False  # the worker learns it must stop
+        assert lifecycle.cancelled(s, running)
+    assert _get(db, queued).status == "cancelled" and _get(db, running).status == "cancelled"
+
+
+def _sweep(api_env):  # type: ignore[no-untyped-def]
+    from config import Settings
+    from worker.sweeper import sweep
+
+    published: list[str] = []
+    redis = Redis.from_url(api_env["REDIS_URL"])
+    report = sweep(Settings(stale_after_s=5, orphan_upload_age_s=60), redis, published.append)
+    return report, published
+
+
+def test_sweeper_requeues_stale_jobs_and_republishes_lost_ones(db, api_env) -> None:  # type: ignore[no-untyped-def]
+    from api.queue import enqueue_job
+    from config import Settings
+    from db.models import utcnow
+    from worker.sweeper import broker_job_ids
+
+    old = utcnow() - timedelta(seconds=60)
+    stale = _job(db, "running", heartbeat_at=old)
+    alive = _job(db, "running", heartbeat_at=utcnow())
+    lost = _job(db, "queued", updated_at=old)  # its message vanished
+    waiting = _job(db, "queued", updated_at=old)
+    enqueue_job(Settings(), waiting)  # ... while this one's message is in the queue
+    assert broker_job_ids(Redis.from_url(api_env["REDIS_URL"]), api_env["CELERY_QUEUE"]) == {
+        waiting
+    }
+    report, published = _sweep(api_env)
+    assert report.requeued == [stale] and report.republished == [lost]
+    assert sorted(published) == sorted([stale, lost])
+    assert _get(db, stale).status == "queued" and _get(db, alive).status == "running"
+
+
+def test_sweeper_removes_orphaned_uploads_and_expired_jobs(db, api_env) -> None:  # type: ignore[no-untyped-def]
+    from db.models import utcnow
+
+    storage = Path(api_env["STORAGE_DIR"])
+    orphan = storage / "0a9e7d1c-crashed-mid-submit"
+    orphan.mkdir(parents=True)
+    (orphan / "upload.zip.1234abcd.part").write_bytes(b"half an upload")
+    live = _job(db, "queued")
+    (storage / live).mkdir()
+    old = time.time() - 3600
+    for folder in (orphan, storage / live):
+        os.utime(folder, (old, old))
+    expired = _job(db, "succeeded", finished_at=utcnow() - timedelta(days=31))
+    kept = _job(db, "succeeded", finished_at=utcnow() - timedelta(days=1))
+    report, _ = _sweep(api_env)
+    assert report.orphans_removed == [orphan.name] and not orphan.exists()
+    assert (storage / live).is_dir()
+    assert report.expired == [expired] and _get(db, expired) is None
+    assert _get(db, kept) is not None
+
+
+def test_only_one_sweeper_runs_at_a_time(api_env) -> None:  # type: ignore[no-untyped-def]
+    from worker.sweeper import LOCK_PREFIX
+
+    redis = Redis.from_url(api_env["REDIS_URL"])
+    lock = redis.lock(LOCK_PREFIX + api_env["CELERY_QUEUE"], timeout=30)
+    assert lock.acquire(blocking=False)
+    try:
+        report, _ = _sweep(api_env)
+        assert report is None
+    finally:
+        lock.release()
