@@ -14,6 +14,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VAR_DIR = PROJECT_ROOT / "var"
+SOURCE_PATH_MODES = ("full", "redacted", "none")
 
 
 def _env(name: str, default: str) -> str:
@@ -87,6 +88,12 @@ class Settings:
     queue_name: str = "inference"
     keep_uploads: bool = False
     job_time_limit_s: int = 3600
+    # What is kept of archive member paths: "full", "redacted" or "none" (see
+    # ingest/privacy.py). None (unset): "redacted", and "none" for archives with no
+    # DICOM header to learn identifiers from (PNG/JPEG only).
+    store_source_paths: str | None = None
+    # Also treat the StudyDate as an identifier (it is in every TCIA folder name).
+    redact_study_date: bool = False
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
 
     def __post_init__(self) -> None:
@@ -103,6 +110,11 @@ class Settings:
         bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
         if bad:
             raise ValueError(f"settings must be positive: {', '.join(bad)}")
+        if self.store_source_paths not in (None, *SOURCE_PATH_MODES):
+            raise ValueError(
+                f"STORE_SOURCE_PATHS={self.store_source_paths!r}; "
+                f"use one of {', '.join(SOURCE_PATH_MODES)} (or leave it unset)"
+            )
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -134,6 +146,8 @@ class Settings:
             queue_name=_env("CELERY_QUEUE", d.queue_name),
             keep_uploads=_env("KEEP_UPLOADS", "0").lower() in ("1", "true", "yes"),
             job_time_limit_s=_int("JOB_TIME_LIMIT_S", d.job_time_limit_s),
+            store_source_paths=_env("STORE_SOURCE_PATHS", "").lower() or None,
+            redact_study_date=_env("REDACT_STUDY_DATE", "0").lower() in ("1", "true", "yes"),
             limits=ArchiveLimits.from_env(),
         )
 
