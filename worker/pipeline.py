@@ -147,7 +147,7 @@ def _load(source: SliceSource, predictor: Predictor) -> Decoded:
         return Decoded(source, None, str(exc))
     except Exception as exc:  # an unexpected decoder failure must not sink the study
         log.warning("slice %s: %s", source.source, exc)
-        return Decoded(source, None, f"could not decode: {type(exc).__name__}: {exc}")
+        return Decoded(source, None, source.scrub(f"could not decode: {type(exc).__name__}: {exc}"))
 
 
 def _decode_ahead(
