@@ -79,6 +79,12 @@ def test_case_accents_and_umlauts() -> None:
     assert redact("Jos/Mull/a.dcm", m) == "Jos/Mull/a.dcm"
 
 
+def test_ideographic_and_phonetic_groups() -> None:
+    m = _matcher(PatientName="Yamada^Tarou=山田^太郎=やまだ^たろう")
+    for spelling in ("山田太郎", "太郎_山田", "TAROU YAMADA", "やまだ たろう"):
+        assert redact(f"{spelling}/a.dcm", m) == f"{REDACTED}/a.dcm", spelling
+
+
 def test_short_name_words_count_only_inside_a_full_name() -> None:
     m = _matcher(PatientName="Li^Wu")
     path = "li/x/wu/x/LI_WU/x/wu-li/a.dcm"
