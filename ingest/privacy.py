@@ -180,8 +180,14 @@ def deactivate(scrubber: Scrubber) -> None:
 
 
 def tag(exc: BaseException, scrubber: Scrubber) -> None:
-    """Mark ``exc`` and the exceptions it chains to: wherever one is logged, later,
-    outside the plan (a task's ``log.exception``), its text is scrubbed too."""
+    """Scrub ``exc`` and the exceptions it chains to in place, and mark them.
+
+    Their string arguments (and an OSError's file names) are scrubbed, so whatever
+    renders them later (Celery's failure event, which Flower shows) gets the clean
+    text; the mark makes their tracebacks scrubbed when logged, outside the plan
+    (a task's ``log.exception``). The mark pickles to nothing, so a tagged exception
+    still crosses a process boundary, without the identifiers.
+    """
     if scrubber.mode is SourcePaths.FULL:
         return
     install_log_scrubbing()
@@ -189,9 +195,31 @@ def tag(exc: BaseException, scrubber: Scrubber) -> None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        _scrub_exception(current, scrubber)
         with contextlib.suppress(AttributeError, TypeError):  # a type without a __dict__
-            setattr(current, _TAG, scrubber)
+            setattr(current, _TAG, _Tag(scrubber))
         current = current.__cause__ or current.__context__
+
+
+class _Tag:
+    """The mark on a tagged exception; pickles to an empty mark."""
+
+    def __init__(self, scrubber: Scrubber | None) -> None:
+        self.scrubber = scrubber
+
+    def __reduce__(self) -> Any:
+        return (_Tag, (None,))
+
+
+def _scrub_exception(exc: BaseException, scrubber: Scrubber) -> None:
+    with contextlib.suppress(AttributeError, TypeError):
+        exc.args = tuple(scrubber(a) if isinstance(a, str) else a for a in exc.args)
+    if isinstance(exc, OSError):
+        for name in ("filename", "filename2"):
+            value = getattr(exc, name, None)
+            if isinstance(value, str):
+                with contextlib.suppress(AttributeError, TypeError):
+                    setattr(exc, name, scrubber(value))
 
 
 def install_log_scrubbing() -> None:
@@ -228,8 +256,9 @@ def _tags(exc_info: Any) -> list[Scrubber]:
     seen: set[int] = set()
     while isinstance(exc, BaseException) and id(exc) not in seen:
         seen.add(id(exc))
-        s = getattr(exc, _TAG, None)
-        if isinstance(s, Scrubber) and s not in found:
+        mark = getattr(exc, _TAG, None)
+        s = mark.scrubber if isinstance(mark, _Tag) else None
+        if s is not None and s not in found:
             found.append(s)
         exc = exc.__cause__ or exc.__context__
     return found

@@ -197,6 +197,7 @@ class Identifiers:
         self.study_date = study_date
         self.headers_read = 0
         self._patterns: set[str] = set()
+        self._seen: set[tuple[str, str]] = set()  # every file of a study repeats the values
 
     def __repr__(self) -> str:
         return f"Identifiers(headers_read={self.headers_read}, patterns={len(self._patterns)})"
@@ -219,6 +220,7 @@ class Identifiers:
     def clear(self) -> None:
         """Forget the learned identifiers (the matcher keeps its own copy)."""
         self._patterns.clear()
+        self._seen.clear()
 
     def _learn(self, ds: Dataset) -> None:
         dates = DATE_TAGS + ((STUDY_DATE_TAG,) if self.study_date else ())
@@ -234,8 +236,11 @@ class Identifiers:
                 for item in _items(_value(ds, keyword)):
                     if isinstance(item, Dataset):
                         self._learn(item)
-                    else:
-                        self._patterns |= patterns(str(item))
+                        continue
+                    key = (patterns.__name__, str(item))
+                    if key not in self._seen:
+                        self._seen.add(key)
+                        self._patterns |= patterns(key[1])
 
 
 def name_patterns(value: str) -> set[str]:

@@ -159,6 +159,14 @@ def test_an_exception_that_left_a_plan_is_scrubbed_when_logged(
     assert "Doe, Jane/" not in caplog.text
 
 
+def test_a_tagged_exception_is_scrubbed_and_still_pickles(tmp_path: Path) -> None:
+    with pytest.raises(KeyError) as info, plan_upload(_dicom_zip(tmp_path), Settings()):
+        raise KeyError(f"There is no item named '{FOLDER}/s2/IM1.dcm' in the archive")
+    assert str(info.value) == f"\"There is no item named '{REDACTED}/s2/IM1.dcm' in the archive\""
+    copy = pickle.loads(pickle.dumps(info.value))  # as billiard sends it to the parent
+    assert copy.args == info.value.args
+
+
 def test_the_scrubber_never_shows_or_travels(tmp_path: Path) -> None:
     plan = plan_upload(_dicom_zip(tmp_path), Settings())
     assert repr(plan.scrubber) == "Scrubber(mode='redacted')"
