@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     summary_top_slices: int = Field(5, ge=0)
     results_page_size: PositiveInt = 100
     keep_uploads: bool = False
+    # What is kept of archive member paths: "full", "redacted" or "none" (see
+    # ingest/privacy.py). Unset: "redacted", and "none" for archives with no
+    # DICOM header to learn identifiers from (PNG/JPEG only).
+    store_source_paths: Literal["full", "redacted", "none"] | None = None
+    # Also treat the StudyDate as an identifier (it is in every TCIA folder name).
+    redact_study_date: bool = False
 
     # --- archive limits (ingest) ---
     max_archive_members: PositiveInt = 5000
@@ -133,6 +139,11 @@ class Settings(BaseSettings):
     def _model_paths(cls, value: object) -> object:
         parts = _split(value, os.pathsep)
         return tuple(_project_path(p) for p in parts) if isinstance(parts, tuple | list) else parts
+
+    @field_validator("store_source_paths", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("skip_image_types", "allowed_modalities", mode="before")
     @classmethod

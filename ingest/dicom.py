@@ -4,7 +4,7 @@ Headers are read with ``stop_before_pixels`` and a fixed list of tags
 (:data:`HEADER_TAGS`): only UIDs, numbers, positions, modality and the series
 description leave this module. Patient identifiers (:data:`ingest.redact.IDENTIFYING_TAGS`)
 are parsed only when the caller passes a collector, and only so that member paths
-can be redacted (see :mod:`ingest.redact`); they are never put on a header.
+and messages can be scrubbed (see :mod:`ingest.privacy`); they never go on a header.
 
 Display window. Every DICOM slice becomes the 8-bit image the classifier was
 trained on: stored values -> Modality LUT (RescaleSlope/Intercept, i.e. HU for
@@ -38,7 +38,7 @@ from pydicom.pixels import apply_modality_lut, get_decoder, pixel_array
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ingest.errors import SliceError
-from ingest.redact import IDENTIFYING_TAGS, identifying_values
+from ingest.redact import IDENTIFYING_TAGS, Identifiers
 from ingest.sniff import natural_key
 
 HEADER_TAGS = [
@@ -103,20 +103,20 @@ def read_header(
     fp: BinaryIO,
     *,
     force: bool = False,
-    identifiers: set[str] | None = None,
+    identifiers: Identifiers | None = None,
     max_frames: int | None = None,
 ) -> DicomHeader:
     """Parse the header of one file (no pixel data, only :data:`HEADER_TAGS`).
 
-    With ``identifiers``, the patient-identifying values are read too and added to
-    that set, so the caller can redact member paths; they never go on the header.
+    With ``identifiers``, the patient-identifying values are read too and learned
+    by it, so the caller can scrub names and messages; they never go on the header.
     """
     tags = HEADER_TAGS if identifiers is None else [*HEADER_TAGS, *IDENTIFYING_TAGS]
     ds = dcmread(fp, stop_before_pixels=True, specific_tags=tags, force=force)
     if force and "SOPClassUID" not in ds and "Rows" not in ds:
         raise ValueError("not a DICOM dataset")
     if identifiers is not None:
-        identifiers |= identifying_values(ds)
+        identifiers.learn(ds)
     return _header(ds, max_frames)
 
 

@@ -3,6 +3,10 @@
 A :class:`SliceSource` holds no pixels and no pydicom Dataset, only where its bytes
 are (upload path, member name, frame) and how to turn them into the display image,
 so a plan for thousands of slices is small and ``load()`` can run in any thread.
+
+Names and messages on a plan are already scrubbed (:mod:`ingest.privacy`); the plan
+and each slice carry the scrubber so that text produced later (a slice's decode
+error, a job's failure message) is scrubbed the same way: ``plan.scrub(text)``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,10 +23,19 @@ from ingest.archive import Origin, Skipped
 from ingest.dicom import decode_dicom
 from ingest.errors import LimitExceeded, SliceError
 from ingest.images import decode_image
+from ingest.privacy import deactivate, tag
+
+if TYPE_CHECKING:
+    from ingest.privacy import Scrubber
 
 __all__ = ["MemberReader", "SeriesInfo", "Skipped", "SliceSource", "UploadPlan"]
 
 _MAX_MESSAGE = 300
+
+
+def _unchanged(text: str) -> str:
+    """The scrubber of a slice or plan built by hand (tests); plan_upload sets the real one."""
+    return text
 
 
 @dataclass(frozen=True)
@@ -79,19 +93,23 @@ class SliceSource:
     reader: Callable[[int | None], np.ndarray] | None = field(
         default=None, repr=False, compare=False
     )
+    scrub: Callable[[str], str] = field(default=_unchanged, repr=False, compare=False)
 
     def load(self) -> np.ndarray:
-        """The display image, uint8 (H, W); raises :class:`SliceError` on a bad slice."""
+        """The display image, uint8 (H, W); raises :class:`SliceError` on a bad slice.
+
+        The message is scrubbed: decoders may quote what they read.
+        """
         if self.reader is None:
             raise SliceError("slice has nothing to load from")
         try:
             return self.reader(self.frame)
-        except SliceError:
-            raise
+        except SliceError as exc:
+            raise SliceError(self.scrub(str(exc))) from exc
         except LimitExceeded as exc:
-            raise SliceError(str(exc)) from exc
+            raise SliceError(self.scrub(str(exc))) from exc
         except Exception as exc:  # untrusted bytes: decoders fail in many ways
-            raise SliceError(_describe(exc)) from exc
+            raise SliceError(self.scrub(_describe(exc))) from exc
 
 
 @dataclass(frozen=True)
@@ -103,16 +121,27 @@ class UploadPlan:
     skipped: list[Skipped]
     series: list[SeriesInfo]
     origin: Origin | None = field(default=None, repr=False, compare=False)
+    scrubber: Scrubber | None = field(default=None, repr=False, compare=False)
+
+    def scrub(self, text: str) -> str:
+        """``text`` as it may leave the worker (log line, error message): see ingest.privacy."""
+        return self.scrubber(text) if self.scrubber is not None else text
 
     def close(self) -> None:
-        """Release the archive handles held by loader threads (before deleting the upload)."""
+        """Release the archive handles held by loader threads (before deleting the upload),
+        and stop scrubbing this process's log records with the plan's scrubber."""
         if self.origin is not None:
             self.origin.close()
+        if self.scrubber is not None:
+            deactivate(self.scrubber)
 
     def __enter__(self) -> UploadPlan:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        """An exception leaving the plan is tagged, so its traceback is scrubbed when logged."""
+        if exc is not None and self.scrubber is not None:
+            tag(exc, self.scrubber)
         self.close()
 
 

@@ -5,17 +5,17 @@ directory, a DICOM header or an image header. ``plan_upload`` reads the header o
 every member, selects series and orders slices; pixels are decoded later, one
 slice at a time, by :meth:`SliceSource.load`. A bad member never aborts the
 rest: it becomes a :class:`Skipped` entry here or a :class:`SliceError` at load.
-Every ``source`` of a plan is redacted (:mod:`ingest.redact`) before it is returned.
+Every name and message of a plan is scrubbed (:mod:`ingest.privacy`) before it is returned.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from config.settings import ArchiveLimits, Settings
+from ingest import privacy
 from ingest.archive import (
     ArchiveTooLarge,
     FileOrigin,
@@ -40,7 +40,7 @@ from ingest.dicom import (
 from ingest.errors import InvalidUpload, LimitExceeded
 from ingest.images import open_image, verify_image
 from ingest.plan import MemberReader, SeriesInfo, SliceSource, UploadPlan
-from ingest.redact import redactor
+from ingest.redact import Identifiers, known_suffix
 from ingest.sniff import HEAD_BYTES, natural_key, sniff
 
 _NOT_SUPPORTED = "not a DICOM/PNG/JPEG/zip file"
@@ -73,19 +73,48 @@ def inspect_upload(path: Path, filename: str, limits: ArchiveLimits) -> str:
 
 
 def plan_upload(path: Path, settings: Settings, filename: str | None = None) -> UploadPlan:
-    """Ordered slices, series and skipped members of an upload.
+    """Ordered slices, series and skipped members of an upload, scrubbed (ingest.privacy).
 
-    Raises :class:`InvalidUpload` ("no decodable slices: ...") when nothing is left.
+    Raises :class:`InvalidUpload` ("no decodable slices: ...") when nothing is left;
+    its message is scrubbed too, and any other exception is tagged so that its
+    traceback is scrubbed wherever it is logged.
     """
     kind = sniff(_head(path))
     name = filename or path.name
+    learned = Identifiers(study_date=settings.redact_study_date)
+    positions: dict[str, int] = {}
+    try:
+        plan = _plan(path, kind, name, settings, learned, positions)
+    except BaseException as exc:
+        scrubber = privacy.build(settings, learned, positions, archive=kind == "zip")
+        learned.clear()
+        if isinstance(exc, InvalidUpload):  # its message becomes the job's error
+            refusal = InvalidUpload(scrubber(str(exc)))
+            privacy.tag(refusal, scrubber)
+            raise refusal from exc
+        privacy.tag(exc, scrubber)
+        raise
+    scrubber = privacy.build(settings, learned, positions, archive=kind == "zip")
+    learned.clear()  # the scrubber keeps its own compiled copy; nothing else holds them
+    return privacy.apply(plan, scrubber)
+
+
+def _plan(
+    path: Path,
+    kind: str,
+    name: str,
+    settings: Settings,
+    learned: Identifiers,
+    positions: dict[str, int],
+) -> UploadPlan:
+    """The unscrubbed plan; fills ``positions`` (member -> position in the archive)."""
     if kind == "zip":
-        return _plan_zip(path, settings)
+        return _plan_zip(path, settings, learned, positions)
     if kind in _DICOM_KINDS or kind in _IMAGE_KINDS:
+        positions[name] = 1
         origin = FileOrigin(path)
-        identifiers: set[str] = set()
-        found, skipped = _examine_all(origin, [name], settings, identifiers)
-        return _redacted(_assemble(origin, found, skipped, settings, "image"), identifiers)
+        found, skipped = _examine_all(origin, [name], settings, learned)
+        return _assemble(origin, found, skipped, settings, "image")
     raise InvalidUpload(f"{_label(name)}{_NOT_SUPPORTED}")
 
 
@@ -98,7 +127,8 @@ def _head(path: Path) -> bytes:
 
 
 def _label(filename: str) -> str:
-    suffix = PurePosixPath(filename.replace("\\", "/")).suffix.lower()
+    """Names the file by a known extension only: the client's name may name the patient."""
+    suffix = known_suffix(filename.replace("\\", "/"))
     return f"the {suffix} file is " if suffix else "the file is "
 
 
@@ -137,46 +167,33 @@ def _inspect_image(path: Path, limits: ArchiveLimits) -> None:
             raise InvalidUpload("corrupt image: PNG/JPEG header cannot be read") from exc
 
 
-def _plan_zip(path: Path, settings: Settings) -> UploadPlan:
+def _plan_zip(
+    path: Path, settings: Settings, learned: Identifiers, positions: dict[str, int]
+) -> UploadPlan:
     with open_zip(path) as zf:
         check_central_directory(zf, settings.limits)
+        for number, info in enumerate(zf.infolist(), 1):
+            positions.setdefault(info.filename, number)
         candidates, skipped = scan_members(zf)
     origin = ZipOrigin(path, settings.limits)
     names = [info.filename for info in candidates]
-    identifiers: set[str] = set()  # patient values from the headers; local, emptied below
     try:
-        found, more = _examine_all(origin, names, settings, identifiers)
-        plan = _assemble(origin, found, skipped + more, settings, "study")
+        found, more = _examine_all(origin, names, settings, learned)
+        return _assemble(origin, found, skipped + more, settings, "study")
     except BaseException:
         origin.close()  # the plan that would own the zip handles never came to be
         raise
-    return _redacted(plan, identifiers)
-
-
-def _redacted(plan: UploadPlan, identifiers: set[str]) -> UploadPlan:
-    """The plan with patient identifiers replaced in every ``source``; the set is emptied.
-
-    Sources are member paths, stored in the database and shown by the API, and PACS
-    exports name folders after the patient. Order was decided on the real names.
-    """
-    scrub = redactor(identifiers)
-    identifiers.clear()
-    return replace(
-        plan,
-        slices=[replace(s, source=scrub(s.source)) for s in plan.slices],
-        skipped=[replace(k, source=scrub(k.source)) for k in plan.skipped],
-    )
 
 
 Found = tuple[str, str, DicomHeader | None]  # (member, "dicom" | "image", header)
 
 
 def _examine_all(
-    origin: Origin, names: Sequence[str], settings: Settings, identifiers: set[str]
+    origin: Origin, names: Sequence[str], settings: Settings, identifiers: Identifiers
 ) -> tuple[list[Found], list[Skipped]]:
     """Examine each member by content; corrupt or oversized ones become Skipped.
 
-    Patient-identifying header values are added to ``identifiers`` for redaction.
+    Patient-identifying header values are learned by ``identifiers`` for scrubbing.
     """
     found: list[Found] = []
     skipped: list[Skipped] = []
@@ -203,7 +220,7 @@ def _examine_all(
 
 
 def _examine(
-    origin: Origin, name: str, limits: ArchiveLimits, identifiers: set[str]
+    origin: Origin, name: str, limits: ArchiveLimits, identifiers: Identifiers
 ) -> tuple[str, DicomHeader | None]:
     """Recognise one member by content and read its header; raise _Skip to leave it out."""
     with origin.open_stream(name) as stream:
@@ -230,7 +247,7 @@ def _image_header(stream: object, max_pixels: int) -> None:
 
 
 def _dicom_header(
-    stream: object, head: bytes, kind: str, identifiers: set[str], max_frames: int
+    stream: object, head: bytes, kind: str, identifiers: Identifiers, max_frames: int
 ) -> DicomHeader:
     if DEFLATED_TS in head:
         raise _Skip("deflated DICOM transfer syntax is not supported")

@@ -24,7 +24,9 @@ from tests.fixtures_dicom import (
     write_zip,
 )
 
-SETTINGS = Settings()
+# Sources named as given: these tests are about archive handling, and PNG/JPEG-only
+# archives would otherwise get STORE_SOURCE_PATHS=none (tests/test_ingest_privacy.py).
+SETTINGS = Settings(store_source_paths="redacted")
 SERIES = "1.2.3.4.2"
 
 
@@ -143,7 +145,7 @@ def test_images_next_to_dicom_are_left_out(tmp_path: Path) -> None:
 
 
 def test_image_over_pixel_limit_is_skipped(tmp_path: Path) -> None:
-    settings = Settings(max_image_pixels=1000 * 1000)
+    settings = Settings(max_image_pixels=1000 * 1000, store_source_paths="redacted")
     plan = _plan(tmp_path, [("a.png", image_bytes()), ("b.png", huge_png(1500, 1000))], settings)
     assert [s.source for s in plan.slices] == ["a.png"]
     assert "too large" in _reasons(plan)["b.png"]

@@ -69,7 +69,8 @@ def test_study_zip_pages_every_slice_in_order(api) -> None:  # type: ignore[no-u
     assert job["status"] == "succeeded", job
     items = all_results(api, job["id"])
     assert [i["slice_index"] for i in items] == list(range(20))
-    assert [i["source"] for i in items] == [f"study/slice_{i}.png" for i in range(1, 21)]
+    # A PNG-only archive keeps no paths (STORE_SOURCE_PATHS unset): "#<position>.png".
+    assert [i["source"] for i in items] == [f"#{i}.png" for i in range(1, 21)]
     assert all(i["label"] for i in items)
     assert job["summary"]["slices_predicted"] == 20
 
@@ -79,9 +80,9 @@ def test_bad_member_is_recorded_and_job_still_succeeds(api) -> None:  # type: ig
     members = {"a.png": good, "b.png": good[: len(good) // 2], "c.png": png_bytes(4)}
     job = wait_done(api, submit(api, zip_bytes(members), "study.zip")["id"])
     assert job["status"] == "succeeded", job
-    items = {i["source"]: i for i in all_results(api, job["id"])}
-    assert items["b.png"]["error"] and items["b.png"]["label"] is None
-    assert items["a.png"]["label"] and items["c.png"]["label"]
+    items = {i["source"]: i for i in all_results(api, job["id"])}  # a, b, c: #1, #2, #3
+    assert items["#2.png"]["error"] and items["#2.png"]["label"] is None
+    assert items["#1.png"]["label"] and items["#3.png"]["label"]
     assert job["warnings_count"] >= 1
 
 

@@ -232,7 +232,7 @@ def _load(source: SliceSource, predictor: Predictor) -> Decoded:
         return Decoded(source, None, str(exc))
     except Exception as exc:  # an unexpected decoder failure must not sink the study
         log.warning("slice %s: %s", source.source, exc)
-        return Decoded(source, None, f"could not decode: {type(exc).__name__}: {exc}")
+        return Decoded(source, None, source.scrub(f"could not decode: {type(exc).__name__}: {exc}"))
 
 
 def _decode_ahead(
@@ -335,7 +335,7 @@ def _finish(job_id: str, predictor: Predictor, settings: Settings, storage: Loca
     if ended:
         storage.release(job_id)
     if error is not None:
-        raise JobFailed(error)
+        raise JobFailed(error) from None
 
 
 def end_failed(job_id: str, message: str) -> NoReturn:
@@ -344,4 +344,4 @@ def end_failed(job_id: str, message: str) -> NoReturn:
         ended = lifecycle.fail(s, job_id, message)
     if ended:
         LocalStorage.from_settings(get_settings()).release(job_id)
-    raise JobFailed(message)
+    raise JobFailed(message) from None
