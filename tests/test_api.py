@@ -156,3 +156,33 @@ def test_queue_down_is_503_and_the_job_is_marked_failed(client, monkeypatch) -> 
     with session_scope() as s:
         [job] = s.query(Job).all()
         assert job.status == "failed" and job.error == "could not be queued"
+
+
+def test_too_many_form_fields_is_a_clear_400(client) -> None:  # type: ignore[no-untyped-def]
+    fields = {f"f{i}": "x" for i in range(150)}
+    r = client.post(
+        "/api/v1/jobs",
+        data={"file": (io.BytesIO(png_bytes()), "s.png"), **fields},
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 400 and "too many form fields" in r.json["error"]["message"]
+
+
+def test_huge_offsets_are_400_not_500(client) -> None:  # type: ignore[no-untyped-def]
+    job_id = _submit(client, png_bytes(), "s.png", model=TINY_MODEL).json["id"]
+    for offset in (2**63, -1):
+        r = client.get(f"/api/v1/jobs/{job_id}/results?offset={offset}")
+        assert r.status_code == 400 and "offset" in r.json["error"]["message"]
+
+
+def test_an_unexpected_error_is_a_json_500(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from models import registry
+
+    def broken(*_args, **_kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("registry exploded")
+
+    monkeypatch.setattr(registry.Registry, "cards", broken)
+    client.application.config["PROPAGATE_EXCEPTIONS"] = False  # as in production
+    r = client.get("/api/v1/models")
+    assert r.status_code == 500 and r.json["error"]["code"] == 500
+    assert "exploded" not in r.get_data(as_text=True)  # no internals to the client

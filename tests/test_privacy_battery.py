@@ -136,6 +136,7 @@ class Collected:
     jobs: dict[str, dict] = field(default_factory=dict)
     results: dict[str, list[dict]] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
+    flower_tasks: dict[str, dict] = field(default_factory=dict)
 
 
 class _Records(logging.Handler):
@@ -217,6 +218,7 @@ def collected(stack: Stack, flower: str) -> Collected:
             api_text.append(json.dumps(listing.json))
         out.texts["api responses"] = "\n".join(api_text)
         out.texts["flower"] = _flower_text(flower, [j["id"] for j in out.jobs.values()])
+        out.flower_tasks = requests.get(f"{flower}/api/tasks", auth=FLOWER_AUTH, timeout=10).json()
     finally:
         root.removeHandler(records)
         root.setLevel(level)
@@ -322,6 +324,13 @@ def test_the_jobs_ran_as_intended(collected: Collected) -> None:
     assert {r["series_uid"] for r in collected.results["dicom"]} == {"1.2.3.4.2", "1.2.3.4.3"}
     assert len(dicom["warnings"]) >= 4  # scout series, note, preview, DICOMDIR
     assert failed["status"] == "failed" and "[redacted]" in failed["error"], failed
+
+
+def test_flower_finds_each_job_by_its_id_in_its_true_state(collected: Collected) -> None:
+    """The Celery task ID is the job ID; a failed job is a FAILURE task, not SUCCESS."""
+    for job in collected.jobs.values():
+        task = collected.flower_tasks[job["id"]]
+        assert task["state"] == ("FAILURE" if job["status"] == "failed" else "SUCCESS"), task
 
 
 @pytest.mark.parametrize(
