@@ -11,6 +11,8 @@ from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import hash_key
+from api.docs import docs_config
+from api.schemas import ERROR_SCHEMA
 from config import Settings, get_settings
 
 
@@ -105,14 +107,17 @@ def create_app(settings: Settings | None = None) -> APIFlask:
             "Research use only; not for clinical diagnosis."
         },
     )
+    app.config.update(
+        docs_config(), HTTP_ERROR_SCHEMA=ERROR_SCHEMA, VALIDATION_ERROR_SCHEMA=ERROR_SCHEMA
+    )
     app.json.sort_keys = False
     app.error_processor(_error_body)
     app.register_error_handler(RequestEntityTooLarge, _too_large)
     settings.storage_dir.mkdir(parents=True, exist_ok=True)
 
-    from api import admin, health, jobs, model_routes, ui
+    from api import admin, docs, health, jobs, model_routes, ui
 
-    for module in (jobs, model_routes, admin, health, ui):
+    for module in (jobs, model_routes, admin, health, ui, docs):
         app.register_blueprint(module.bp)
     app.extensions["lungct_limiter"] = _limiter(app, settings)
     return app

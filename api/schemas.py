@@ -12,13 +12,32 @@ from apiflask.fields import (
     Integer,
     List,
     Nested,
-    Raw,
     String,
 )
 from apiflask.validators import Length, OneOf, Range
 
 JOB_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 MAX_OFFSET = 2**31 - 1
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "integer", "description": "the HTTP status code"},
+                "message": {"type": "string", "description": "what went wrong, for people"},
+                "detail": {
+                    "type": "object",
+                    "description": "validation problems by location and field, when any",
+                },
+            },
+        }
+    },
+}
+"""The body of every error answer (api/app.py); documented as such in /openapi.json."""
 
 
 class JobIn(Schema):
@@ -42,6 +61,41 @@ class Progress(Schema):
     total = Integer()
 
 
+class TopSlice(Schema):
+    slice_index = Integer()
+    source = String()
+    series_uid = String(allow_none=True)
+    instance_number = Integer(allow_none=True)
+    slice_position = Float(allow_none=True)
+    probability = Float(metadata={"description": "probability of the verdict's class"})
+
+
+class SummaryGroup(Schema):
+    """The verdict of the whole study, or of one series (README, "Aggregation rule")."""
+
+    label = String(allow_none=True)
+    probabilities = Dict(keys=String(), values=Float(), allow_none=True)
+    slice_counts = Dict(keys=String(), values=Integer())
+    slices_predicted = Integer()
+    slices_failed = Integer()
+    top_slices = List(Nested(TopSlice))
+    out_of_distribution = Boolean(
+        metadata={"description": "the model has not seen data like this: do not trust the label"}
+    )
+    ood_fraction = Float(allow_none=True)
+
+
+class SeriesSummary(SummaryGroup):
+    series_uid = String(allow_none=True)
+
+
+class Summary(SummaryGroup):
+    series = List(Nested(SeriesSummary))
+    skipped_files = Integer()
+    rule = String()
+    disclaimer = String()
+
+
 class JobOut(Schema):
     id = String()
     status = String(metadata={"enum": JOB_STATUSES})
@@ -58,7 +112,9 @@ class JobOut(Schema):
     error = String(allow_none=True)
     warnings_count = Integer()
     warnings = List(Dict())
-    summary = Raw(allow_none=True, metadata={"description": "Study result once succeeded"})
+    summary = Nested(
+        Summary, allow_none=True, metadata={"description": "Study result once succeeded"}
+    )
     links = Dict()
 
 

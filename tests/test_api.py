@@ -186,3 +186,25 @@ def test_an_unexpected_error_is_a_json_500(client, monkeypatch) -> None:  # type
     r = client.get("/api/v1/models")
     assert r.status_code == 500 and r.json["error"]["code"] == 500
     assert "exploded" not in r.get_data(as_text=True)  # no internals to the client
+
+
+def test_docs_work_offline_and_the_spec_matches_real_answers(client) -> None:  # type: ignore[no-untyped-def]
+    page = client.get("/docs").get_data(as_text=True)
+    assert "https://" not in page.split("<body")[0]  # no CDN in the head
+    for asset in ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"):
+        assert f"/docs/assets/{asset}" in page
+        with client.get(f"/docs/assets/{asset}") as r:
+            assert r.status_code == 200
+    spec = client.get("/openapi.json").json
+    error = spec["components"]["schemas"]["HTTPError"]
+    assert error["properties"]["error"]["required"] == ["code", "message"]
+    body = spec["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["$ref"].endswith("/JobIn")
+    assert spec["components"]["schemas"]["JobIn"]["required"] == ["file"]
+    job = spec["components"]["schemas"]["JobOut"]
+    assert list(job["properties"])[0] == "id"
+    assert "/Summary" in str(job["properties"]["summary"])
+    r = client.get("/api/v1/jobs/nope")  # and the real answer has that shape
+    assert set(r.json) == {"error"} and set(r.json["error"]) >= {"code", "message"}
+    listed = client.get("/api/v1/jobs").get_data(as_text=True)
+    assert listed.index('"items"') < listed.index('"next"')  # natural order, not sorted
