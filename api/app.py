@@ -115,9 +115,10 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     app.register_error_handler(RequestEntityTooLarge, _too_large)
     settings.storage_dir.mkdir(parents=True, exist_ok=True)
 
-    from api import admin, docs, health, jobs, model_routes, ui
+    from api import admin, docs, health, jobs, metrics, model_routes, ui
 
-    for module in (jobs, model_routes, admin, health, ui, docs):
+    for module in (jobs, model_routes, admin, health, ui, docs, metrics):
         app.register_blueprint(module.bp)
+    metrics.init_app(app)
     app.extensions["lungct_limiter"] = _limiter(app, settings)
     return app

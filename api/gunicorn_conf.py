@@ -21,8 +21,10 @@ from typing import Any
 from gunicorn import util
 
 from config import get_settings
+from config.metrics import mark_process_dead, prepare_multiprocess_dir
 
 _settings = get_settings()
+prepare_multiprocess_dir("api")  # before any worker imports prometheus_client
 
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.web_concurrency
@@ -53,3 +55,8 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
 def post_fork(_server: Any, _worker: Any) -> None:
     """In each worker process: gunicorn's error pages become JSON."""
     util.write_error = write_json_error
+
+
+def child_exit(_server: Any, worker: Any) -> None:
+    """A gunicorn worker ended: drop its live gauges from the metrics."""
+    mark_process_dead(worker.pid)

@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     web_threads: PositiveInt = 8
     web_timeout_s: PositiveInt = 30
 
+    # --- worker metrics (worker/metrics.py); 0 disables the endpoint ---
+    worker_metrics_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(9101, ge=0, le=65535)
+
     # --- access (api/auth.py, api/app.py) ---
     rate_limit_submit: str = "60/minute"
     rate_limit_read: str = "1200/minute"

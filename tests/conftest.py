@@ -111,7 +111,17 @@ def base_env(tmp: Path, models_dir: Path, database_url: str) -> dict[str, str]:
         "DEFAULT_MODEL": default_model(),
         "CELERY_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
         "INFERENCE_BATCH_SIZE": "8",
+        "WORKER_METRICS_PORT": str(free_port()),
     }
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -202,7 +202,7 @@ def test_docs_work_offline_and_the_spec_matches_real_answers(client) -> None:  #
     assert body["multipart/form-data"]["schema"]["$ref"].endswith("/JobIn")
     assert spec["components"]["schemas"]["JobIn"]["required"] == ["file"]
     job = spec["components"]["schemas"]["JobOut"]
-    assert list(job["properties"])[0] == "id"
+    assert next(iter(job["properties"])) == "id"
     assert "/Summary" in str(job["properties"]["summary"])
     r = client.get("/api/v1/jobs/nope")  # and the real answer has that shape
     assert set(r.json) == {"error"} and set(r.json["error"]) >= {"code", "message"}

@@ -169,3 +169,27 @@ def test_a_running_job_can_be_cancelled_and_keeps_what_it_stored(api) -> None:  
     with session_scope() as s:
         stored = s.scalar(select(func.count()).where(SlicePrediction.job_id == job_id))
     assert 0 < stored < 1200 and job["progress"]["done"] == stored
+
+
+def test_metrics_of_the_api_and_the_worker(stack: Stack, api) -> None:  # type: ignore[no-untyped-def]
+    import requests
+
+    from tests.conftest import authed, new_key
+
+    wait_done(
+        api, submit(api, zip_bytes({f"m{i}.png": png_bytes(i) for i in range(5)}), "m.zip")["id"]
+    )
+    assert api.get("/metrics").status_code == 403  # operators only
+    operator = authed(stack.app(), new_key(stack.env["DATABASE_URL"], "ops", admin=True))
+    text = operator.get("/metrics").get_data(as_text=True)
+    assert 'lungct_jobs{status="succeeded"}' in text and "lungct_queue_depth" in text
+    assert "lungct_api_request_seconds_bucket" in text
+    port = stack.env["WORKER_METRICS_PORT"]
+    worker = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    predicted = [
+        line for line in worker.splitlines()
+        if line.startswith('lungct_worker_slices_total{outcome="predicted"}')
+    ]  # fmt: skip
+    assert predicted and float(predicted[0].split()[-1]) >= 5
+    assert "lungct_worker_inference_seconds_bucket" in worker
+    assert "lungct_worker_model_load_seconds" in worker

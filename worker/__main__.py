@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    from config.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir("worker")  # before prometheus_client is imported anywhere
 
     from config import get_settings
     from worker.celery_app import celery

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from config import get_settings
 from models.registry import ModelCard, Registry
+from worker.metrics import MODEL_LOAD_SECONDS
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -61,7 +63,9 @@ def get_predictor(name: str) -> Predictor:
             _enable_gpu_memory_growth()
             card = registry().get(name)
             log.info("loading model %s %s from %s", card.name, card.version, card.path)
+            started = time.perf_counter()
             _cache[name] = Predictor(card=card, model=load_model(card))
+            MODEL_LOAD_SECONDS.labels(name).set(time.perf_counter() - started)
         return _cache[name]
 
 

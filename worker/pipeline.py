@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from db.session import session_scope
 from ingest import InvalidUpload, SliceError, SliceSource, UploadPlan, plan_upload
 from models.preprocessing import preprocess
 from storage import LocalStorage
+from worker import metrics
 from worker.inference import Predictor, get_predictor
 from worker.summary import summarize
 
@@ -173,12 +175,14 @@ def _after_stop(
             ended = lifecycle.cancelled(s, job_id)
         if ended:
             storage.release(job_id)
+            metrics.JOBS.labels("cancelled").inc()
         log.info("job %s cancelled after its current batch", job_id)
     elif stop is Stop.SHUTDOWN:
         with session_scope() as s:
             handed_back = lifecycle.hand_back(s, job_id)
         if handed_back:
             republish()
+            metrics.JOBS.labels("handed_back").inc()
         log.info("job %s handed back to the queue: this worker is stopping", job_id)
     elif stop is Stop.LOST:
         log.info("job %s is no longer this worker's (taken over or ended elsewhere)", job_id)
@@ -198,7 +202,10 @@ def _predict_and_store(
         pending: Future[None] | None = None
         batches = _batches(_decode_ahead(todo, predictor, settings), settings.inference_batch_size)
         for batch in batches:
+            started = time.perf_counter()
             rows = _predict(batch, predictor)
+            failed = sum(1 for d in batch if d.tensor is None)
+            metrics.observe_batch(len(batch), failed, time.perf_counter() - started)
             if pending is not None:
                 pending.result()
             pending = writer.submit(_store_batch, job_id, rows, beat)
@@ -334,6 +341,7 @@ def _finish(job_id: str, predictor: Predictor, settings: Settings, storage: Loca
             ended = lifecycle.succeed(s, job_id, summary)
     if ended:
         storage.release(job_id)
+        metrics.JOBS.labels("failed" if error else "succeeded").inc()
     if error is not None:
         raise JobFailed(error) from None
 
@@ -344,4 +352,5 @@ def end_failed(job_id: str, message: str) -> NoReturn:
         ended = lifecycle.fail(s, job_id, message)
     if ended:
         LocalStorage.from_settings(get_settings()).release(job_id)
+        metrics.JOBS.labels("failed").inc()
     raise JobFailed(message) from None

@@ -5,7 +5,7 @@
   (stop after the current batch), and load the default model once so the
   first job does not pay for it.
 * **worker ready** (main process): start the sweeper thread
-  (:mod:`worker.sweeper`).
+  (:mod:`worker.sweeper`) and the metrics endpoint (:mod:`worker.metrics`).
 * **worker shutting down** (SIGTERM, Ctrl-C, ``docker stop``): send SIGUSR2
   to the pool children; a running job stops after its current batch, goes
   back to ``queued`` and is published again, so another worker continues it
@@ -26,15 +26,22 @@ from typing import Any
 import billiard
 from billiard.exceptions import TimeLimitExceeded, WorkerLostError
 from celery import Celery
-from celery.signals import task_failure, worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import (
+    task_failure,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutting_down,
+)
 from redis import Redis
 
 from config import get_settings
 from config.celery import RUN_JOB_TASK, publish_job
+from config.metrics import mark_process_dead
 from db import lifecycle
 from db.session import dispose_after_fork, session_scope
 from storage import LocalStorage
-from worker import pipeline
+from worker import metrics, pipeline
 
 log = logging.getLogger(__name__)
 STOP_SIGNAL = signal.SIGUSR2
@@ -54,11 +61,18 @@ def _init_child(**_kwargs: object) -> None:
         log.exception("could not preload the default model")
 
 
+@worker_process_shutdown.connect
+def _child_exits(**_kwargs: object) -> None:
+    """A pool process ends: its live gauges stop counting (config/metrics.py)."""
+    mark_process_dead(os.getpid())
+
+
 @worker_ready.connect
-def _start_sweeper(sender: Any = None, **_kwargs: object) -> None:
+def _start_sweeper_and_metrics(sender: Any = None, **_kwargs: object) -> None:
     app: Celery = sender.app
     thread = threading.Thread(target=_sweep_forever, args=(app,), name="sweeper", daemon=True)
     thread.start()
+    metrics.serve(get_settings())
 
 
 def _sweep_forever(app: Celery) -> None:
