@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
@@ -36,10 +37,19 @@ def worker_argv(args: argparse.Namespace, extra: list[str], queue: str) -> list[
     ]
 
 
+def has_nvidia_device(dev: Path = Path("/dev")) -> bool:
+    """True if the NVIDIA driver exposes a GPU here (checked without loading CUDA)."""
+    return any(dev.glob("nvidia[0-9]*"))
+
+
 def main(argv: list[str] | None = None) -> None:
     args, extra = parse_args(argv)
     if args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
+    elif not has_nvidia_device():
+        # CPU-only machine: hide CUDA so TensorFlow does not log a cuInit error on start.
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     from config.metrics import prepare_multiprocess_dir
