@@ -51,15 +51,17 @@ class Service:
 
     base: str
     http: requests.Session
+    folder: Path
+    workers: list[subprocess.Popen[bytes]]
 
 
 def _wait_ready(base: str, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
+            if requests.get(f"{base}/readyz", timeout=15).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # not up yet, or too busy starting
             pass
         time.sleep(0.5)
     raise RuntimeError("service did not become ready")
@@ -75,8 +77,13 @@ def api_key(env: dict[str, str], owner: str = "bench") -> str:
 
 
 @contextmanager
-def service(model: str) -> Iterator[Service]:
-    """Start migrate + worker + gunicorn on a temp SQLite file; yield the running service."""
+def service(
+    model: str, *, workers: int = 1, extra_env: dict[str, str] | None = None
+) -> Iterator[Service]:
+    """Start migrate + ``workers`` worker processes + gunicorn on a temp SQLite file.
+
+    Yields the running service; everything is stopped and removed afterwards.
+    """
     holder = tempfile.TemporaryDirectory(prefix="bench-e2e-")
     tmp = Path(holder.name)
     port = _free_port()
@@ -87,33 +94,28 @@ def service(model: str) -> Iterator[Service]:
         "DEFAULT_MODEL": model,
         "CELERY_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
         "TF_CPP_MIN_LOG_LEVEL": "2",
+        "API_HOST": "127.0.0.1",
+        "API_PORT": str(port),
+        "WORKER_METRICS_PORT": "0",
+        "RATE_LIMIT_SUBMIT": "100000/minute",
+        "RATE_LIMIT_READ": "1000000/minute",
+        **(extra_env or {}),
     }
     subprocess.run(
         [sys.executable, "-m", "db.migrate"], cwd=ROOT, env=env, check=True, capture_output=True
     )
     procs = [
-        spawn([sys.executable, "-m", "worker"], env, tmp / "worker.log"),
-        spawn(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "1",
-                "api.wsgi:app",
-            ],
-            env,
-            tmp / "api.log",
-        ),
+        spawn([sys.executable, "-m", "worker", "--name", f"cpu{i}"], env, tmp / f"worker{i}.log")
+        for i in range(workers)
     ]
+    gunicorn = [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api.wsgi:app"]
+    procs.append(spawn(gunicorn, env, tmp / "api.log"))
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_ready(base)
         http = requests.Session()
         http.headers["Authorization"] = f"Bearer {api_key(env)}"
-        yield Service(base, http)
+        yield Service(base, http, tmp, procs[:workers])
     finally:
         for p in procs:
             stop(p)

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     summary_top_slices: int = Field(5, ge=0)
     results_page_size: PositiveInt = 100
     keep_uploads: bool = False
+    # Cross-request micro-batching of single-image jobs (worker/microbatch.py):
+    # at most this many jobs share a forward pass (1 switches it off), gathered
+    # for at most MICROBATCH_WAIT_MS after the first one.
+    microbatch_max_jobs: PositiveInt = 64
+    microbatch_wait_ms: float = Field(10.0, ge=0, le=1000)
     # What is kept of archive member paths: "full", "redacted" or "none" (see
     # ingest/privacy.py). Unset: "redacted", and "none" for archives with no
     # DICOM header to learn identifiers from (PNG/JPEG only).

@@ -36,6 +36,7 @@ class Started:
     model_name: str
     upload_key: str
     attempts: int
+    kind: str
 
 
 def _move(
@@ -77,7 +78,7 @@ def start(s: Session, job_id: str, stale_after_s: float) -> Started | None:
         return None
     job = s.get_one(Job, job_id)
     s.refresh(job)
-    return Started(job.id, job.model_name, job.upload_key, job.attempts)
+    return Started(job.id, job.model_name, job.upload_key, job.attempts, job.kind)
 
 
 def heartbeat(s: Session, job_id: str, **progress: Any) -> bool:
@@ -167,6 +168,17 @@ def cancelled(s: Session, job_id: str) -> bool:
         status=JobStatus.CANCELLED,
         finished_at=utcnow(),
     )
+
+
+def queued_images(s: Session, model_name: str, limit: int) -> list[str]:
+    """The oldest queued single-image jobs for ``model_name`` (micro-batching candidates)."""
+    q = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED, Job.kind == "image", Job.model_name == model_name)
+        .order_by(Job.created_at)
+        .limit(limit)
+    )
+    return list(s.scalars(q))
 
 
 def stale_running(s: Session, stale_before: datetime) -> list[str]:

@@ -19,12 +19,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         "--concurrency", type=int, default=1, help="processes (one per GPU is the right default)"
     )
     parser.add_argument("--loglevel", default=os.environ.get("LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--name", default=None, help="node name before @host (default gpuN, or cpu)"
+    )
     return parser.parse_known_args(argv)
 
 
 def worker_argv(args: argparse.Namespace, extra: list[str], queue: str) -> list[str]:
     """Celery command line for this worker."""
-    name = f"gpu{args.gpu}@%h" if args.gpu is not None else "cpu@%h"
+    prefix = args.name or (f"gpu{args.gpu}" if args.gpu is not None else "cpu")
+    name = f"{prefix}@%h"
     return [
         "worker",
         f"--hostname={name}",

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from config import Settings, get_settings
 from db import lifecycle
-from db.models import Job, JobStatus, SlicePrediction
+from db.models import Job, JobKind, JobStatus, SlicePrediction
 from db.session import session_scope
 from ingest import InvalidUpload, SliceError, SliceSource, UploadPlan, plan_upload
 from models.preprocessing import preprocess
@@ -133,7 +133,7 @@ def run_job(job_id: str, republish: Callable[[], None]) -> None:
     with session_scope() as s:
         started = lifecycle.start(s, job_id, settings.stale_after_s)
     if started is None:
-        log.info("job %s: nothing to do (unknown, ended, or running elsewhere)", job_id)
+        _nothing_to_do(job_id)
         return
     if started.attempts > settings.max_attempts:  # started again and again without finishing
         end_failed(
@@ -141,9 +141,27 @@ def run_job(job_id: str, republish: Callable[[], None]) -> None:
             f"started {settings.max_attempts} times without finishing "
             "(worker crashes or database outages)",
         )
+    if started.kind == JobKind.IMAGE and settings.microbatch_max_jobs > 1:
+        from worker.microbatch import run_group
+
+        run_group(started, settings, storage)
+        return
     with Heartbeat(job_id, settings.heartbeat_interval_s) as beat:
         stop = _run_started(started, beat, storage, settings)
     _after_stop(job_id, stop, republish, storage)
+
+
+def _nothing_to_do(job_id: str) -> None:
+    """A delivery of a job that is unknown, running elsewhere or ended.
+
+    A job another worker already ended as failed (for instance one that ran in
+    its micro-batch) fails this task too, so Flower shows every task truthfully.
+    """
+    with session_scope() as s:
+        row = s.execute(select(Job.status, Job.error).where(Job.id == job_id)).one_or_none()
+    log.info("job %s: nothing to do (%s)", job_id, row.status if row else "unknown")
+    if row is not None and row.status == JobStatus.FAILED:
+        raise JobFailed(row.error or "failed")
 
 
 def _run_started(
@@ -270,12 +288,11 @@ def _batches(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:
 def _predict(batch: list[Decoded], predictor: Predictor) -> list[dict]:
     """Row values for one batch: one forward pass over the decodable slices."""
     good = [d for d in batch if d.tensor is not None]
-    probs = predictor.predict(np.stack([d.tensor for d in good])) if good else []
-    by_index = {d.source.index: p for d, p in zip(good, probs, strict=True)}
+    probs = iter(predictor.predict(np.stack([d.tensor for d in good])) if good else [])
     classes = predictor.card.classes
     rows = []
-    for d in batch:
-        p = by_index.get(d.source.index)
+    for d in batch:  # slices of several jobs may share an index: match by position
+        p = None if d.tensor is None else next(probs)
         probabilities = (
             None if p is None else {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)}
         )

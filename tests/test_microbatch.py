@@ -1,0 +1,87 @@
+"""Cross-request micro-batching through the real worker: same answers, each job its own end."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Stack, png_bytes, zip_bytes
+from tests.test_pipeline import submit, wait_done
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def api(stack: Stack):  # type: ignore[no-untyped-def]
+    return stack.client()
+
+
+def _busy(api) -> str:  # type: ignore[no-untyped-def]
+    """A study that keeps the worker busy while single images pile up behind it."""
+    members = {f"b{i:04}.png": png_bytes(i, size=8) for i in range(600)}
+    job_id = submit(api, zip_bytes(members), "busy.zip")["id"]
+    deadline = time.monotonic() + 60
+    while api.get(f"/api/v1/jobs/{job_id}").json["status"] == "queued":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return job_id
+
+
+def _batch_sizes(log: Path) -> list[int]:
+    return [int(n) for n in re.findall(r"micro-batch of (\d+) single-image jobs", log.read_text())]
+
+
+def test_a_burst_of_single_images_shares_forward_passes_with_unbatched_answers(
+    stack: Stack, api
+) -> None:  # type: ignore[no-untyped-def]
+    images = [png_bytes(100 + i) for i in range(12)]
+    alone = [
+        wait_done(api, submit(api, img, f"a{i}.png")["id"]) for i, img in enumerate(images[:3])
+    ]
+    before = len(_batch_sizes(stack.log))
+    busy = _busy(api)
+    ids = [submit(api, img, f"s{i}.png")["id"] for i, img in enumerate(images)]
+    jobs = [wait_done(api, job_id) for job_id in ids]
+    assert wait_done(api, busy)["status"] == "succeeded"
+    assert all(j["status"] == "succeeded" for j in jobs), jobs
+    assert max(_batch_sizes(stack.log)[before:]) > 1  # they did share a forward pass
+    for one, batched in zip(alone, jobs[:3], strict=True):
+        p1, p2 = one["summary"]["probabilities"], batched["summary"]["probabilities"]
+        assert one["summary"]["label"] == batched["summary"]["label"]
+        assert all(abs(p1[c] - p2[c]) < 1e-4 for c in p1)
+    for job in jobs:  # each job has exactly its own one result
+        items = api.get(f"/api/v1/jobs/{job['id']}/results").json["items"]
+        assert len(items) == 1 and items[0]["slice_index"] == 0 and items[0]["label"]
+
+
+def test_a_bad_image_fails_only_its_own_job(stack: Stack, api) -> None:  # type: ignore[no-untyped-def]
+    busy = _busy(api)
+    ids = [submit(api, png_bytes(200 + i), f"s{i}.png")["id"] for i in range(6)]
+    storage = Path(stack.env["STORAGE_DIR"])
+    (storage / ids[2] / "upload.png").write_bytes(b"this is no longer an image")
+    jobs = {j: wait_done(api, j) for j in ids}
+    wait_done(api, busy)
+    assert jobs[ids[2]]["status"] == "failed" and jobs[ids[2]]["error"]
+    assert all(jobs[j]["status"] == "succeeded" for j in ids if j != ids[2])
+
+
+def test_concurrent_clients_all_finish(stack: Stack, api) -> None:  # type: ignore[no-untyped-def]
+    ended: list[str] = []
+
+    def client(offset: int) -> None:
+        c = stack.client()
+        for i in range(5):
+            ended.append(
+                wait_done(c, submit(c, png_bytes(300 + offset * 10 + i), "x.png")["id"])["status"]
+            )
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ended == ["succeeded"] * 20

@@ -1,0 +1,173 @@
+"""Cross-request micro-batching: single-image jobs from many requests share one forward pass.
+
+A single image costs one task, a few transactions and, above all, a forward
+pass of its own; on a burst of uploads the model then runs on batches of one.
+When a worker starts a single-image job it therefore also claims the other
+single-image jobs for the same model that are waiting in the database (up to
+``MICROBATCH_MAX_JOBS``, gathering for at most ``MICROBATCH_WAIT_MS``), runs
+them through the model together, and ends each with its own result.
+
+Every claimed job goes through the same state machine as any job
+(``lifecycle.start``: atomic, so two workers never claim one job; attempts and
+heartbeats as usual), so the recovery guarantees hold: a worker that dies
+mid-batch leaves its jobs ``running`` with a stale heartbeat and the sweeper
+requeues them. The claimed jobs' own messages arrive later and find their jobs
+ended (nothing to do). A slice that cannot be decoded fails only its own job.
+Results are the same as unbatched: the model sees each image alone along the
+batch dimension.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from config import Settings
+from db import lifecycle
+from db.models import Job, SlicePrediction
+from db.session import session_scope
+from ingest import InvalidUpload, plan_upload
+from storage import LocalStorage
+from worker import metrics
+from worker.inference import Predictor, get_predictor
+from worker.pipeline import Decoded, JobFailed, _insert_ignore, _load, _predict
+from worker.summary import summarize
+
+log = logging.getLogger(__name__)
+CLAIM_POLL_S = 0.002
+
+
+@dataclass
+class Member:
+    """One job of a micro-batch: its decoded slices, then its rows."""
+
+    started: lifecycle.Started
+    decoded: list[Decoded] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    error: str | None = None  # the upload itself could not be read
+    rows: list[dict] = field(default_factory=list)
+
+
+def run_group(first: lifecycle.Started, settings: Settings, storage: LocalStorage) -> None:
+    """Run ``first`` with every single-image job that can join it; raise if ``first`` failed."""
+    members = [Member(first)] + [Member(s) for s in claim(first.model_name, settings)]
+    log.info("micro-batch of %d single-image jobs", len(members))
+    predictor = get_predictor(first.model_name)
+    with ExitStack() as plans:
+        _decode(members, predictor, settings, storage, plans)
+        _predict_all(members, predictor, settings)
+    outcomes = _store(members, predictor, settings)
+    for member, (ended, error) in zip(members, outcomes, strict=True):
+        if ended:
+            storage.release(member.started.job_id)
+            metrics.JOBS.labels("failed" if error else "succeeded").inc()
+    first_error = outcomes[0][1]
+    if first_error is not None:
+        raise JobFailed(first_error)
+
+
+def claim(model_name: str, settings: Settings) -> list[lifecycle.Started]:
+    """Start other queued single-image jobs of ``model_name``, waiting a moment for more."""
+    claimed: list[lifecycle.Started] = []
+    room = settings.microbatch_max_jobs - 1
+    deadline = time.monotonic() + settings.microbatch_wait_ms / 1000
+    while room > len(claimed):
+        with session_scope() as s:
+            for job_id in lifecycle.queued_images(s, model_name, room - len(claimed)):
+                started = lifecycle.start(s, job_id, settings.stale_after_s)
+                if started is not None:
+                    claimed.append(started)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(CLAIM_POLL_S)
+    over = [c for c in claimed if c.attempts > settings.max_attempts]
+    for c in over:
+        _end_failed_quietly(c.job_id, settings, f"started {settings.max_attempts} times")
+    return [c for c in claimed if c not in over]
+
+
+def _end_failed_quietly(job_id: str, settings: Settings, message: str) -> None:
+    with session_scope() as s:
+        ended = lifecycle.fail(s, job_id, message)
+    if ended:
+        LocalStorage.from_settings(settings).release(job_id)
+
+
+def _decode(
+    members: list[Member],
+    predictor: Predictor,
+    settings: Settings,
+    storage: LocalStorage,
+    plans: ExitStack,
+) -> None:
+    """Plan each upload and decode every slice of every member in a thread pool."""
+    jobs = []
+    for m in members:
+        try:
+            plan = plans.enter_context(plan_upload(storage.path(m.started.upload_key), settings))
+        except InvalidUpload as exc:
+            m.error = str(exc)
+            continue
+        except Exception as exc:  # e.g. the upload vanished: this job fails, not the batch
+            log.warning("job %s: upload unreadable: %s", m.started.job_id, type(exc).__name__)
+            m.error = f"the upload could not be read ({type(exc).__name__})"
+            continue
+        m.warnings = [{"source": k.source, "reason": k.reason} for k in plan.skipped]
+        jobs.append((m, plan.slices))
+    with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
+        futures = [(m, pool.submit(_load, src, predictor)) for m, slices in jobs for src in slices]
+        for m, future in futures:
+            m.decoded.append(future.result())
+
+
+def _predict_all(members: list[Member], predictor: Predictor, settings: Settings) -> None:
+    """Forward passes over all members' slices together, INFERENCE_BATCH_SIZE at a time."""
+    flat = [(m, d) for m in members for d in m.decoded]
+    for chunk in _chunks(flat, settings.inference_batch_size):
+        started = time.perf_counter()
+        rows = _predict([d for _, d in chunk], predictor)
+        failed = sum(1 for _, d in chunk if d.tensor is None)
+        metrics.observe_batch(len(chunk), failed, time.perf_counter() - started)
+        for (m, _), row in zip(chunk, rows, strict=True):
+            m.rows.append(row)
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _store(
+    members: list[Member], predictor: Predictor, settings: Settings
+) -> list[tuple[bool, str | None]]:
+    """Every member's rows, progress and verdict in one transaction: (ended, error) each."""
+    outcomes = []
+    with session_scope() as s:
+        for m in members:
+            job_id = m.started.job_id
+            if m.rows:
+                _insert_ignore(s, job_id, m.rows)
+            job = s.get_one(Job, job_id)
+            job.total, job.warnings = len(m.rows), m.warnings
+            job.done, job.failed_slices = len(m.rows), sum(1 for r in m.rows if r["error"])
+            error = m.error or _all_failed(m)
+            if error is not None:
+                outcomes.append((lifecycle.fail(s, job_id, error), error))
+                continue
+            rows = [SlicePrediction(job_id=job_id, **r) for r in m.rows]
+            summary = summarize(rows, predictor.card, settings, skipped=len(m.warnings))
+            outcomes.append((lifecycle.succeed(s, job_id, summary), None))
+    return outcomes
+
+
+def _all_failed(m: Member) -> str | None:
+    """The job's error when none of its slices could be read."""
+    if not m.rows:
+        return "the upload holds no slice"
+    if all(r["error"] for r in m.rows):
+        return f"no slice could be decoded: {m.rows[0]['error']}"
+    return None
