@@ -1,9 +1,35 @@
-"""``python -m bench``: the throughput benchmark with the end-to-end timing."""
+"""``python -m bench`` (``make bench``): every benchmark in turn, each printing its own ratios.
 
+1. ``bench.throughput --e2e``: per-image vs batched model, and end to end vs bare;
+2. ``bench.burst --compare-off``: single-image bursts vs one zip, with and
+   without cross-request micro-batching;
+3. ``bench.scale``: cost growth for 100, 1,000 and 5,000 slices (time, worker
+   memory), and 1 vs 2 worker processes.
+
+Arguments after ``--only NAME`` run a single one (e.g. ``python -m bench --only burst``).
+"""
+
+import subprocess
 import sys
 
-from bench.throughput import main
+STEPS = {
+    "throughput": ["bench.throughput", "--e2e"],
+    "burst": ["bench.burst", "--compare-off"],
+    "scale": ["bench.scale"],
+}
+
+
+def main() -> int:
+    names = list(STEPS)
+    if "--only" in sys.argv:
+        names = [sys.argv[sys.argv.index("--only") + 1]]
+    for name in names:
+        print(f"\n=== python -m {' '.join(STEPS[name])}", flush=True)
+        code = subprocess.call([sys.executable, "-m", *STEPS[name]])
+        if code:
+            return code
+    return 0
+
 
 if __name__ == "__main__":
-    sys.argv += [] if "--e2e" in sys.argv else ["--e2e"]
-    main()
+    sys.exit(main())
