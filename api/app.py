@@ -10,6 +10,7 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from api import context
 from api.auth import hash_key
 from api.docs import docs_config
 from api.schemas import ERROR_SCHEMA
@@ -39,7 +40,7 @@ def _first_problem(detail: dict[str, Any]) -> str:
 
 def _too_large(error: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
     """Werkzeug's 413 names no limit and also covers 'too many form parts'; ours say which."""
-    settings = _app_settings()
+    settings = context.settings()
     limit = request.max_content_length or settings.max_upload_bytes
     if request.content_length is not None and request.content_length <= limit:
         message = (
@@ -49,12 +50,6 @@ def _too_large(error: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
         return {"error": {"code": 400, "message": message}}, 400
     message = f"upload too large: the limit is {limit / 1024**2:g} MB (MAX_UPLOAD_MB)"
     return {"error": {"code": 413, "message": message}}, 413
-
-
-def _app_settings() -> Settings:
-    from api import context
-
-    return context.settings()
 
 
 def rate_limit_key() -> str:
