@@ -87,6 +87,8 @@ class SummaryGroup(Schema):
 
 class SeriesSummary(SummaryGroup):
     series_uid = String(allow_none=True)
+    series_description = String(allow_none=True, metadata={"description": "SeriesDescription"})
+    series_number = Integer(allow_none=True, metadata={"description": "SeriesNumber"})
 
 
 class Summary(SummaryGroup):

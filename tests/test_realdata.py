@@ -135,6 +135,11 @@ def test_real_dicom_study(http: requests.Session, base_url: str, stack: Stack) -
     assert len(items) == 128 and all(i["label"] for i in items)
     series = job["summary"]["series"]
     assert len(series) == 2 and all(s["slices_predicted"] == 64 for s in series)
+    # two "5mm" series, told apart by their SeriesNumber
+    assert sorted((s["series_number"], s["series_description"]) for s in series) == [
+        (2, "5mm"),
+        (3, "5mm"),
+    ]
     for s in series:
         positions = [i["slice_position"] for i in items if i["series_uid"] == s["series_uid"]]
         assert len(positions) == 64

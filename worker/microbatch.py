@@ -35,7 +35,7 @@ from storage import LocalStorage
 from worker import metrics
 from worker.inference import Predictor, get_predictor
 from worker.pipeline import Decoded, JobFailed, _insert_ignore, _load, _predict
-from worker.summary import summarize
+from worker.summary import SeriesName, series_names, summarize
 
 log = logging.getLogger(__name__)
 CLAIM_POLL_S = 0.002
@@ -48,6 +48,7 @@ class Member:
     started: lifecycle.Started
     decoded: list[Decoded] = field(default_factory=list)
     warnings: list[dict[str, str]] = field(default_factory=list)
+    names: dict[str, SeriesName] = field(default_factory=dict)
     error: str | None = None  # the upload itself could not be read
     rows: list[dict] = field(default_factory=list)
 
@@ -117,6 +118,7 @@ def _decode(
             m.error = f"the upload could not be read ({type(exc).__name__})"
             continue
         m.warnings = [{"source": k.source, "reason": k.reason} for k in plan.skipped]
+        m.names = series_names(plan.series)
         jobs.append((m, plan.slices))
     with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
         futures = [(m, pool.submit(_load, src, predictor)) for m, slices in jobs for src in slices]
@@ -159,7 +161,7 @@ def _store(
                 outcomes.append((lifecycle.fail(s, job_id, error), error))
                 continue
             rows = [SlicePrediction(job_id=job_id, **r) for r in m.rows]
-            summary = summarize(rows, predictor.card, settings, skipped=len(m.warnings))
+            summary = summarize(rows, predictor.card, settings, len(m.warnings), m.names)
             outcomes.append((lifecycle.succeed(s, job_id, summary), None))
     return outcomes
 

@@ -38,7 +38,7 @@ from models.preprocessing import preprocess
 from storage import LocalStorage
 from worker import metrics
 from worker.inference import Predictor, get_predictor
-from worker.summary import summarize
+from worker.summary import SeriesName, series_names, summarize
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,9 @@ def _run_started(
         done = _done_indexes(job_id)
         todo = [s for s in plan.slices if s.index not in done]
         stop = _predict_and_store(job_id, todo, predictor, settings, beat)
+        names = series_names(plan.series)
     if stop is None:
-        _finish(job_id, predictor, settings, storage)
+        _finish(job_id, predictor, settings, storage, names)
     return stop
 
 
@@ -340,7 +341,13 @@ def _counts(s: Session, job_id: str) -> tuple[int, int]:
     return int(done), int(failed)
 
 
-def _finish(job_id: str, predictor: Predictor, settings: Settings, storage: LocalStorage) -> None:
+def _finish(
+    job_id: str,
+    predictor: Predictor,
+    settings: Settings,
+    storage: LocalStorage,
+    names: dict[str, SeriesName],
+) -> None:
     """Compute the study summary from the stored rows and close the job."""
     with session_scope() as s:
         job = s.get_one(Job, job_id)
@@ -354,7 +361,7 @@ def _finish(job_id: str, predictor: Predictor, settings: Settings, storage: Loca
             ended = lifecycle.fail(s, job_id, error)
         else:
             error = None
-            summary = summarize(rows, predictor.card, settings, skipped=len(job.warnings))
+            summary = summarize(rows, predictor.card, settings, len(job.warnings), names)
             ended = lifecycle.succeed(s, job_id, summary)
     if ended:
         storage.release(job_id)

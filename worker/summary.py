@@ -20,14 +20,26 @@ The rule (documented in the README, "Aggregation rule"):
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from config import Settings
 from db.models import SlicePrediction
 from models.registry import ModelCard
 
 DISCLAIMER = "Research use only. Not for clinical diagnosis."
+
+
+class SeriesName(NamedTuple):
+    """How a DICOM series is called: SeriesDescription and SeriesNumber."""
+
+    description: str | None
+    number: int | None
+
+
+def series_names(series: Iterable[Any]) -> dict[str, SeriesName]:
+    """Names of the series of an upload plan (``ingest.SeriesInfo`` items) by UID."""
+    return {s.series_uid: SeriesName(s.description, s.series_number) for s in series}
 
 
 def _verdict(counts: Counter[str], card: ModelCard, readable: int, min_slices: int) -> str:
@@ -94,16 +106,30 @@ def _rule_text(card: ModelCard, settings: Settings) -> str:
 
 
 def summarize(
-    rows: Sequence[SlicePrediction], card: ModelCard, settings: Settings, skipped: int = 0
+    rows: Sequence[SlicePrediction],
+    card: ModelCard,
+    settings: Settings,
+    skipped: int = 0,
+    names: Mapping[str, SeriesName] | None = None,
 ) -> dict[str, Any]:
-    """The job summary: the whole study, then each series in upload order."""
+    """The job summary: the whole study, then each series in upload order.
+
+    ``names`` gives each DICOM series its SeriesDescription and SeriesNumber
+    (what a radiologist calls it; not identifiers, and scrubbed by ingest).
+    """
     series: dict[str | None, list[SlicePrediction]] = {}
     for r in rows:
         series.setdefault(r.series_uid, []).append(r)
+    names = names or {}
     return {
         **summarize_group(rows, card, settings),
         "series": [
-            {"series_uid": uid, **summarize_group(group, card, settings)}
+            {
+                "series_uid": uid,
+                "series_description": names[uid].description if uid in names else None,
+                "series_number": names[uid].number if uid in names else None,
+                **summarize_group(group, card, settings),
+            }
             for uid, group in series.items()
         ],
         "skipped_files": skipped,
