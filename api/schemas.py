@@ -61,12 +61,17 @@ class Progress(Schema):
     total = Integer()
 
 
-class TopSlice(Schema):
+class SliceRef(Schema):
+    """Where a slice is: its index in the job, its source and its DICOM position."""
+
     slice_index = Integer()
     source = String()
     series_uid = String(allow_none=True)
     instance_number = Integer(allow_none=True)
     slice_position = Float(allow_none=True)
+
+
+class TopSlice(SliceRef):
     probability = Float(metadata={"description": "probability of the verdict's class"})
 
 
@@ -147,12 +152,7 @@ class JobList(Schema):
     next = String(allow_none=True)
 
 
-class SliceOut(Schema):
-    slice_index = Integer()
-    source = String()
-    series_uid = String(allow_none=True)
-    instance_number = Integer(allow_none=True)
-    slice_position = Float(allow_none=True)
+class SliceOut(SliceRef):
     frame = Integer(allow_none=True)
     label = String(allow_none=True)
     probabilities = Dict(keys=String(), values=Float(), allow_none=True)
