@@ -26,6 +26,7 @@ from typing import IO, Any, BinaryIO
 from urllib.parse import urljoin
 
 import requests
+import requests.adapters
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -265,6 +266,7 @@ class LungCTClient:
         max_backoff_s: float = 30.0,
         max_retry_after_s: float = 300.0,
         session: requests.Session | None = None,
+        pool_size: int = 10,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -273,7 +275,12 @@ class LungCTClient:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.max_retry_after_s = max_retry_after_s
-        self.session = session or requests.Session()
+        if session is None:  # one connection per thread that may share this client
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(10, pool_size))
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self.session = session
         self.session.headers["Authorization"] = f"Bearer {api_key}"
         self.session.headers.setdefault("User-Agent", "lungct-client/0.1")
         self._sleep = sleep

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 from client.api import (
     ApiError,
     AuthError,
@@ -58,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `lungct jobs | head`
         sys.stderr.close()
         return 1
+    except (OSError, requests.RequestException) as exc:  # unreadable input, malformed URL
+        return _fail(str(exc) or type(exc).__name__)
     except KeyboardInterrupt:
         state = getattr(args, "state_path", None)
         hint = f"; run the same command again to resume (state: {state})" if state else ""
@@ -74,7 +78,8 @@ def _client(args: argparse.Namespace) -> LungCTClient:
     if not key:
         raise CliError(KEY_MESSAGE)
     url = args.url or os.environ.get("LUNGCT_URL") or DEFAULT_URL
-    return LungCTClient(url, key, timeout=args.timeout, retries=args.retries)
+    workers = getattr(args, "concurrency", 1)
+    return LungCTClient(url, key, timeout=args.timeout, retries=args.retries, pool_size=workers)
 
 
 # -- submit --------------------------------------------------------------------
