@@ -10,6 +10,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LUNGCT := $(VENV)/bin/lungct
 # Extra pytest arguments: make test ARGS="-k jobs -x"
 ARGS   ?=
 
@@ -24,7 +25,7 @@ run: venv ## run the whole service locally (Ctrl-C stops it)
 test: venv ## ruff check + pytest (starts a private Redis when REDIS_URL is unset)
 	bash scripts/test.sh $(ARGS)
 
-venv: $(STAMP) ## create .venv and install requirements-dev.txt when requirements change
+venv: $(STAMP) $(LUNGCT) ## create .venv, install requirements-dev.txt and the lungct command
 
 $(VPY):
 	@if [ -z "$(PYTHON)" ]; then echo "Python 3.11 not found: apt-get install python3.11" >&2; exit 1; fi
@@ -35,6 +36,11 @@ $(VPY):
 
 $(STAMP): requirements.txt requirements-dev.txt | $(VPY)
 	$(VPY) -m pip install -r requirements-dev.txt
+	@touch $@
+
+# The client package, editable, for the `lungct` console script (pyproject.toml).
+$(LUNGCT): pyproject.toml | $(STAMP)
+	$(VPY) -m pip install --no-deps -e .
 	@touch $@
 
 lint: venv ## ruff check .

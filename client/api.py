@@ -1,0 +1,497 @@
+"""A typed client of the v1 HTTP API, with retries that never create a second job.
+
+Only ``requests`` is needed: nothing here imports the service's own packages,
+so the client runs on any machine that can reach the API.
+
+Retries: connection errors, timeouts, 429 (after its ``Retry-After``) and
+502/503/504 are retried with exponential backoff and jitter. A submit always
+carries an ``Idempotency-Key`` derived from the upload's SHA-256 (and the
+model), so a retried upload whose first attempt did reach the server gets the
+original job back (200) instead of a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+from urllib.parse import urljoin
+
+import requests
+import requests.adapters
+
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+NOT_QUEUED = "could not be queued"  # the API's error for a job the broker did not take
+CHUNK = 1 << 20
+
+ProgressCallback = Callable[[int], None]  # called with the number of bytes just sent
+
+
+class LungCTError(Exception):
+    """Base class of the client's errors."""
+
+
+class ConnectionFailed(LungCTError):
+    """The API could not be reached (after retries)."""
+
+
+class ApiError(LungCTError):
+    """The API answered with an error status (after retries, for retried statuses)."""
+
+    def __init__(self, status: int, message: str, detail: Any = None) -> None:
+        super().__init__(f"{message} (HTTP {status})")
+        self.status = status
+        self.message = message
+        self.detail = detail
+
+
+class AuthError(ApiError):
+    """401: the API key is missing or not valid."""
+
+
+class NotFound(ApiError):
+    """404: no such job (or another owner's)."""
+
+
+class Conflict(ApiError):
+    """409: the job is in the wrong state for this action."""
+
+
+def _parse_time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as ``GET /api/v1/jobs/<id>`` describes it; ``raw`` keeps every field sent."""
+
+    id: str
+    status: str
+    kind: str | None = None
+    owner: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    done: int = 0
+    total: int = 0
+    cancel_requested: bool = False
+    attempts: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    warnings_count: int = 0
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    replayed: bool = False  # True when a submit answered 200: an earlier job for the same key
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def label(self) -> str | None:
+        """The study verdict once the job has succeeded."""
+        return (self.summary or {}).get("label")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, replayed: bool = False) -> Job:
+        model = d.get("model") or {}
+        progress = d.get("progress") or {}
+        return cls(
+            id=d["id"],
+            status=d["status"],
+            kind=d.get("kind"),
+            owner=d.get("owner"),
+            model_name=model.get("name"),
+            model_version=model.get("version"),
+            done=progress.get("done") or 0,
+            total=progress.get("total") or 0,
+            cancel_requested=bool(d.get("cancel_requested")),
+            attempts=d.get("attempts") or 0,
+            created_at=_parse_time(d.get("created_at")),
+            started_at=_parse_time(d.get("started_at")),
+            finished_at=_parse_time(d.get("finished_at")),
+            error=d.get("error"),
+            warnings_count=d.get("warnings_count") or 0,
+            warnings=list(d.get("warnings") or []),
+            summary=d.get("summary"),
+            raw=d,
+            replayed=replayed,
+        )
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """One slice's prediction (or its error); ``raw`` keeps every field sent."""
+
+    slice_index: int
+    source: str | None = None
+    series_uid: str | None = None
+    instance_number: int | None = None
+    slice_position: float | None = None
+    frame: int | None = None
+    label: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    out_of_distribution: bool | None = None  # None while the API does not send it
+    ood_score: float | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SliceResult:
+        return cls(
+            slice_index=d["slice_index"],
+            source=d.get("source"),
+            series_uid=d.get("series_uid"),
+            instance_number=d.get("instance_number"),
+            slice_position=d.get("slice_position"),
+            frame=d.get("frame"),
+            label=d.get("label"),
+            probabilities=dict(d.get("probabilities") or {}),
+            error=d.get("error"),
+            out_of_distribution=d.get("out_of_distribution"),
+            ood_score=d.get("ood_score"),
+            raw=d,
+        )
+
+
+def sha256_of(source: str | os.PathLike[str] | bytes) -> str:
+    """Hex SHA-256 of a file's content (read in chunks) or of bytes."""
+    h = hashlib.sha256()
+    if isinstance(source, bytes):
+        h.update(source)
+    else:
+        with open(source, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def idempotency_key(content_sha256: str, model: str | None, salt: str = "") -> str:
+    """The key sent with a submit: the same content and model give the same key.
+
+    ``salt`` (an earlier job's ID) asks for a fresh job for the same content,
+    e.g. after that job failed or was cancelled.
+    """
+    text = f"{content_sha256}\0{model or ''}\0{salt}"
+    return "lungct-" + hashlib.sha256(text.encode()).hexdigest()
+
+
+class _MultipartBody:
+    """A multipart/form-data body streamed from a file, with a known length.
+
+    ``requests`` would read the whole file into memory to build the body; this
+    reads it in chunks while sending, and reports the bytes sent.
+    """
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        size: int,
+        filename: str,
+        fields: dict[str, str],
+        on_sent: ProgressCallback | None,
+    ) -> None:
+        self.boundary = f"lungct-{os.urandom(12).hex()}"
+        head = b""
+        for name, value in fields.items():
+            head += (
+                f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                f"{value}\r\n"
+            ).encode()
+        safe_name = filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
+        head += (
+            f"--{self.boundary}\r\nContent-Disposition: form-data; "
+            f'name="file"; filename="{safe_name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        self._parts: list[IO[bytes]] = [
+            io.BytesIO(head),
+            stream,
+            io.BytesIO(f"\r\n--{self.boundary}--\r\n".encode()),
+        ]
+        self._len = len(head) + size + len(self._parts[2].getvalue())  # type: ignore[attr-defined]
+        self._on_sent = on_sent
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self.boundary}"
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[bytes]:  # makes requests treat the body as a stream
+        while chunk := self.read(CHUNK):
+            yield chunk
+
+    def read(self, n: int = -1) -> bytes:
+        out = b""
+        while self._parts and (n < 0 or len(out) < n):
+            chunk = self._parts[0].read(-1 if n < 0 else n - len(out))
+            if not chunk:
+                self._parts.pop(0)
+                continue
+            out += chunk
+        if out and self._on_sent:
+            self._on_sent(len(out))
+        return out
+
+
+class LungCTClient:
+    """The v1 API: submit, list, poll, wait, page through results, cancel, delete.
+
+    >>> api = LungCTClient("http://127.0.0.1:8000", os.environ["LUNGCT_API_KEY"])
+    >>> job = api.wait(api.submit("study.zip").id)
+    >>> rows = list(api.results(job.id))
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 60.0,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        max_retry_after_s: float = 300.0,
+        session: requests.Session | None = None,
+        pool_size: int = 10,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.max_retry_after_s = max_retry_after_s
+        if session is None:  # one connection per thread that may share this client
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(10, pool_size))
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        self.session = session
+        self.session.headers["Authorization"] = f"Bearer {api_key}"
+        self.session.headers.setdefault("User-Agent", "lungct-client/0.1")
+        self._sleep = sleep
+
+    # -- jobs ------------------------------------------------------------------
+
+    def submit(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        model: str | None = None,
+        idempotency_key: str | None = None,
+        *,
+        filename: str | None = None,
+        on_sent: ProgressCallback | None = None,
+    ) -> Job:
+        """Upload a file (path) or bytes; the new job, or the earlier one for the same key.
+
+        Without ``idempotency_key`` one is derived from the content's SHA-256 and
+        the model. ``on_sent`` is called with each number of bytes sent (it
+        counts again from the start when an upload is retried).
+        """
+        if isinstance(source, bytes):
+            name = filename or "upload"
+            size = len(source)
+
+            def opener() -> BinaryIO:
+                return io.BytesIO(source)
+
+        else:
+            path = Path(source)
+            name = filename or path.name
+            size = path.stat().st_size
+
+            def opener() -> BinaryIO:
+                return path.open("rb")
+
+        key = idempotency_key or _key_for(source, model)
+        job = self._submit_once(opener, size, name, model, key, on_sent)
+        if job.replayed and job.status == "failed" and job.error == NOT_QUEUED:
+            # An earlier attempt reached the API while the queue was down: the key
+            # now names a job that will never run; ask for a fresh one, once.
+            job = self._submit_once(opener, size, name, model, _salted(key, job.id), on_sent)
+        return job
+
+    def _submit_once(
+        self,
+        opener: Callable[[], BinaryIO],
+        size: int,
+        name: str,
+        model: str | None,
+        key: str,
+        on_sent: ProgressCallback | None,
+    ) -> Job:
+        fields = {"model": model} if model else {}
+        opened: list[BinaryIO] = []
+
+        def body() -> dict[str, Any]:
+            for fh in opened:
+                fh.close()
+            stream = opener()
+            opened.append(stream)
+            data = _MultipartBody(stream, size, name, fields, on_sent)
+            headers = {"Content-Type": data.content_type, "Idempotency-Key": key}
+            return {"data": data, "headers": headers}
+
+        try:
+            resp = self._request("POST", "/api/v1/jobs", build=body)
+        finally:
+            for fh in opened:
+                fh.close()
+        return Job.from_dict(resp.json(), replayed=resp.status_code == 200)
+
+    def job(self, job_id: str) -> Job:
+        return Job.from_dict(self._request("GET", f"/api/v1/jobs/{job_id}").json())
+
+    def jobs(
+        self,
+        status: str | None = None,
+        model: str | None = None,
+        since: datetime | str | None = None,
+        *,
+        page_size: int = 100,
+    ) -> Iterator[Job]:
+        """Your jobs (every owner's with an admin key), newest first, page after page."""
+        params: dict[str, Any] = {"limit": page_size}
+        if status:
+            params["status"] = status
+        if model:
+            params["model"] = model
+        if since:
+            params["since"] = since.isoformat() if isinstance(since, datetime) else since
+        for page in self._pages("/api/v1/jobs", params):
+            yield from (Job.from_dict(d) for d in page["items"])
+
+    def results(self, job_id: str, *, page_size: int = 1000) -> Iterator[SliceResult]:
+        """Every slice of a job, in the API's order (series, then position)."""
+        for page in self._pages(f"/api/v1/jobs/{job_id}/results", {"limit": page_size}):
+            yield from (SliceResult.from_dict(d) for d in page["items"])
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a job (a running one stops after its current batch); 409 once ended."""
+        return Job.from_dict(self._request("POST", f"/api/v1/jobs/{job_id}/cancel").json())
+
+    def delete(self, job_id: str) -> None:
+        """Remove an ended job, its results and its upload (409 while queued or running)."""
+        self._request("DELETE", f"/api/v1/jobs/{job_id}")
+
+    def wait(
+        self,
+        job_id: str,
+        poll: float = 1.0,
+        *,
+        timeout: float | None = None,
+        on_update: Callable[[Job], None] | None = None,
+    ) -> Job:
+        """Poll until the job has ended; ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_update:
+                on_update(job)
+            if job.finished:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
+            self._sleep(poll)
+
+    def models(self) -> list[dict[str, Any]]:
+        """The installed models (name, version, classes, ...), as the API describes them."""
+        return list(self._request("GET", "/api/v1/models").json()["items"])
+
+    # -- transport -------------------------------------------------------------
+
+    def _url(self, path_or_url: str) -> str:
+        return urljoin(self.base_url + "/", path_or_url)
+
+    def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        url: str | None = path
+        while url:
+            page = self._request("GET", url, build=lambda p=params: {"params": p}).json()
+            yield page
+            url, params = page.get("next"), {}  # ``next`` carries its own query
+
+    def _request(
+        self,
+        method: str,
+        path_or_url: str,
+        build: Callable[[], dict[str, Any]] = dict,
+    ) -> requests.Response:
+        """Send, retrying connection errors, 429 and 502/503/504; raise ApiError otherwise."""
+        url = self._url(path_or_url)
+        attempt = 0
+        while True:
+            try:
+                resp = self.session.request(method, url, timeout=self.timeout, **build())
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt >= self.retries:
+                    raise ConnectionFailed(
+                        f"cannot reach the API at {self.base_url}: {type(exc).__name__}"
+                    ) from exc
+                delay = self._backoff(attempt)
+            else:
+                if resp.status_code < 400:
+                    return resp
+                if resp.status_code not in RETRY_STATUSES or attempt >= self.retries:
+                    raise _error(resp)
+                delay = _retry_after(resp)
+                delay = self._backoff(attempt) if delay is None else delay
+                delay = min(delay, self.max_retry_after_s)
+            attempt += 1
+            self._sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter: about backoff_s * 2**attempt, capped."""
+        base = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+        return base * (0.5 + random.random() / 2)
+
+
+def _key_for(source: str | os.PathLike[str] | bytes, model: str | None) -> str:
+    return idempotency_key(sha256_of(source), model)
+
+
+def _salted(key: str, job_id: str) -> str:
+    return "lungct-" + hashlib.sha256(f"{key}\0{job_id}".encode()).hexdigest()
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    """Seconds from a ``Retry-After`` header (seconds or an HTTP date), if any."""
+    value = resp.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error(resp: requests.Response) -> ApiError:
+    """The API's JSON error as an exception (any body, even a proxy's HTML page)."""
+    message, detail = resp.reason or "error", None
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = str(body["error"].get("message") or message)
+        detail = body["error"].get("detail")
+    cls = {401: AuthError, 404: NotFound, 409: Conflict}.get(resp.status_code, ApiError)
+    return cls(resp.status_code, message, detail)

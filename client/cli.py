@@ -1,0 +1,399 @@
+"""``lungct``: submit CT slices and studies, follow jobs and export results from a shell.
+
+Reads ``LUNGCT_URL`` (default http://127.0.0.1:8000) and ``LUNGCT_API_KEY``.
+Errors are one line on stderr and a non-zero exit code: 1 for errors, 2 for
+bad usage, 130 when interrupted (``lungct submit`` can then be run again with
+the same arguments to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from client.api import (
+    ApiError,
+    AuthError,
+    ConnectionFailed,
+    Job,
+    LungCTClient,
+    NotFound,
+    idempotency_key,
+)
+from client.export import JobResults, format_for, write
+from client.inputs import Input, discover
+from client.progress import Progress
+from client.state import Entry, State
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+STATE_NAME = ".lungct-state.json"
+KEY_MESSAGE = "invalid or missing API key: set LUNGCT_API_KEY"
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+class CliError(Exception):
+    """A problem worth one line to the user and exit code 1."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except AuthError:
+        return _fail(KEY_MESSAGE)
+    except NotFound as exc:
+        return _fail(exc.message)
+    except ApiError as exc:
+        return _fail(f"{exc.message} (HTTP {exc.status})")
+    except (CliError, ConnectionFailed) as exc:
+        return _fail(str(exc))
+    except BrokenPipeError:  # `lungct jobs | head`
+        sys.stderr.close()
+        return 1
+    except (OSError, requests.RequestException) as exc:  # unreadable input, malformed URL
+        return _fail(str(exc) or type(exc).__name__)
+    except KeyboardInterrupt:
+        state = getattr(args, "state_path", None)
+        hint = f"; run the same command again to resume (state: {state})" if state else ""
+        return _fail(f"interrupted{hint}", code=130)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"lungct: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _client(args: argparse.Namespace) -> LungCTClient:
+    key = os.environ.get("LUNGCT_API_KEY", "").strip()
+    if not key:
+        raise CliError(KEY_MESSAGE)
+    url = args.url or os.environ.get("LUNGCT_URL") or DEFAULT_URL
+    workers = getattr(args, "concurrency", 1)
+    return LungCTClient(url, key, timeout=args.timeout, retries=args.retries, pool_size=workers)
+
+
+# -- submit --------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What became of one input: its job, or why the API refused it."""
+
+    item: Input
+    sha256: str
+    job: Job | None = None
+    error: str | None = None
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    try:
+        inputs = discover(args.paths, study_per_path=args.study_per_path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    out = args.out
+    wait = args.wait or bool(out)
+    args.state_path = Path(args.state) if args.state else _default_state(out)
+    try:
+        state = State(args.state_path)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    api = _client(args)
+    with (
+        tempfile.TemporaryDirectory(prefix="lungct-") as tmp,
+        Progress(enabled=not args.quiet) as progress,
+    ):
+        progress.add_inputs(len(inputs), sum(i.size for i in inputs))
+        upload = _uploader(api, args.model, state, progress, Path(tmp))
+        pool = ThreadPoolExecutor(max_workers=args.concurrency)
+        try:
+            outcomes = list(pool.map(upload, inputs))
+        finally:  # on Ctrl-C or a fatal error, start no further uploads
+            pool.shutdown(wait=False, cancel_futures=True)
+        if wait:
+            _wait_all(api, outcomes, state, args.model, progress, args.poll)
+    if out:
+        fetched = _fetch_results(api, outcomes, args.concurrency)
+        slices = write(fetched, out, format_for(out, None))
+        print(f"wrote {slices} slices of {len(fetched)} jobs to {out}", file=sys.stderr)
+    else:
+        _print_outcomes(outcomes)
+    return _report(outcomes, wait)
+
+
+def _default_state(out: str | None) -> Path:
+    folder = Path(out).parent if out and out != "-" else Path.cwd()
+    return folder / STATE_NAME
+
+
+def _uploader(
+    api: LungCTClient, model: str | None, state: State, progress: Progress, tmp: Path
+) -> Callable[[Input], Outcome]:
+    """Upload one input unless the state file knows its job; record what happened."""
+
+    def upload(item: Input) -> Outcome:
+        sha = item.content_sha256()
+        entry = state.find(item.path, sha, model)
+        salt = ""
+        if entry and entry.job_id:
+            job = _current(api, entry.job_id)
+            if job and job.status not in ("failed", "cancelled"):
+                state.put(item.path, Entry(sha, model, job.id, job.status))
+                progress.input_done(unsent=item.size)
+                progress.log(f"resumed   {item.path} -> job {job.id} ({job.status})")
+                return Outcome(item, sha, job)
+            salt = job.id if job else ""  # a fresh job, not the failed one again
+        path = item.materialize(tmp)
+        try:
+            progress.resize(path.stat().st_size - item.size)
+            key = idempotency_key(sha, model, salt)
+            job = api.submit(
+                path, model, key, filename=item.upload_name, on_sent=progress.sent_bytes
+            )
+        except (AuthError, ConnectionFailed):
+            raise
+        except ApiError as exc:
+            state.put(item.path, Entry(sha, model, None, "rejected", exc.message))
+            progress.input_done()
+            progress.log(f"rejected  {item.path}: {exc.message} (HTTP {exc.status})")
+            return Outcome(item, sha, error=f"{exc.message} (HTTP {exc.status})")
+        finally:
+            if path != item.path:
+                path.unlink(missing_ok=True)
+        state.put(item.path, Entry(sha, model, job.id, job.status))
+        progress.input_done()
+        verb = "existing " if job.replayed else "submitted"
+        progress.log(f"{verb} {item.path} -> job {job.id} ({job.status})")
+        return Outcome(item, sha, job)
+
+    return upload
+
+
+def _current(api: LungCTClient, job_id: str) -> Job | None:
+    """The job now, or None when it is gone (deleted)."""
+    try:
+        return api.job(job_id)
+    except NotFound:
+        return None
+
+
+def _wait_all(
+    api: LungCTClient,
+    outcomes: list[Outcome],
+    state: State,
+    model: str | None,
+    progress: Progress,
+    poll: float,
+) -> None:
+    """Poll every unfinished job until all have ended, showing slices done/total."""
+    jobs = {o.job.id: o for o in outcomes if o.job}
+    while True:
+        for jid, o in jobs.items():
+            if o.job and not o.job.finished:
+                o.job = api.job(jid)
+                if o.job.finished:
+                    state.put(o.item.path, Entry(o.sha256, model, jid, o.job.status))
+                    progress.log(f"{o.job.status:<9} {o.item.path} -> job {jid}{_detail(o.job)}")
+        current = [o.job for o in jobs.values() if o.job]
+        progress.slices(sum(j.done for j in current), sum(j.total for j in current))
+        if all(j.finished for j in current):
+            return
+        time.sleep(poll)
+
+
+def _detail(job: Job) -> str:
+    if job.status == "succeeded":
+        return f": {job.label} ({job.total} slices)"
+    return f": {job.error}" if job.error else ""
+
+
+def _fetch_results(api: LungCTClient, outcomes: list[Outcome], workers: int) -> list[JobResults]:
+    done = [o for o in outcomes if o.job]
+
+    def fetch(o: Outcome) -> JobResults:
+        assert o.job is not None
+        return JobResults(o.job, str(o.item.path), list(api.results(o.job.id)))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fetch, done))
+
+
+def _print_outcomes(outcomes: list[Outcome]) -> None:
+    for o in outcomes:
+        if o.job:
+            label = o.job.label or ""
+            print(f"{o.job.id}\t{o.job.status}\t{label}\t{o.item.path}")
+        else:
+            print(f"-\trejected\t\t{o.item.path}")
+
+
+def _report(outcomes: list[Outcome], waited: bool) -> int:
+    """A one-line tally on stderr; exit code 1 when any input did not succeed."""
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        status = o.job.status if o.job else "rejected"
+        counts[status] = counts.get(status, 0) + 1
+    tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    print(f"{len(outcomes)} inputs: {tally}", file=sys.stderr)
+    bad = counts.get("rejected", 0)
+    if waited:
+        bad += sum(n for s, n in counts.items() if s != "succeeded")
+    return 1 if bad else 0
+
+
+# -- other commands ------------------------------------------------------------
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    api = _client(args)
+    jobs: list[Job] = []
+    for job in api.jobs(status=args.status, model=args.model, since=args.since):
+        jobs.append(job)
+        if len(jobs) >= args.limit:
+            break
+    if args.json:
+        print(json.dumps([j.raw for j in jobs], indent=1))
+        return 0
+    rows = [("ID", "STATUS", "KIND", "MODEL", "PROGRESS", "CREATED", "LABEL")]
+    rows += [
+        (
+            j.id,
+            j.status,
+            j.kind or "",
+            j.model_name or "",
+            f"{j.done}/{j.total}",
+            j.created_at.strftime("%Y-%m-%d %H:%M:%S") if j.created_at else "",
+            j.label or "",
+        )
+        for j in jobs
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    job = _client(args).job(args.job_id)
+    if args.json:
+        print(json.dumps(job.raw, indent=1))
+        return 0
+    fields = [
+        ("id", job.id),
+        ("status", job.status + (" (cancel requested)" if job.cancel_requested else "")),
+        ("kind", job.kind),
+        ("model", f"{job.model_name} {job.model_version}"),
+        ("progress", f"{job.done}/{job.total} slices"),
+        ("created", job.created_at and job.created_at.isoformat()),
+        ("finished", job.finished_at and job.finished_at.isoformat()),
+        ("label", job.label),
+        ("warnings", job.warnings_count),
+        ("error", job.error),
+    ]
+    for name, value in fields:
+        if value not in (None, ""):
+            print(f"{name:<9} {value}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    api = _client(args)
+    job = api.job(args.job_id)
+    results = [JobResults(job, "", list(api.results(job.id)))]
+    slices = write(results, args.out, format_for(args.out, args.format))
+    if args.out and args.out != "-":
+        print(f"wrote {slices} slices to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    job = _client(args).cancel(args.job_id)
+    note = " (stops after its current batch)" if not job.finished else ""
+    print(f"{job.id}\t{job.status}{note}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    _client(args).delete(args.job_id)
+    print(f"{args.job_id}\tdeleted")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", help=f"API base URL (default: $LUNGCT_URL or {DEFAULT_URL})")
+    common.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    common.add_argument(
+        "--retries", type=int, default=6, help="retries on connection errors, 429 and 502-504"
+    )
+    p = argparse.ArgumentParser(
+        prog="lungct",
+        description="Client of the lung-CT classifier API (research use only; not for "
+        "clinical diagnosis). Needs LUNGCT_API_KEY; LUNGCT_URL defaults to " + DEFAULT_URL,
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("submit", parents=[common], help="upload files and folders")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="file or folder")
+    s.add_argument("--model", help="model name (default: the API's default model)")
+    s.add_argument("--wait", action="store_true", help="wait until every job has ended")
+    s.add_argument("--out", metavar="FILE", help="write results (.csv or .json); implies --wait")
+    s.add_argument("--concurrency", type=_positive, default=4, help="parallel uploads")
+    s.add_argument("--state", metavar="FILE", help=f"resume file (default: {STATE_NAME} "
+                   "next to --out, else in the current folder)")  # fmt: skip
+    s.add_argument("--poll", type=float, default=2.0, help="seconds between status polls")
+    s.add_argument(
+        "--study-per-path",
+        action="store_true",
+        help="each folder given is one DICOM study (default: each folder holding DICOM files)",
+    )
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    s.set_defaults(run=cmd_submit)
+
+    j = sub.add_parser("jobs", parents=[common], help="list your jobs, newest first")
+    j.add_argument("--status", choices=JOB_STATUSES)
+    j.add_argument("--model")
+    j.add_argument("--since", help="ISO 8601 time with zone, e.g. 2026-01-31T00:00:00Z")
+    j.add_argument("--limit", type=_positive, default=50, help="at most this many (default 50)")
+    j.add_argument("--json", action="store_true")
+    j.set_defaults(run=cmd_jobs)
+
+    st = sub.add_parser("status", parents=[common], help="show one job")
+    st.add_argument("job_id", metavar="ID")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(run=cmd_status)
+
+    r = sub.add_parser("results", parents=[common], help="per-slice results of a job")
+    r.add_argument("job_id", metavar="ID")
+    r.add_argument("--format", choices=("csv", "json"), help="default: from --out, else csv")
+    r.add_argument("--out", metavar="FILE", help="default: standard output")
+    r.set_defaults(run=cmd_results)
+
+    c = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
+    c.add_argument("job_id", metavar="ID")
+    c.set_defaults(run=cmd_cancel)
+
+    d = sub.add_parser("delete", parents=[common], help="delete an ended job and its results")
+    d.add_argument("job_id", metavar="ID")
+    d.set_defaults(run=cmd_delete)
+    return p
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

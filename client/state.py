@@ -1,0 +1,72 @@
+"""The resume file of ``lungct submit``: which input became which job.
+
+JSON, one entry per input path: the content's SHA-256, the model asked for,
+the job ID and its last known status. It is rewritten (atomically) after every
+change, so a run killed at any moment leaves a file a rerun can trust: an
+input whose path, content and model match an entry is not uploaded again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+VERSION = 1
+
+
+@dataclass
+class Entry:
+    sha256: str
+    model: str | None
+    job_id: str | None
+    status: str  # a job status, or "rejected" (the API refused the upload: see error)
+    error: str | None = None
+
+
+class State:
+    """Thread-safe map: input path -> :class:`Entry`, saved to ``path`` on every change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._entries: dict[str, Entry] = {}
+        if path.exists():
+            self._entries = _load(path)
+
+    @staticmethod
+    def key(input_path: Path) -> str:
+        return str(input_path.resolve())
+
+    def find(self, input_path: Path, sha256: str, model: str | None) -> Entry | None:
+        """The entry for this path, if it was made for the same content and model."""
+        with self._lock:
+            entry = self._entries.get(self.key(input_path))
+        if entry and entry.sha256 == sha256 and entry.model == model:
+            return entry
+        return None
+
+    def put(self, input_path: Path, entry: Entry) -> None:
+        with self._lock:
+            self._entries[self.key(input_path)] = entry
+            self._save()
+
+    def _save(self) -> None:
+        data = {"version": VERSION, "inputs": {k: asdict(v) for k, v in self._entries.items()}}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+
+def _load(path: Path) -> dict[str, Entry]:
+    try:
+        data: Any = json.loads(path.read_text())
+        if data.get("version") != VERSION:
+            raise ValueError(f"version {data.get('version')!r}")
+        return {k: Entry(**v) for k, v in data["inputs"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"state file {path} is not readable ({exc}); move it away") from exc

@@ -1,0 +1,172 @@
+"""``client.api`` without a server: retries, Retry-After, idempotency keys, paging, errors.
+
+The transport is a scripted requests adapter; tests/test_cli.py runs the same
+client against the real stack.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from requests.adapters import BaseAdapter
+
+from client.api import (
+    ApiError,
+    AuthError,
+    ConnectionFailed,
+    Job,
+    LungCTClient,
+    NotFound,
+    SliceResult,
+    idempotency_key,
+    sha256_of,
+)
+from client.export import JobResults, write_csv
+
+JOB = {"id": "j1", "status": "queued", "model": {"name": "m", "version": "1"}}
+
+Reply = tuple[int, dict[str, Any] | None, dict[str, str]] | type[Exception]
+
+
+class Scripted(BaseAdapter):
+    """Answers requests from a list; records each request (with its body read out)."""
+
+    def __init__(self, replies: list[Reply]) -> None:
+        super().__init__()
+        self.replies = list(replies)
+        self.sent: list[requests.PreparedRequest] = []
+        self.bodies: list[bytes] = []
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        self.sent.append(request)
+        body = request.body
+        if hasattr(body, "read"):
+            body = b"".join(iter(lambda: body.read(7), b""))  # type: ignore[union-attr]
+        self.bodies.append(body if isinstance(body, bytes) else str(body or "").encode())
+        reply = self.replies.pop(0)
+        if isinstance(reply, type):
+            raise reply("scripted")
+        status, payload, headers = reply
+        resp = requests.Response()
+        resp.status_code, resp.url, resp.request = status, request.url, request
+        resp.headers.update(headers)
+        resp.raw = io.BytesIO(b"" if payload is None else json.dumps(payload).encode())
+        return resp
+
+    def close(self) -> None:
+        pass
+
+
+def make(replies: list[Reply], **kwargs: Any) -> tuple[LungCTClient, Scripted, list[float]]:
+    adapter, sleeps = Scripted(replies), []
+    session = requests.Session()
+    session.mount("http://", adapter)
+    api = LungCTClient(
+        "http://api.test/", "lct_key", session=session, sleep=sleeps.append, **kwargs
+    )
+    return api, adapter, sleeps
+
+
+def test_retries_connection_errors_and_5xx_with_growing_backoff() -> None:
+    api, adapter, sleeps = make(
+        [requests.ConnectionError, (502, None, {}), (503, None, {}), (200, JOB, {})]
+    )
+    job = api.job("j1")
+    assert job.id == "j1" and job.model_name == "m" and not job.finished
+    assert len(adapter.sent) == 4 and len(sleeps) == 3
+    assert 0.25 <= sleeps[0] <= 0.5 and 1.0 <= sleeps[2] <= 2.0  # 0.5 * 2**n, jittered
+    assert adapter.sent[0].headers["Authorization"] == "Bearer lct_key"
+
+
+def test_429_waits_as_told_by_retry_after() -> None:
+    api, _, sleeps = make([(429, {}, {"Retry-After": "7"}), (200, JOB, {})])
+    api.job("j1")
+    assert sleeps == [7.0]
+
+
+def test_gives_up_after_the_retries() -> None:
+    api, adapter, _ = make([requests.Timeout] * 3, retries=2)
+    with pytest.raises(ConnectionFailed, match=r"cannot reach the API at http://api\.test"):
+        api.job("j1")
+    assert len(adapter.sent) == 3
+    api, _, _ = make([(503, {"error": {"code": 503, "message": "queue down"}}, {})], retries=0)
+    with pytest.raises(ApiError, match=r"queue down \(HTTP 503\)"):
+        api.job("j1")
+
+
+def test_client_errors_are_not_retried_and_carry_the_api_message() -> None:
+    api, adapter, _ = make([(401, {"error": {"code": 401, "message": "bad key"}}, {})])
+    with pytest.raises(AuthError):
+        api.job("j1")
+    api, adapter, _ = make([(404, {"error": {"code": 404, "message": "no job"}}, {})])
+    with pytest.raises(NotFound) as info:
+        api.job("nope")
+    assert info.value.message == "no job" and len(adapter.sent) == 1
+
+
+def test_submit_streams_multipart_with_a_content_derived_key(tmp_path: Path) -> None:
+    upload = tmp_path / "study.zip"
+    upload.write_bytes(b"PK" + bytes(range(256)) * 50)
+    sent: list[int] = []
+    api, adapter, _ = make([requests.ConnectionError, (202, JOB, {})])
+    job = api.submit(upload, model="m", on_sent=sent.append)
+    assert job.id == "j1" and not job.replayed
+    first, second = adapter.sent
+    key = idempotency_key(sha256_of(upload), "m")
+    assert first.headers["Idempotency-Key"] == second.headers["Idempotency-Key"] == key
+    body = adapter.bodies[1]
+    assert int(second.headers["Content-Length"]) == len(body)
+    assert upload.read_bytes() in body and b'filename="study.zip"' in body
+    assert b'name="model"\r\n\r\nm\r\n' in body
+    assert sum(sent) == len(adapter.bodies[0]) + len(body)  # each attempt reports its bytes
+    assert idempotency_key(sha256_of(upload), None) != key  # another model, another job
+
+
+def test_a_replayed_unqueued_job_is_submitted_again_under_a_new_key() -> None:
+    failed = {**JOB, "status": "failed", "error": "could not be queued"}
+    api, adapter, _ = make([(200, failed, {}), (202, {**JOB, "id": "j2"}, {})])
+    job = api.submit(b"bytes", filename="a.png")
+    keys = [r.headers["Idempotency-Key"] for r in adapter.sent]
+    assert job.id == "j2" and keys[0] != keys[1]
+
+
+def test_pages_follow_next_links() -> None:
+    page1 = {"items": [{"slice_index": 0, "probabilities": {"a": 0.9, "b": 0.1}}], "total": 2}
+    page1["next"] = "/api/v1/jobs/j1/results?offset=1&limit=1"
+    page2 = {"items": [{"slice_index": 1, "label": "b", "out_of_distribution": True}]}
+    api, adapter, _ = make([(200, page1, {}), (200, {**page2, "next": None}, {})])
+    rows = list(api.results("j1", page_size=1))
+    assert [r.slice_index for r in rows] == [0, 1]
+    assert rows[1].out_of_distribution is True and rows[0].out_of_distribution is None
+    assert adapter.sent[0].url == "http://api.test/api/v1/jobs/j1/results?limit=1"
+    assert adapter.sent[1].url == "http://api.test/api/v1/jobs/j1/results?offset=1&limit=1"
+
+
+def test_wait_polls_until_the_job_has_ended() -> None:
+    running = {**JOB, "status": "running", "progress": {"done": 1, "total": 4}}
+    done = {**JOB, "status": "succeeded", "summary": {"label": "normal"}}
+    seen: list[int] = []
+    api, _, sleeps = make([(200, running, {}), (200, done, {})])
+    job = api.wait("j1", poll=0.25, on_update=lambda j: seen.append(j.done))
+    assert job.finished and job.label == "normal" and sleeps == [0.25] and seen == [1, 0]
+
+
+def test_csv_has_a_probability_column_per_class_and_empty_cells_for_absent_values() -> None:
+    job = Job.from_dict({**JOB, "status": "succeeded"})
+    slices = [
+        SliceResult.from_dict({"slice_index": 0, "label": "a", "probabilities": {"a": 0.7}}),
+        SliceResult.from_dict(
+            {"slice_index": 1, "probabilities": {"a": 0.2, "b": 0.8}, "out_of_distribution": False}
+        ),
+    ]
+    out = io.StringIO()
+    assert write_csv([JobResults(job, "in.zip", slices)], out) == 2
+    header, *rows = out.getvalue().splitlines()
+    assert header.split(",")[-5:] == ["p_a", "p_b", "out_of_distribution", "ood_score", "error"]
+    assert rows[0].startswith("j1,in.zip,0,") and rows[0].endswith(",a,0.7,,,,")
+    assert rows[1].endswith(",0.2,0.8,false,,")
