@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from apiflask import APIBlueprint, abort
 from flask import request, url_for
 from redis.exceptions import LockError, RedisError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
@@ -226,10 +226,15 @@ def _check_active_cap(s: Session, owner: str) -> None:
 
 
 def _unqueued(job_id: str, reason: str) -> NoReturn:
-    """The broker did not take the job: record it as failed and answer 503."""
+    """The broker did not take the job: record it as failed and answer 503.
+
+    The job lets go of its Idempotency-Key, so the client's retry with the same
+    key makes a new job instead of replaying one that will never run.
+    """
     log.warning("could not enqueue job %s: %s", job_id, reason)
     with context.session() as s:
         ended = lifecycle.fail(s, job_id, "could not be queued")
+        s.execute(update(Job).where(Job.id == job_id).values(idempotency_key=None))
     if ended:
         context.storage().release(job_id)
     abort(503, f"the job queue is unavailable ({reason}); please resubmit")

@@ -30,7 +30,6 @@ import requests.adapters
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
-NOT_QUEUED = "could not be queued"  # the API's error for a job the broker did not take
 CHUNK = 1 << 20
 
 ProgressCallback = Callable[[int], None]  # called with the number of bytes just sent
@@ -318,12 +317,7 @@ class LungCTClient:
                 return path.open("rb")
 
         key = idempotency_key or _key_for(source, model)
-        job = self._submit_once(opener, size, name, model, key, on_sent)
-        if job.replayed and job.status == "failed" and job.error == NOT_QUEUED:
-            # An earlier attempt reached the API while the queue was down: the key
-            # now names a job that will never run; ask for a fresh one, once.
-            job = self._submit_once(opener, size, name, model, _salted(key, job.id), on_sent)
-        return job
+        return self._submit_once(opener, size, name, model, key, on_sent)
 
     def _submit_once(
         self,
@@ -461,10 +455,6 @@ class LungCTClient:
 
 def _key_for(source: str | os.PathLike[str] | bytes, model: str | None) -> str:
     return idempotency_key(sha256_of(source), model)
-
-
-def _salted(key: str, job_id: str) -> str:
-    return "lungct-" + hashlib.sha256(f"{key}\0{job_id}".encode()).hexdigest()
 
 
 def _retry_after(resp: requests.Response) -> float | None:

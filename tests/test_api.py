@@ -151,11 +151,16 @@ def test_queue_down_is_503_and_the_job_is_marked_failed(client, monkeypatch) -> 
     broken = Settings(redis_url="redis://127.0.0.1:1/0")  # nothing listens on port 1
     client.application.config["SETTINGS"] = broken
     client.application.extensions["lungct_limiter"].enabled = False
-    r = _submit(client, png_bytes(), "slice.png", model=TINY_MODEL)
+    r = client.post(
+        "/api/v1/jobs",
+        data={"file": (io.BytesIO(png_bytes()), "slice.png"), "model": TINY_MODEL},
+        headers={"Idempotency-Key": "retry-me"},
+    )
     assert r.status_code == 503 and "queue" in r.json["error"]["message"]
     with session_scope() as s:
         [job] = s.query(Job).all()
         assert job.status == "failed" and job.error == "could not be queued"
+        assert job.idempotency_key is None  # a retry with the same key makes a new job
 
 
 def test_too_many_form_fields_is_a_clear_400(client) -> None:  # type: ignore[no-untyped-def]

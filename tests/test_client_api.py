@@ -127,14 +127,6 @@ def test_submit_streams_multipart_with_a_content_derived_key(tmp_path: Path) -> 
     assert idempotency_key(sha256_of(upload), None) != key  # another model, another job
 
 
-def test_a_replayed_unqueued_job_is_submitted_again_under_a_new_key() -> None:
-    failed = {**JOB, "status": "failed", "error": "could not be queued"}
-    api, adapter, _ = make([(200, failed, {}), (202, {**JOB, "id": "j2"}, {})])
-    job = api.submit(b"bytes", filename="a.png")
-    keys = [r.headers["Idempotency-Key"] for r in adapter.sent]
-    assert job.id == "j2" and keys[0] != keys[1]
-
-
 def test_pages_follow_next_links() -> None:
     page1 = {"items": [{"slice_index": 0, "probabilities": {"a": 0.9, "b": 0.1}}], "total": 2}
     page1["next"] = "/api/v1/jobs/j1/results?offset=1&limit=1"
