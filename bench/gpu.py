@@ -1,0 +1,84 @@
+"""GPU figures: the bare model per batch size vs the worker's own batched path.
+
+Usage (on a machine with a GPU; with no TensorFlow GPU build, Keras 3 runs the
+same ``.keras`` file on JAX)::
+
+    KERAS_BACKEND=jax python -m bench.gpu [--model NAME] [--n 512] [--batches 1 8 32 64 128 256]
+
+Prints, in one run:
+
+(a) the bare forward pass on synthetic input already in memory, images/s
+    per batch size (the model's ceiling on this device);
+(b) the worker's batched path at each batch size: ingest plan of a stored zip
+    of real IQ-OTH/NCCD slices, thread-pool decoding a window ahead,
+    preprocessing, ``predict`` per batch (what a job costs minus HTTP, queue and
+    database, which the CPU benchmarks show to be small);
+(c) (b)'s best / (a)'s best: the share of the device the pipeline can feed
+    (goal >= 70 %; below it, decoding on the CPU is the bottleneck: raise
+    DECODE_THREADS or the worker's CPU share).
+
+Paths alternate per batch size, medians of ``--repeat`` timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def bare(predictor, batch: int, n: int) -> float:  # type: ignore[no-untyped-def]
+    """Seconds to push ``n`` in-memory images through the model ``batch`` at a time."""
+    spec = predictor.card.input
+    x = np.random.default_rng(0).random((batch, spec.height, spec.width, spec.channels))
+    x = x.astype(np.float32)
+    start = time.perf_counter()
+    for _ in range(max(1, n // batch)):
+        predictor.predict(x)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--n", type=int, default=512, help="images per timing")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64, 128, 256])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+
+    from bench.throughput import batched, make_zip, pick_slices
+    from config import get_settings
+    from worker.inference import get_predictor
+
+    settings = get_settings()
+    predictor = get_predictor(args.model or settings.default_model)
+    files = pick_slices(100)
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
+        archive = make_zip([files[i % len(files)] for i in range(args.n)], Path(tmp) / "s.zip")
+        print(f"model {predictor.card.name}, backend {os.environ.get('KERAS_BACKEND', 'tf')}")
+        print(f"{'batch':>6} {'(a) bare img/s':>15} {'(b) pipeline img/s':>19}")
+        best_a = best_b = 0.0
+        for batch in args.batches:
+            get_settings.cache_clear()
+            os.environ["INFERENCE_BATCH_SIZE"] = str(batch)
+            bare(predictor, batch, batch)  # compile this shape
+            a, b = [], []
+            for _ in range(args.repeat):
+                a.append(bare(predictor, batch, args.n))
+                b.append(batched(archive, predictor))
+            rate_a = (args.n // batch) * batch / statistics.median(a)
+            rate_b = args.n / statistics.median(b)
+            best_a, best_b = max(best_a, rate_a), max(best_b, rate_b)
+            print(f"{batch:>6} {rate_a:>15.0f} {rate_b:>19.0f}")
+        print(f"(c) pipeline best / bare best: {100 * best_b / best_a:.0f} % (goal >= 70 %)")
+
+
+if __name__ == "__main__":
+    main()
