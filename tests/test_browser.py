@@ -75,13 +75,21 @@ def seen(page: Page) -> Iterator[list[str]]:
     assert hosts == {"127.0.0.1"}, [u for u in urls if "127.0.0.1" not in u]
 
 
-def study(tmp_path: Path, name: str, slices: int, seed: int) -> Path:
-    """A zip of random PNG 'slices'."""
+def study(tmp_path: Path, name: str, slices: int, seed: int, size: int = 64) -> Path:
+    """A zip of random PNG 'slices' (random pixels do not compress: about size² bytes each)."""
     path = tmp_path / name
     with zipfile.ZipFile(path, "w") as zf:
         for i in range(slices):
-            zf.writestr(f"slice{i:03d}.png", png_bytes(seed + i))
+            zf.writestr(f"slice{i:03d}.png", png_bytes(seed + i, size))
     return path
+
+
+def throttle_uploads(page: Page, bytes_per_s: int) -> None:
+    """Slow the page's uploads (Chromium network emulation); -1 lifts the limit."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    conditions = {"offline": False, "latency": 0, "downloadThroughput": -1}
+    cdp.send("Network.emulateNetworkConditions", {**conditions, "uploadThroughput": bytes_per_s})
 
 
 def use_key(page: Page, url: str, key: str) -> None:
@@ -192,8 +200,18 @@ def test_two_quick_submissions_stay_separate(
     page: Page, seen: list[str], server_url: str, stack: Stack, tmp_path: Path
 ) -> None:
     use_key(page, server_url + "/", stack.key)
-    submit(page, study(tmp_path, "three.zip", 3, seed=200))
-    submit(page, study(tmp_path, "five.zip", 5, seed=300))  # while the first is still running
+    throttle_uploads(page, 100_000)  # three 256² slices: about 2 s to upload
+    page.get_by_label(re.compile("study archive")).set_input_files(
+        study(tmp_path, "three.zip", 3, seed=200, size=256)
+    )
+    page.get_by_role("button", name="Submit").click()
+    expect(page.get_by_role("button", name="Submit")).to_be_disabled()
+    upload = page.get_by_role("progressbar", name="upload of three.zip")
+    expect(upload).to_have_attribute("aria-valuenow", re.compile(r"^[1-9][0-9]?$"))  # 1-99 %
+    expect(page.locator("article.submission .live").first).to_contain_text("uploading")
+    expect(page.get_by_role("button", name="Submit")).to_be_enabled(timeout=JOB_TIMEOUT_MS)
+    throttle_uploads(page, -1)
+    submit(page, study(tmp_path, "five.zip", 5, seed=300))  # right after the first upload
 
     cards = {name: finished_card(page, name) for name in ("three.zip", "five.zip")}
     expect(page.locator("article.submission")).to_have_count(2)
