@@ -213,3 +213,17 @@ def test_docs_work_offline_and_the_spec_matches_real_answers(client) -> None:  #
     assert set(r.json) == {"error"} and set(r.json["error"]) >= {"code", "message"}
     listed = client.get("/api/v1/jobs").get_data(as_text=True)
     assert listed.index('"items"') < listed.index('"next"')  # natural order, not sorted
+
+
+def test_web_ui_shell_serves_every_app_url_from_local_assets(app) -> None:  # type: ignore[no-untyped-def]
+    anonymous = app.test_client()  # the shell holds no data: the browser sends the key
+    pages = [anonymous.get(url) for url in ("/", "/jobs/2f0c9a1e-any-id")]
+    assert [r.status_code for r in pages] == [200, 200]
+    assert pages[0].data == pages[1].data
+    html = pages[0].get_data(as_text=True)
+    assert "/static/js/app.js" in html and "/static/app.css" in html
+    static = ROOT / "api" / "static"
+    for path in sorted(static.rglob("*.*")):
+        with anonymous.get(f"/static/{path.relative_to(static).as_posix()}") as r:
+            assert r.status_code == 200, path
+            assert b"http://" not in r.data and b"https://" not in r.data, path  # no CDN

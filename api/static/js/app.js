@@ -1,0 +1,185 @@
+// The page: the API key, then either the home page (submit, this tab's
+// submissions, the job list) or one job's page at /jobs/<id>.
+
+import { forgetKey, getJson, getKey, onKeyRefused, setKey, uploadJob } from "./api.js";
+import { el, fill, percent, progressBar } from "./dom.js";
+import { JobList } from "./joblist.js";
+import { JobView, modelMetrics } from "./jobview.js";
+
+const $ = (id) => document.getElementById(id);
+const jobIdInPath = () => {
+  const m = location.pathname.match(/^\/jobs\/([^/]+)\/?$/);
+  return m ? decodeURIComponent(m[1]) : null;
+};
+
+const views = new Set(); // live JobViews, polled again when a new key is accepted
+let models = Promise.resolve([]);
+let jobList = null;
+let uploading = 0;
+
+// --- the key ------------------------------------------------------------------
+
+onKeyRefused((message) => {
+  $("key-status").textContent = "";
+  $("key-error").textContent =
+    `The API key was refused (${message}). Check it, then press "Use key".`;
+});
+
+async function useKey() {
+  $("key-error").textContent = "";
+  if (!getKey()) {
+    $("key-status").textContent = "Enter your API key to submit and see jobs.";
+    return false;
+  }
+  $("key-status").textContent = "Checking the key…";
+  models = getJson("/api/v1/models").then((body) => body.items);
+  try {
+    await models;
+  } catch (err) {
+    if (err.status !== 401) {
+      $("key-status").textContent = "";
+      $("key-error").textContent = `Could not check the key: ${err.message}`;
+    }
+    models = Promise.resolve([]);
+    return false;
+  }
+  $("key-status").textContent = "Key accepted (kept for this browser tab's session).";
+  return true;
+}
+
+$("key-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  setKey($("api-key").value.trim());
+  if (await useKey()) start();
+});
+
+$("forget-key").addEventListener("click", () => {
+  forgetKey();
+  $("api-key").value = "";
+  $("key-error").textContent = "";
+  $("key-status").textContent = "Key forgotten.";
+  jobList?.stop();
+});
+
+// --- home page: submit and list -------------------------------------------------
+
+async function fillModels() {
+  const select = $("model");
+  const items = await models.catch(() => []);
+  const previous = select.value;
+  fill(select, items.map((m) => {
+    const f1 = m.metrics && typeof m.metrics.macro_f1 === "number" ? ` (test macro-F1 ${m.metrics.macro_f1.toFixed(2)})` : "";
+    return el("option", { value: m.name, selected: previous ? m.name === previous : m.default }, `${m.name} ${m.version}${f1}`);
+  }));
+  showModelInfo(items);
+  select.onchange = () => showModelInfo(items);
+}
+
+function showModelInfo(items) {
+  const model = items.find((m) => m.name === $("model").value);
+  const info = $("model-info");
+  if (!model) {
+    fill(info);
+    return;
+  }
+  const cardUrl = model.card_url || (model.links && model.links.card);
+  if (cardUrl && /^(https?:\/\/|\/)/.test(cardUrl)) fill(info, " ", el("a", { href: cardUrl }, "model card"));
+  else fill(info, modelMetrics(model));
+}
+
+function setUploading(delta) {
+  uploading += delta;
+  $("submit-button").disabled = uploading > 0;
+}
+
+$("submit-form").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  $("submit-error").textContent = "";
+  if (!getKey()) {
+    $("submit-error").textContent = "Enter your API key first.";
+    $("api-key").focus();
+    return;
+  }
+  const form = ev.target;
+  const file = $("file").files[0];
+  if (!file) {
+    $("submit-error").textContent = "Choose a file to upload.";
+    return;
+  }
+  const data = new FormData(form);
+  $("file").value = ""; // the form data holds the file; the field is free for the next one
+  setUploading(+1);
+  try {
+    await submitCard(file.name, data);
+  } finally {
+    setUploading(-1);
+  }
+});
+
+/** One card per submission: the upload's progress, then the job's own view. */
+async function submitCard(name, data) {
+  $("subs-title").hidden = false;
+  const bar = progressBar(`upload of ${name}`);
+  const live = el("p", { class: "live", role: "status", "aria-live": "polite" }, "uploading 0%");
+  const error = el("p", { class: "err", role: "alert" });
+  const body = el("div", {}, bar.element, live, error);
+  const card = el("article", { class: "card submission" },
+    el("h3", {}, "Upload ", el("code", {}, name)), body);
+  $("submissions").prepend(card);
+  bar.set(0, 1, "0%");
+  let job;
+  try {
+    job = await uploadJob(data, (fraction) => {
+      bar.set(fraction, 1, percent(fraction, 0));
+      live.textContent = fraction < 1 ? `uploading ${percent(fraction, 0)}` : "uploaded";
+    });
+  } catch (err) {
+    live.textContent = "upload failed";
+    error.textContent = `Upload of ${name} failed: ${err.message}`;
+    return;
+  }
+  const jobBox = el("div", { class: "job" });
+  body.append(jobBox);
+  const view = new JobView(jobBox, job.id, {
+    models,
+    headingLevel: 4,
+    onDeleted: () => { views.delete(view); jobList?.refresh(); },
+  });
+  views.add(view);
+  jobList?.refresh();
+}
+
+// --- starting ---------------------------------------------------------------------
+
+function start() {
+  const id = jobIdInPath();
+  if (id) {
+    const existing = [...views].find((v) => v.jobId === id);
+    if (existing) existing.poll();
+    else {
+      const view = new JobView($("job-view"), id, { models, headingLevel: 2 });
+      views.add(view);
+    }
+    return;
+  }
+  fillModels();
+  for (const view of views) view.poll();
+  jobList ??= new JobList({ table: $("job-list"), status: $("list-status"), error: $("list-error") });
+  jobList.refresh();
+}
+
+async function main() {
+  const id = jobIdInPath();
+  $("home").hidden = Boolean(id);
+  $("job-page").hidden = !id;
+  if (id) document.title = `Job ${id} · Lung-CT classifier`;
+  $("api-key").value = getKey();
+  if (!getKey()) {
+    $("key-status").textContent = id ? "Enter your API key to see this job." : "Enter your API key to submit and see jobs.";
+    $("api-key").focus();
+    return;
+  }
+  if (await useKey()) start();
+}
+
+main();

@@ -1,0 +1,247 @@
+"""The web UI in a real browser (Debian's Chromium driven by Playwright) against the real stack.
+
+The stack's API is served over real HTTP on a loopback port; the browser
+enters a key, uploads studies, follows jobs to their results, reloads a job's
+page, downloads the CSV and deletes a job. Every request the page makes is
+recorded: none may leave 127.0.0.1 (no CDN, no fonts, no analytics).
+Skipped when /usr/bin/chromium is missing (``apt-get install chromium``);
+Playwright's own browser downloads are never used.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from PIL import Image
+from playwright.sync_api import Locator, Page, Route, expect
+
+from tests.conftest import Stack, png_bytes
+
+CHROMIUM = Path("/usr/bin/chromium")
+JOB_TIMEOUT_MS = 90_000
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"no browser at {CHROMIUM}: apt-get install chromium"
+    ),
+]
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """Launch Debian's Chromium instead of a browser Playwright would download."""
+    return {**browser_type_launch_args, "executable_path": str(CHROMIUM)}
+
+
+@pytest.fixture(scope="session")
+def base_url() -> None:
+    """No base URL: tests use server_url. (Replaces pytest-playwright's own fixture, which
+    pytest 9 deprecates as a session fixture on an instance, an error under our filterwarnings.)"""
+    return None
+
+
+@pytest.fixture(scope="module")
+def server_url(stack: Stack) -> Iterator[str]:
+    """The stack's app (API + UI) served over real HTTP on a loopback port."""
+    from werkzeug.serving import make_server
+
+    if stack.env["DATABASE_URL"].startswith("postgresql"):
+        pytest.skip("the UI does not depend on the database; it runs once, on SQLite")
+    server = make_server("127.0.0.1", 0, stack.app(), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.port}"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.fixture
+def seen(page: Page) -> Iterator[list[str]]:
+    """Every URL the page requests; afterwards, all of them must be on 127.0.0.1."""
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    yield urls
+    hosts = {urlsplit(u).hostname for u in urls if not u.startswith(("blob:", "data:"))}
+    assert hosts == {"127.0.0.1"}, [u for u in urls if "127.0.0.1" not in u]
+
+
+def study(tmp_path: Path, name: str, slices: int, seed: int, size: int = 64) -> Path:
+    """A zip of random PNG 'slices' (random pixels do not compress: about size² bytes each)."""
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(slices):
+            zf.writestr(f"slice{i:03d}.png", png_bytes(seed + i, size))
+    return path
+
+
+def throttle_uploads(page: Page, bytes_per_s: int) -> None:
+    """Slow the page's uploads (Chromium network emulation); -1 lifts the limit."""
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    conditions = {"offline": False, "latency": 0, "downloadThroughput": -1}
+    cdp.send("Network.emulateNetworkConditions", {**conditions, "uploadThroughput": bytes_per_s})
+
+
+def use_key(page: Page, url: str, key: str) -> None:
+    page.goto(url)
+    page.get_by_label("API key").fill(key)
+    page.get_by_label("API key").press("Enter")  # the keyboard submits the key form
+    expect(page.locator("#key-status")).to_contain_text("accepted")
+
+
+def submit(page: Page, archive: Path) -> None:
+    page.get_by_label(re.compile("study archive")).set_input_files(archive)
+    button = page.get_by_role("button", name="Submit")
+    button.click()
+    expect(button).to_be_enabled()  # disabled while the upload runs
+
+
+def finished_card(page: Page, upload_name: str) -> Locator:
+    """The submission card of upload_name once its job has succeeded."""
+    card = page.locator("article.submission", has=page.locator("h3", has_text=upload_name))
+    expect(card.locator(".job-title .badge")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    return card
+
+
+def rgba_png(size: int = 128) -> bytes:
+    """A translucent red square, standing in for a heatmap."""
+    buf = io.BytesIO()
+    Image.new("RGBA", (size, size), (255, 0, 0, 96)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def serve_images(page: Page) -> list[str | None]:
+    """Answer the slice image and heatmap routes in the browser; returns the auth headers seen.
+
+    The image routes may not exist on this server (404 shows a placeholder, as the
+    other tests see); here the page gets pictures, to check it shows them.
+    """
+    pictures = {"image": png_bytes(1, 128), "heatmap": rgba_png()}
+    auth: list[str | None] = []
+
+    def fulfill(route: Route) -> None:
+        auth.append(route.request.headers.get("authorization"))
+        kind = route.request.url.rsplit("/", 1)[1]
+        route.fulfill(status=200, content_type="image/png", body=pictures[kind])
+
+    page.route(re.compile(r"/api/v1/jobs/[^/]+/slices/\d+/(image|heatmap)$"), fulfill)
+    return auth
+
+
+def api_results(stack: Stack, url: str, job_id: str) -> list[dict[str, Any]]:
+    page = stack.http().get(f"{url}/api/v1/jobs/{job_id}/results?limit=1000", timeout=10).json()
+    return page["items"]
+
+
+def test_upload_progress_results_reload_csv_and_delete(
+    page: Page, seen: list[str], server_url: str, stack: Stack, tmp_path: Path
+) -> None:
+    auth = serve_images(page)
+    use_key(page, server_url + "/", stack.key)
+    submit(page, study(tmp_path, "twelve.zip", 12, seed=100))
+
+    card = finished_card(page, "twelve.zip")
+    upload_bar = card.get_by_role("progressbar", name="upload of twelve.zip")
+    expect(upload_bar).to_have_attribute("aria-valuenow", "100")
+    job_id = card.locator(".job").get_attribute("data-job-id")
+    assert job_id
+    expect(card.get_by_role("progressbar", name=f"progress of job {job_id}")).to_have_attribute(
+        "aria-valuenow", "100"
+    )
+    expect(card.locator("table.results tbody tr")).to_have_count(12)
+    expect(card.get_by_text("Study verdict")).to_be_visible()
+    top = card.locator("figure.large").first
+    top.scroll_into_view_if_needed()  # images load as they come into view
+    expect(top.locator("img.ct")).to_have_attribute("src", re.compile("^blob:"))
+    expect(top.locator("img.heat")).to_be_visible()
+    card.get_by_label("Show heatmap overlay").uncheck()
+    expect(top.locator("img.heat")).to_be_hidden()
+    card.locator(".thumb").first.scroll_into_view_if_needed()
+    expect(card.locator(".thumb img").first).to_be_visible()
+    assert auth and set(auth) == {f"Bearer {stack.key}"}  # images are fetched with the key
+
+    card.get_by_role("link", name=job_id).click()
+    expect(page).to_have_url(f"{server_url}/jobs/{job_id}")
+    page.reload()  # the job page stands alone: the ID comes from the URL, the key from the tab
+    view = page.locator("#job-view")
+    expect(view.locator(".job-title .badge")).to_have_text("succeeded")
+    expect(view.locator("table.results tbody tr")).to_have_count(12)
+    expect(view.get_by_role("status").filter(has_text="rows 1–12 of 12")).to_be_visible()
+
+    with page.expect_download() as download:
+        view.get_by_role("button", name="Download CSV").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    expected = api_results(stack, server_url, job_id)
+    assert [int(r["slice_index"]) for r in rows] == [i["slice_index"] for i in expected]
+    assert [r["label"] for r in rows] == [i["label"] for i in expected]
+    assert {r["job_id"] for r in rows} == {job_id}
+    classes = sorted(expected[0]["probabilities"])
+    assert list(rows[0])[:5] == ["job_id", "slice_index", "source", "series_uid", "label"]
+    assert [c for c in rows[0] if c.startswith("p_")] == [f"p_{c}" for c in classes]
+    assert abs(float(rows[0][f"p_{classes[0]}"]) - expected[0]["probabilities"][classes[0]]) < 1e-9
+
+    page.once("dialog", lambda d: d.accept())
+    view.get_by_role("button", name="Delete job").click()
+    expect(view.get_by_role("status").filter(has_text="was deleted")).to_be_visible()
+    assert stack.http().get(f"{server_url}/api/v1/jobs/{job_id}", timeout=10).status_code == 404
+
+
+def test_two_quick_submissions_stay_separate(
+    page: Page, seen: list[str], server_url: str, stack: Stack, tmp_path: Path
+) -> None:
+    use_key(page, server_url + "/", stack.key)
+    throttle_uploads(page, 100_000)  # three 256² slices: about 2 s to upload
+    page.get_by_label(re.compile("study archive")).set_input_files(
+        study(tmp_path, "three.zip", 3, seed=200, size=256)
+    )
+    page.get_by_role("button", name="Submit").click()
+    expect(page.get_by_role("button", name="Submit")).to_be_disabled()
+    upload = page.get_by_role("progressbar", name="upload of three.zip")
+    expect(upload).to_have_attribute("aria-valuenow", re.compile(r"^[1-9][0-9]?$"))  # 1-99 %
+    expect(page.locator("article.submission .live").first).to_contain_text("uploading")
+    expect(page.get_by_role("button", name="Submit")).to_be_enabled(timeout=JOB_TIMEOUT_MS)
+    throttle_uploads(page, -1)
+    submit(page, study(tmp_path, "five.zip", 5, seed=300))  # right after the first upload
+
+    cards = {name: finished_card(page, name) for name in ("three.zip", "five.zip")}
+    expect(page.locator("article.submission")).to_have_count(2)
+    ids = {name: card.locator(".job").get_attribute("data-job-id") for name, card in cards.items()}
+    assert ids["three.zip"] and ids["five.zip"] and ids["three.zip"] != ids["five.zip"]
+    for name, slices in (("three.zip", 3), ("five.zip", 5)):
+        card = cards[name]
+        # the slice image route answers with the image or 404: either way a thumbnail shows
+        card.locator(".strip").scroll_into_view_if_needed()
+        thumbs = card.locator(".thumb .img-holder.loaded, .thumb .img-holder.missing")
+        expect(thumbs).to_have_count(slices)
+        expect(card.locator(".job-title code")).to_have_text(ids[name] or "")
+        expect(card.locator("table.results tbody tr")).to_have_count(slices)
+        labels = card.locator("table.results tbody tr td:nth-child(5)").all_inner_texts()
+        assert labels == [i["label"] for i in api_results(stack, server_url, ids[name] or "")]
+
+    job_list = page.locator("#job-list")
+    for job_id in ids.values():
+        expect(job_list.locator(f'tr[data-job-id="{job_id}"] .badge')).to_have_text("succeeded")
+
+
+def test_refused_key_and_unknown_job(
+    page: Page, seen: list[str], server_url: str, stack: Stack
+) -> None:
+    page.goto(server_url + "/jobs/no-such-job")
+    expect(page.locator("#key-status")).to_contain_text("Enter your API key")
+    page.get_by_label("API key").fill("lct_wrong")
+    page.get_by_role("button", name="Use key").click()
+    expect(page.get_by_role("alert").filter(has_text="API key was refused")).to_be_visible()
+    page.get_by_label("API key").fill(stack.key)
+    page.get_by_role("button", name="Use key").click()
+    expect(page.get_by_role("alert").filter(has_text="No job no-such-job")).to_be_visible()
+    expect(page.get_by_role("alert").filter(has_text="refused")).to_have_count(0)
