@@ -24,8 +24,24 @@ def _error_body(error: HTTPError) -> tuple[dict[str, Any], int, Any]:
         message = f"Invalid request: {_first_problem(error.detail)}"
     body: dict[str, Any] = {"code": error.status_code, "message": message}
     if error.detail:
-        body["detail"] = error.detail
+        body["detail"] = _capped(error.detail)
     return {"error": body}, error.status_code, error.headers
+
+
+MAX_DETAIL_FIELDS = 20
+
+
+def _capped(detail: dict[str, Any]) -> dict[str, Any]:
+    """At most MAX_DETAIL_FIELDS problems per location (5000 unknown fields make no report)."""
+    out: dict[str, Any] = {}
+    for location, fields in detail.items():
+        if isinstance(fields, dict) and len(fields) > MAX_DETAIL_FIELDS:
+            kept = dict(list(fields.items())[:MAX_DETAIL_FIELDS])
+            kept["..."] = [f"and {len(fields) - MAX_DETAIL_FIELDS} more"]
+            out[location] = kept
+        else:
+            out[location] = fields
+    return out
 
 
 def _first_problem(detail: dict[str, Any]) -> str:

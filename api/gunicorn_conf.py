@@ -37,6 +37,9 @@ accesslog = "-"
 limit_request_line = 8190
 limit_request_fields = 100
 limit_request_field_size = 8190
+# gunicorn 27's control socket lives in $HOME and every gunicorn on the host would
+# replace the others' one; the API does not use it.
+control_socket_disable = True
 
 
 def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:

@@ -192,7 +192,10 @@ def _owner_lock(owner: str) -> Iterator[bool]:
     """
     settings = context.settings()
     name = f"lungct:owner-lock:{settings.celery_queue}:{owner}"
-    lock = redis_client(settings).lock(name, timeout=30, blocking_timeout=10)
+    # Held for a count and an insert only. Short, because an acquire that timed out
+    # while Redis hung still lands when Redis resumes, leaving a lock nobody owns.
+    hold_s = 2 * settings.broker_timeout_s
+    lock = redis_client(settings).lock(name, timeout=hold_s, blocking_timeout=hold_s + 1)
     try:
         acquired = lock.acquire()
     except RedisError as exc:

@@ -326,7 +326,9 @@ class Job:
 class Stack:
     """One scenario's private service: Redis (AOF), database, workers, gunicorn."""
 
-    def __init__(self, cfg: Config, database: str, label: str) -> None:
+    def __init__(
+        self, cfg: Config, database: str, label: str, extra_env: dict[str, str] | None = None
+    ) -> None:
         if database == "postgresql" and not cfg.postgres_url:
             raise ValueError("the PostgreSQL variant needs a PostgreSQL URL")
         self.cfg = cfg
@@ -345,6 +347,7 @@ class Stack:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env: dict[str, str] = {}
+        self.extra_env = extra_env or {}
         self.key = ""
         self.http = requests.Session()
 
@@ -406,7 +409,9 @@ class Stack:
             MODELS_DIRS=str(self.cfg.models_dir),
             API_HOST="127.0.0.1",
             API_PORT=str(self.port),
+            WORKER_METRICS_PORT="0",
         )
+        env.update(self.extra_env)
         return env
 
     def new_key(self, owner: str = "faults") -> str:
@@ -956,7 +961,8 @@ def long_path(length: int = LONG_PATH_LENGTH) -> str:
 
 def long_member_path(cfg: Config, database: str = "sqlite") -> Result:
     """7. A zip member path of 1100 characters is stored in full as the slice's source."""
-    with Stack(cfg, database, "long-path") as st:
+    # PNG-only archives keep no paths by default (STORE_SOURCE_PATHS): ask for them.
+    with Stack(cfg, database, "long-path", {"STORE_SOURCE_PATHS": "redacted"}) as st:
         _start(st, "w1")
         path = long_path()
         res = st.result("long-path", f"zip member path of {len(path)} characters")

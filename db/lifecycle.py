@@ -105,11 +105,13 @@ def succeed(s: Session, job_id: str, summary: dict[str, Any]) -> bool:
     )
 
 
-def fail(s: Session, job_id: str, message: str) -> bool:
-    """queued|running -> failed, with a message the client can read."""
-    return _move(
-        s, job_id, ACTIVE_STATUSES, status=JobStatus.FAILED, error=message, finished_at=utcnow()
-    )
+def fail(s: Session, job_id: str, message: str, *, running_only: bool = False) -> bool:
+    """queued|running -> failed, with a message the client can read.
+
+    Workers pass ``running_only``: a job they handed back or lost is not theirs to fail.
+    """
+    allowed = (JobStatus.RUNNING,) if running_only else ACTIVE_STATUSES
+    return _move(s, job_id, allowed, status=JobStatus.FAILED, error=message, finished_at=utcnow())
 
 
 def requeue(s: Session, job_id: str, stale_before: datetime | None = None) -> bool:

@@ -10,9 +10,9 @@ Most of a scenario's time is spent waiting (a sweep, a stale heartbeat, a
 ``FAULTS_PARALLEL`` (default 2) at a time, longest first, as soon as the first
 test asks; every test then waits for its own scenario.
 
-Known bugs have their own ``xfail(strict=True)`` test that asserts only the
-check the bug breaks, so the rest of the scenario is still asserted, and the
-marker must go once the bug is fixed.
+The three bugs these scenarios found (an owner lock left behind by a frozen
+Redis, a handed-back job failed while Redis was down, a prefetched job of a
+dead worker hidden until the visibility timeout) are fixed; their tests stay.
 """
 
 from __future__ import annotations
@@ -86,10 +86,9 @@ def scenario(request: pytest.FixtureRequest, tiny_models_dir: Path) -> Iterator[
         pool.shutdown(wait=True, cancel_futures=True)  # each scenario cleans up after itself
 
 
-def assert_checks(result: Result, *, known_bugs: tuple[str, ...] = ()) -> None:
-    """Every check passed, except those a known bug breaks (asserted in xfail tests)."""
-    failed = [c for c in result.failed_checks if c not in known_bugs]
-    assert result.checks and not failed, result.report()
+def assert_checks(result: Result) -> None:
+    """Every check of the scenario passed."""
+    assert result.checks and not result.failed_checks, result.report()
 
 
 @pytest.mark.parametrize("database", database_backends())
@@ -118,17 +117,10 @@ def test_sigterm_hands_the_job_back_at_once(scenario: Run) -> None:
 def test_frozen_redis_gives_a_quick_json_503(scenario: Run) -> None:
     """4. SIGSTOP of Redis during a submit: JSON 503 within seconds, row failed; SIGCONT heals."""
     result = scenario("redis-sigstop")
-    assert_checks(result, known_bugs=("same owner's first submit after SIGCONT: 202",))
+    assert_checks(result)
     assert result.checks["another owner's submit after SIGCONT succeeds"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="api/jobs.py _owner_lock: the SET NX of a timed-out lock.acquire() runs when Redis "
-    "resumes, leaving a lock nobody owns for its 30 s timeout: that owner's submits wait "
-    "10 s (blocking_timeout) and get 503 'too many submissions at once'",
-)
 def test_owner_can_submit_right_after_redis_resumes(scenario: Run) -> None:
     result = scenario("redis-sigstop")
     assert result.checks["same owner's first submit after SIGCONT: 202"], result.report()
@@ -162,27 +154,12 @@ def test_job_that_crashes_its_worker_ends_failed(scenario: Run) -> None:
     assert_checks(scenario("crash-loop"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="worker/pipeline.py _after_stop: republish() raises while Redis is down, and "
-    "worker/tasks.py turns that into end_failed(): the handed-back (queued) job ends failed",
-)
 def test_sigterm_while_redis_is_down_keeps_the_job(scenario: Run) -> None:
     """10. SIGTERM mid-job while Redis is down: the job stays queued; the sweeper republishes."""
     result = scenario("sigterm-redis-down")
-    if not result.checks["worker exited within 30 s"]:  # not the bug: fail, do not xfail
-        pytest.fail(result.report())
     assert_checks(result)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="worker/sweeper.py broker_job_ids: a message in kombu's 'unacked' hash counts as "
-    "held by a live worker however old it is, so a job prefetched by a worker that died stays "
-    "queued until the visibility timeout (JOB_TIME_LIMIT_S + 360 s)",
-)
 def test_job_prefetched_by_a_dead_worker_is_republished(scenario: Run) -> None:
     """11. Redis restarted, then the worker killed while it holds a prefetched message."""
     result = scenario("reserved-dead")

@@ -93,7 +93,7 @@ def claim(model_name: str, settings: Settings) -> list[lifecycle.Started]:
 
 def _end_failed_quietly(job_id: str, settings: Settings, message: str) -> None:
     with session_scope() as s:
-        ended = lifecycle.fail(s, job_id, message)
+        ended = lifecycle.fail(s, job_id, message, running_only=True)
     if ended:
         LocalStorage.from_settings(settings).release(job_id)
 
@@ -158,7 +158,7 @@ def _store(
             job.done, job.failed_slices = len(m.rows), sum(1 for r in m.rows if r["error"])
             error = m.error or _all_failed(m)
             if error is not None:
-                outcomes.append((lifecycle.fail(s, job_id, error), error))
+                outcomes.append((lifecycle.fail(s, job_id, error, running_only=True), error))
                 continue
             rows = [SlicePrediction(job_id=job_id, **r) for r in m.rows]
             summary = summarize(rows, predictor.card, settings, len(m.warnings), m.names)

@@ -200,8 +200,11 @@ def _after_stop(
         with session_scope() as s:
             handed_back = lifecycle.hand_back(s, job_id)
         if handed_back:
-            republish()
             metrics.JOBS.labels("handed_back").inc()
+            try:
+                republish()
+            except Exception as exc:  # broker away: the job is queued, the sweeper publishes it
+                log.warning("job %s: republish failed (%s); left to the sweeper", job_id, exc)
         log.info("job %s handed back to the queue: this worker is stopping", job_id)
     elif stop is Stop.LOST:
         log.info("job %s is no longer this worker's (taken over or ended elsewhere)", job_id)
@@ -358,7 +361,7 @@ def _finish(
         ).all()
         if rows and all(r.error for r in rows):
             error = f"no slice could be decoded: {rows[0].error}"
-            ended = lifecycle.fail(s, job_id, error)
+            ended = lifecycle.fail(s, job_id, error, running_only=True)
         else:
             error = None
             summary = summarize(rows, predictor.card, settings, len(job.warnings), names)
@@ -371,9 +374,13 @@ def _finish(
 
 
 def end_failed(job_id: str, message: str) -> NoReturn:
-    """Close the job as failed (if it has not ended), release its upload, raise JobFailed."""
+    """Close this worker's running job as failed, release its upload, raise JobFailed.
+
+    Only a running job: one this worker handed back (queued) or that another
+    worker took over is not this worker's to fail.
+    """
     with session_scope() as s:
-        ended = lifecycle.fail(s, job_id, message)
+        ended = lifecycle.fail(s, job_id, message, running_only=True)
     if ended:
         LocalStorage.from_settings(get_settings()).release(job_id)
         metrics.JOBS.labels("failed").inc()

@@ -127,6 +127,6 @@ def _child_lost(
 
 def _end_failed(job_id: str, message: str) -> None:
     with session_scope() as s:
-        ended = lifecycle.fail(s, job_id, message)
+        ended = lifecycle.fail(s, job_id, message, running_only=True)
     if ended:
         LocalStorage.from_settings(get_settings()).release(job_id)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -42,6 +43,7 @@ from storage import LocalStorage
 log = logging.getLogger(__name__)
 LOCK_PREFIX = "lungct:sweeper:"
 UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered but not acknowledged
+UNACKED_INDEX_KEY = "unacked_index"  # ... and when each was delivered
 
 
 @dataclass
@@ -84,7 +86,7 @@ def _sweep(settings: Settings, redis: Redis, publish: Callable[[str], None]) -> 
     with session_scope() as s:
         waiting = lifecycle.waiting_since(s, stale_before)
     if waiting:
-        in_broker = broker_job_ids(redis, settings.celery_queue)
+        in_broker = broker_job_ids(redis, settings.celery_queue, settings.stale_after_s)
         report.republished = [j for j in waiting if j not in in_broker]
     for job_id in report.requeued + report.republished:
         publish(job_id)
@@ -102,12 +104,16 @@ def _sweep(settings: Settings, redis: Redis, publish: Callable[[str], None]) -> 
     return report
 
 
-def broker_job_ids(redis: Redis, queue: str) -> set[str]:
+def broker_job_ids(redis: Redis, queue: str, held_for_s: float | None = None) -> set[str]:
     """Task (= job) IDs waiting in ``queue`` or delivered and not yet acknowledged.
 
     kombu keeps a queue as a Redis list (priority levels as ``queue\\x06\\x16N``)
     of JSON messages, and delivered messages in the ``unacked`` hash as
-    ``[message, exchange, routing_key]``.
+    ``[message, exchange, routing_key]`` with their delivery time in the
+    ``unacked_index`` sorted set. With ``held_for_s``, a delivery older than that
+    does not count: a worker that died holding a prefetched message (its job
+    still queued) would otherwise hide the job until the visibility timeout;
+    publishing such a job again is harmless.
     """
     name = queue.encode()
     messages: list[object] = []
@@ -115,10 +121,18 @@ def broker_job_ids(redis: Redis, queue: str) -> set[str]:
         priority_list = key == name or key.startswith(name + b"\x06\x16")
         if priority_list and redis.type(key) == b"list":
             messages += [_json(raw) for raw in redis.lrange(key, 0, -1)]
-    for raw in redis.hvals(UNACKED_KEY):
+    for raw in _unacked(redis, held_for_s):
         entry = _json(raw)
         messages.append(entry[0] if isinstance(entry, list) and entry else None)
     return {m["headers"]["id"] for m in messages if _has_task_id(m)}
+
+
+def _unacked(redis: Redis, held_for_s: float | None) -> list[bytes]:
+    """Unacknowledged deliveries, only those younger than ``held_for_s`` if given."""
+    if held_for_s is None:
+        return list(redis.hvals(UNACKED_KEY))
+    recent = redis.zrangebyscore(UNACKED_INDEX_KEY, time.time() - held_for_s, "+inf")
+    return [raw for raw in redis.hmget(UNACKED_KEY, recent) if raw is not None] if recent else []
 
 
 def _json(raw: bytes) -> object:
