@@ -57,6 +57,14 @@ class SliceOut(Schema):
     frame = Integer(allow_none=True)
     label = String(allow_none=True)
     probabilities = Dict(keys=String(), values=Float(), allow_none=True)
+    ood_score = Float(
+        allow_none=True,
+        metadata={"description": "Distance from the training data (about 1 = typical)"},
+    )
+    out_of_distribution = Boolean(
+        allow_none=True,
+        metadata={"description": "ood_score above the model card's threshold, or input checks"},
+    )
     error = String(allow_none=True)
 
 

@@ -13,7 +13,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -89,6 +99,9 @@ class SlicePrediction(Base):
     frame: Mapped[int | None] = mapped_column(Integer, nullable=True)
     label: Mapped[str | None] = mapped_column(String(64), nullable=True)
     probabilities: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    # distance from the training data (models/ood.py) and whether it passed the card's threshold
+    ood_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    out_of_distribution: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     job: Mapped[Job] = relationship(back_populates="predictions")

@@ -3,6 +3,12 @@
 A worker process loads each model once and keeps it (Celery "Instantiation"
 pattern); jobs then only pay the forward pass. TensorFlow/Keras is imported
 lazily here so that importing the task module stays cheap and fork-safe.
+
+When the model card has an out-of-distribution detector (``ood`` section and
+``ood.npz``, see models/ood.py), the model is wrapped at load time in a Keras
+model with extra outputs (its feature vectors), so one forward pass gives the
+probabilities and the OOD score; the score itself is numpy. Probabilities are
+calibrated with the card's temperature (``calibration`` section) when present.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from config import get_settings
+from models.calibration import apply_temperature
+from models.ood import OODDetector
 from models.registry import ModelCard, Registry
 
 log = logging.getLogger(__name__)
@@ -24,16 +32,50 @@ _cache: dict[str, Predictor] = {}
 
 
 @dataclass
+class BatchPrediction:
+    """What one forward pass gives for a batch of n slices."""
+
+    probabilities: np.ndarray  # (n, classes), calibrated when the card has a temperature
+    ood_score: np.ndarray | None = None  # (n,), None when the model has no OOD detector
+    out_of_distribution: np.ndarray | None = None  # (n,) bool
+
+
+@dataclass
 class Predictor:
     """A loaded model with its card; ``predict`` takes a preprocessed batch."""
 
     card: ModelCard
     model: Any
+    forward: Any = None  # the model with feature outputs when ``ood`` is set
+    ood: OODDetector | None = None
+    temperature: float = 1.0
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, classes) for a float32 batch (n, h, w, c)."""
-        out = self.model.predict_on_batch(batch)
-        return np.asarray(out, dtype=np.float32)
+    @classmethod
+    def load(cls, card: ModelCard) -> Predictor:
+        """Load the model, its OOD detector and temperature as the card describes them."""
+        from models.serving import load_model, with_features
+
+        model = load_model(card)
+        temperature = float((card.raw.get("calibration") or {}).get("temperature", 1.0))
+        ood_file = card.path / str((card.raw.get("ood") or {}).get("file", "ood.npz"))
+        if not card.raw.get("ood") or not ood_file.is_file():
+            return cls(card, model, model, None, temperature)
+        detector = OODDetector.load(ood_file)
+        forward = with_features(model)
+        if len(forward.outputs) - 1 != len(detector.layers):
+            log.warning("model %s: OOD detector does not match the model; OOD off", card.name)
+            return cls(card, model, model, None, temperature)
+        return cls(card, model, forward, detector, temperature)
+
+    def predict(self, batch: np.ndarray) -> BatchPrediction:
+        """Calibrated probabilities and OOD scores for a float32 batch (n, h, w, c)."""
+        out = (self.forward or self.model).predict_on_batch(batch)
+        if self.ood is None:
+            probs = np.asarray(out, dtype=np.float32)
+            return BatchPrediction(apply_temperature(probs, self.temperature))
+        probs, *features = (np.asarray(o) for o in out)
+        scores, flags = self.ood.score(features, batch)
+        return BatchPrediction(apply_temperature(probs, self.temperature), scores, flags)
 
 
 def registry() -> Registry:
@@ -56,12 +98,10 @@ def get_predictor(name: str) -> Predictor:
     """The cached predictor for model ``name``, loading it on first use."""
     with _lock:
         if name not in _cache:
-            from models.serving import load_model
-
             _enable_gpu_memory_growth()
             card = registry().get(name)
             log.info("loading model %s %s from %s", card.name, card.version, card.path)
-            _cache[name] = Predictor(card=card, model=load_model(card))
+            _cache[name] = Predictor.load(card)
         return _cache[name]
 
 

@@ -178,20 +178,30 @@ def _batches(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:
 def _predict(batch: list[Decoded], predictor: Predictor) -> list[dict]:
     """Row values for one batch: one forward pass over the decodable slices."""
     good = [d for d in batch if d.tensor is not None]
-    probs = predictor.predict(np.stack([d.tensor for d in good])) if good else []
-    by_index = {d.source.index: p for d, p in zip(good, probs, strict=True)}
+    out = predictor.predict(np.stack([d.tensor for d in good])) if good else None
+    position = {d.source.index: i for i, d in enumerate(good)}
     classes = predictor.card.classes
     rows = []
     for d in batch:
-        p = by_index.get(d.source.index)
-        probabilities = (
-            None if p is None else {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)}
-        )
-        rows.append(_row(d, probabilities, None if p is None else classes[int(np.argmax(p))]))
+        i = position.get(d.source.index)
+        if out is None or i is None:
+            rows.append(_row(d, None, None))
+            continue
+        p = out.probabilities[i]
+        probabilities = {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)}
+        ood = None
+        if out.ood_score is not None and out.out_of_distribution is not None:
+            ood = (round(float(out.ood_score[i]), 4), bool(out.out_of_distribution[i]))
+        rows.append(_row(d, probabilities, classes[int(np.argmax(p))], ood))
     return rows
 
 
-def _row(d: Decoded, probabilities: dict[str, float] | None, label: str | None) -> dict:
+def _row(
+    d: Decoded,
+    probabilities: dict[str, float] | None,
+    label: str | None,
+    ood: tuple[float, bool] | None = None,
+) -> dict:
     s = d.source
     return {
         "slice_index": s.index,
@@ -202,6 +212,8 @@ def _row(d: Decoded, probabilities: dict[str, float] | None, label: str | None) 
         "frame": s.frame,
         "label": label,
         "probabilities": probabilities,
+        "ood_score": None if ood is None else ood[0],
+        "out_of_distribution": None if ood is None else ood[1],
         "error": d.error,
     }
 

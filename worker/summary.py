@@ -15,6 +15,13 @@ The rule (documented in the README, "Aggregation rule"):
 4. ``probabilities`` are the mean slice probabilities; ``top_slices`` are the
    slices with the highest probability for the verdict's class: the slices
    that drove it, for a radiologist to look at first.
+5. Out of distribution: ``ood_fraction`` is the fraction of readable slices
+   flagged ``out_of_distribution`` (models/ood.py). A series is
+   ``out_of_distribution`` when that fraction is at least the card's
+   ``ood.study_rule.min_fraction`` (default 0.25); the study when its own
+   fraction is, or when any of its series is. A flagged summary carries an
+   ``ood_warning`` sentence next to the label. Both are null for a model
+   without an OOD detector.
 """
 
 from __future__ import annotations
@@ -25,9 +32,36 @@ from typing import Any
 
 from config import Settings
 from db.models import SlicePrediction
+from models.ood import STUDY_MIN_FRACTION
 from models.registry import ModelCard
 
 DISCLAIMER = "Research use only. Not for clinical diagnosis."
+
+
+def _ood_min_fraction(card: ModelCard) -> float:
+    rule = (card.raw.get("ood") or {}).get("study_rule") or {}
+    return float(rule.get("min_fraction", STUDY_MIN_FRACTION))
+
+
+def _ood(ok: Sequence[SlicePrediction], card: ModelCard) -> dict[str, Any]:
+    """``ood_fraction`` and ``out_of_distribution`` of one group (rule 5)."""
+    known = [r.out_of_distribution for r in ok if r.out_of_distribution is not None]
+    if not known:
+        return {"out_of_distribution": None, "ood_fraction": None}
+    fraction = sum(known) / len(known)
+    return {
+        "out_of_distribution": fraction >= _ood_min_fraction(card),
+        "ood_fraction": round(fraction, 4),
+    }
+
+
+def _ood_warning(group: dict[str, Any]) -> str | None:
+    if not group.get("out_of_distribution"):
+        return None
+    return (
+        f"Out of distribution: {group['ood_fraction']:.0%} of the slices are unlike the data "
+        "the model was trained on; it cannot judge them, so do not rely on this label."
+    )
 
 
 def _verdict(counts: Counter[str], card: ModelCard, readable: int, min_slices: int) -> str:
@@ -67,6 +101,8 @@ def summarize_group(
         return {
             **result,
             "label": None,
+            "out_of_distribution": None,
+            "ood_fraction": None,
             "probabilities": None,
             "slice_counts": {},
             "top_slices": [],
@@ -77,6 +113,7 @@ def summarize_group(
     return {
         **result,
         "label": label,
+        **_ood(ok, card),
         "probabilities": mean,
         "slice_counts": {c: counts.get(c, 0) for c in card.classes},
         "top_slices": _top(ok, label, settings.top_slices),
@@ -97,16 +134,32 @@ def summarize(
     rows: Sequence[SlicePrediction], card: ModelCard, settings: Settings, skipped: int = 0
 ) -> dict[str, Any]:
     """The job summary: the whole study, then each series in upload order."""
-    series: dict[str | None, list[SlicePrediction]] = {}
+    groups: dict[str | None, list[SlicePrediction]] = {}
     for r in rows:
-        series.setdefault(r.series_uid, []).append(r)
+        groups.setdefault(r.series_uid, []).append(r)
+    series = [
+        {"series_uid": uid, **summarize_group(group, card, settings)}
+        for uid, group in groups.items()
+    ]
+    study = summarize_group(rows, card, settings)
+    if any(s["out_of_distribution"] for s in series):
+        study["out_of_distribution"] = True
+    for group in (study, *series):
+        group["ood_warning"] = _ood_warning(group)
     return {
-        **summarize_group(rows, card, settings),
-        "series": [
-            {"series_uid": uid, **summarize_group(group, card, settings)}
-            for uid, group in series.items()
-        ],
+        **study,
+        "series": series,
         "skipped_files": skipped,
         "rule": _rule_text(card, settings),
+        "ood_rule": _ood_rule_text(card),
         "disclaimer": DISCLAIMER,
     }
+
+
+def _ood_rule_text(card: ModelCard) -> str | None:
+    if not card.raw.get("ood"):
+        return None
+    return (
+        f"a series is out of distribution when >= {_ood_min_fraction(card):.0%} of its "
+        "readable slices are flagged; the study when its slices are, or any series is"
+    )
