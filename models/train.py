@@ -4,7 +4,9 @@
         --out models/store/lungct-cnn6 --name lungct-cnn6 --version 1.0.0
 
 The output folder holds model.keras (no optimizer state), card.json (docs/architecture.md),
-card.md, training_curves.png and confusion_matrix.png. Model selection (checkpoint, early
+card.md, training_curves.png, confusion_matrix.png, and the out-of-distribution detector
+(ood.npz) and temperature (in the card) with reliability.png, fitted by
+models.uncertainty on the training/validation splits. Model selection (checkpoint, early
 stopping, LR schedule) looks at the validation split only; the test split is scored once,
 at the end, with the selected weights.
 """
@@ -28,6 +30,7 @@ from models import cards
 from models.data import Dataset, Split, grouped_split, load_arrays, scan_folder
 from models.evaluate import classification_metrics, macro_f1, plot_confusion, plot_curves
 from models.preprocessing import InputSpec
+from models.uncertainty import fit_uncertainty
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
 
@@ -51,6 +54,18 @@ AUGMENTATION = {
     "brightness": 0.10,
     "contrast": 0.15,
 }
+# Wider ranges plus pixel noise, for ``--augment strong``: other hospitals position, zoom
+# and window differently, and scanners differ in noise.
+STRONG_AUGMENTATION = {
+    "rotation_deg": 15,
+    "translate": 0.08,
+    "zoom": 0.15,
+    "horizontal_flip": True,
+    "brightness": 0.15,
+    "contrast": 0.25,
+    "gaussian_noise_std": 0.02,
+}
+AUGMENTATIONS = {"standard": AUGMENTATION, "strong": STRONG_AUGMENTATION}
 
 
 LR_SCHEDULES = {
@@ -74,9 +89,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Train a lung-CT slice classifier with a grouped (patient-safe) split.",
         epilog=f"architectures: {', '.join(ARCH_NAMES)}",
     )
+    add_training_options(p)
+    args = p.parse_args(argv)
+    if args.no_augment:
+        args.augment = "none"
+    return args
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """The options shared by ``models.train`` and ``models.cv`` (same recipe in both)."""
     p.add_argument("--arch", required=True, choices=ARCH_NAMES, help="network builder")
     p.add_argument("--data", type=Path, required=True, help="folder with one subfolder per class")
-    p.add_argument("--out", type=Path, required=True, help="output model folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--name", help="model name (default: the --out folder name)")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--epochs", type=int, default=40)
@@ -106,8 +130,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-size", type=int, default=16, help="slices per case-number block")
     p.add_argument("--dup-distance", type=int, default=4, help="pHash near-duplicate distance")
     p.add_argument("--severity", help="comma-separated classes, least to most severe")
-    p.add_argument("--no-augment", action="store_true", help="disable data augmentation")
+    p.add_argument("--no-augment", action="store_true", help="same as --augment none")
+    p.add_argument(
+        "--augment",
+        choices=("none", "standard", "strong"),
+        default="standard",
+        help="augmentation ranges (docs/models.md)",
+    )
     p.add_argument("--no-class-weights", action="store_true", help="plain (unweighted) loss")
+    p.add_argument(
+        "--balanced-sampling",
+        action="store_true",
+        help="draw every class equally often per epoch (instead of class weights)",
+    )
+    p.add_argument(
+        "--loss",
+        choices=("ce", "focal"),
+        default="ce",
+        help="cross-entropy with label smoothing 0.05, or focal loss (gamma 2)",
+    )
     p.add_argument(
         "--ema",
         type=float,
@@ -115,7 +156,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="weight EMA momentum used for validation and the saved model; 0 = off",
     )
     p.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras progress")
-    return p.parse_args(argv)
 
 
 def set_seeds(seed: int) -> None:
@@ -125,7 +165,7 @@ def set_seeds(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def augmenter() -> Any:
+def augmenter(strength: str = "standard") -> Any:
     """CT-appropriate augmentation, applied in the tf.data pipeline (not saved in the model).
 
     Small rotations/shifts/zoom mimic patient positioning and field-of-view differences;
@@ -135,8 +175,8 @@ def augmenter() -> Any:
     """
     from keras import layers
 
-    a = AUGMENTATION
-    return [
+    a = AUGMENTATIONS[strength]
+    out = [
         layers.RandomFlip("horizontal"),
         layers.RandomRotation(a["rotation_deg"] / 360.0, fill_mode="constant"),
         layers.RandomTranslation(a["translate"], a["translate"], fill_mode="constant"),
@@ -144,19 +184,46 @@ def augmenter() -> Any:
         layers.RandomBrightness(a["brightness"], value_range=(0.0, 1.0)),
         layers.RandomContrast(a["contrast"]),
     ]
+    if a.get("gaussian_noise_std"):
+        out.append(layers.GaussianNoise(a["gaussian_noise_std"]))
+    return out
 
 
 def make_dataset(
-    arrays: Arrays, num_classes: int, batch_size: int, seed: int, augment: bool
+    arrays: Arrays,
+    num_classes: int,
+    batch_size: int,
+    seed: int,
+    augment: bool | str,
+    balanced: bool = False,
 ) -> Any:
-    """tf.data pipeline: shuffle, batch, augment on the fly, clip to [0, 1], prefetch."""
+    """tf.data pipeline: shuffle, batch, augment on the fly, clip to [0, 1], prefetch.
+
+    ``augment``: False/"none", True/"standard" or "strong". ``balanced``: every batch draws
+    the classes with equal probability (each class resampled with replacement); an epoch
+    keeps the same number of steps as the plain pipeline.
+    """
     import tensorflow as tf
 
-    y = tf.one_hot(arrays.y, num_classes)
-    ds = tf.data.Dataset.from_tensor_slices((arrays.x, y))
-    ds = ds.shuffle(len(arrays.x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    if augment:
-        aug_layers = augmenter()
+    if balanced:
+        per_class = []
+        for k in range(num_classes):
+            idx = np.flatnonzero(arrays.y == k)
+            if len(idx) == 0:
+                continue
+            part = tf.data.Dataset.from_tensor_slices(
+                (arrays.x[idx], tf.one_hot(arrays.y[idx], num_classes))
+            )
+            per_class.append(part.shuffle(len(idx), seed=seed + k).repeat())
+        ds = tf.data.Dataset.sample_from_datasets(per_class, seed=seed).take(len(arrays.x))
+        ds = ds.batch(batch_size)
+    else:
+        y = tf.one_hot(arrays.y, num_classes)
+        ds = tf.data.Dataset.from_tensor_slices((arrays.x, y))
+        ds = ds.shuffle(len(arrays.x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    strength = augment if isinstance(augment, str) else ("standard" if augment else "none")
+    if strength != "none":
+        aug_layers = augmenter(strength)
 
         def apply(x: Any, t: Any) -> tuple[Any, Any]:
             for layer in aug_layers:
@@ -171,6 +238,34 @@ def class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:
     """Balanced weights n / (k * n_c), so the 100-image benign class is not ignored."""
     counts = np.bincount(y, minlength=num_classes).astype(float)
     return {k: float(len(y) / (num_classes * max(c, 1.0))) for k, c in enumerate(counts)}
+
+
+def augment_strength(args: argparse.Namespace) -> str:
+    """``none``, ``standard`` or ``strong`` from the parsed options."""
+    if getattr(args, "no_augment", False):
+        return "none"
+    return str(getattr(args, "augment", "standard"))
+
+
+def make_loss(name: str) -> Any:
+    """Cross-entropy with label smoothing 0.05, or focal loss (gamma 2, same smoothing)."""
+    import keras
+
+    if name == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(gamma=2.0, label_smoothing=0.05)
+    return keras.losses.CategoricalCrossentropy(label_smoothing=0.05)
+
+
+def loss_description(args: argparse.Namespace) -> str:
+    """The loss and class balancing, in words, for the card."""
+    text = (
+        "focal loss (gamma 2), label smoothing 0.05"
+        if getattr(args, "loss", "ce") == "focal"
+        else "categorical cross-entropy, label smoothing 0.05"
+    )
+    if getattr(args, "balanced_sampling", False):
+        return text + ", class-balanced sampling"
+    return text + ("" if args.no_class_weights else ", balanced class weights")
 
 
 def selection_callback(val: Arrays, num_classes: int, min_epochs: int) -> Any:
@@ -203,7 +298,12 @@ def fit(
 
     model = build_model(args.arch, spec.shape, num_classes)
     train_ds = make_dataset(
-        data["train"], num_classes, args.batch_size, args.seed, not args.no_augment
+        data["train"],
+        num_classes,
+        args.batch_size,
+        args.seed,
+        augment_strength(args),
+        balanced=getattr(args, "balanced_sampling", False),
     )
     steps = args.epochs * -(-len(data["train"].x) // args.batch_size)
     lr: Any = args.lr
@@ -212,7 +312,7 @@ def fit(
     use_ema = args.ema > 0
     model.compile(
         optimizer=keras.optimizers.Adam(lr, use_ema=use_ema, ema_momentum=args.ema or 0.99),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.05),
+        loss=make_loss(getattr(args, "loss", "ce")),
         metrics=["accuracy"],
     )
     # EMA weights are swapped in at each epoch end: the validation score, the checkpoint and
@@ -239,7 +339,9 @@ def fit(
         epochs=args.epochs,
         verbose=args.verbose,
         shuffle=False,
-        class_weight=None if args.no_class_weights else class_weights(data["train"].y, num_classes),
+        class_weight=None
+        if args.no_class_weights or getattr(args, "balanced_sampling", False)
+        else class_weights(data["train"].y, num_classes),
         callbacks=callbacks,
     )
     seconds = time.perf_counter() - start
@@ -299,12 +401,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer": "Adam",
         "learning_rate": args.lr,
         "lr_schedule": LR_SCHEDULES[args.lr_schedule],
-        "loss": "categorical cross-entropy, label smoothing 0.05"
-        + ("" if args.no_class_weights else ", balanced class weights"),
+        "loss": loss_description(args),
         "weight_ema": args.ema or None,
         "early_stopping": f"val macro-F1 (ties: lower val loss), patience {args.patience}, "
         f"selection from epoch {min(args.min_epochs, args.epochs)}",
-        "augmentation": None if args.no_augment else AUGMENTATION,
+        "augmentation": AUGMENTATIONS.get(augment_strength(args)),
         "seed": args.seed,
         "params": int(model.count_params()),
         "train_seconds": round(seconds, 1),
@@ -320,6 +421,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python -m models.train " + shlex.join(sys.argv[1:]),
     }
     card = cards.build_card(args, spec, dataset, split, metrics, training)
+    arrays = {s: (data[s].x, data[s].y) for s in ("train", "val", "test")}
+    card |= fit_uncertainty(model, arrays, args.out, split.groups[split.indices["val"]])
     cards.write_card(card, args.out)
     plot_curves(history, args.out / "training_curves.png", best_epoch)
     plot_confusion(
