@@ -76,9 +76,11 @@ class LayerStats:
     def distance(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance to the nearest class mean, per slice."""
         f = np.asarray(features, dtype=np.float64)
-        diff = f[:, None, :] - self.means[None, :, :]  # (n, classes, d)
-        d2 = np.einsum("nkd,de,nke->nk", diff, self.precision, diff)
-        return np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+        d2 = np.full(len(f), np.inf)
+        for mean in self.means:  # a matrix product per class: far faster than one einsum
+            diff = f - mean
+            d2 = np.minimum(d2, np.sum((diff @ self.precision) * diff, axis=1))
+        return np.sqrt(np.maximum(d2, 0.0))
 
 
 @dataclass
