@@ -1,16 +1,17 @@
 """Grouped K-fold cross-validation of one training recipe (model selection without the test split).
 
     python -m models.cv --arch cnn6 --data ../shared/data/iqoth-nccd --out var/cv/base \\
-        --folds 5 --epochs 20 --patience 8 --no-class-weights
+        --folds 4 --epochs 12 --img-size 128 --no-class-weights
     python -m models.cv table var/cv/base var/cv/other      # one table over finished runs
 
 The pool is the train + validation part of the grouped split that ``models.train`` makes
 with the same seed; its test split is never read here, so choosing a recipe by these
 scores leaves that test split untouched for the one final score. The pool's groups
 (contiguous case-number blocks + pHash near-duplicates, ``models.data``) are dealt into
-``--folds`` folds per class (:func:`models.data.grouped_kfold`). For fold ``f``: fold ``f``
-is held out and scored, fold ``f+1`` is the inner validation set for checkpoint selection
-and early stopping (the same rule as ``models.train``), the other folds train.
+``--folds`` folds per class (:func:`models.data.grouped_kfold`). For fold ``f`` the model
+trains on the other folds for exactly ``--epochs`` epochs (cosine decay to the end, weight
+EMA; no early stopping, so nothing is chosen on the held-out fold) and fold ``f`` is scored.
+The epoch count is part of the recipe being compared.
 
 Reported per recipe: mean and standard deviation over folds of accuracy, macro-F1 and
 per-class F1, the same metrics on the pooled out-of-fold predictions, and both with
@@ -52,7 +53,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m models.cv", description=(__doc__ or "").splitlines()[0]
     )
     add_training_options(p)
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--folds", type=int, default=4)
     p.add_argument("--skip-existing", action="store_true", help="reuse finished folds")
     args = p.parse_args(argv)
     if args.no_augment:
@@ -67,14 +68,9 @@ def tta_predict(model: Any, x: np.ndarray) -> np.ndarray:
     return (plain + mirrored) / 2.0
 
 
-def fold_indices(folds: np.ndarray, f: int, k: int) -> dict[str, np.ndarray]:
-    """Positions (into the pool) of the training, inner-validation and held-out folds."""
-    inner = (f + 1) % k
-    return {
-        "train": np.flatnonzero((folds != f) & (folds != inner)),
-        "val": np.flatnonzero(folds == inner),
-        "held": np.flatnonzero(folds == f),
-    }
+def fold_indices(folds: np.ndarray, f: int) -> dict[str, np.ndarray]:
+    """Positions (into the pool) of the training folds and the held-out fold ``f``."""
+    return {"train": np.flatnonzero(folds != f), "held": np.flatnonzero(folds == f)}
 
 
 def summarize(
@@ -127,16 +123,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for f in range(args.folds):
         out = args.out / f"fold{f}"
         out.mkdir(parents=True, exist_ok=True)
-        idx = fold_indices(folds, f, args.folds)
+        idx = fold_indices(folds, f)
         result = out / "result.npz"
         if not (args.skip_existing and result.is_file()):
             keras.backend.clear_session()
             set_seeds(args.seed + f)
-            data = {s: Arrays(x[i], y[i]) for s, i in idx.items() if s != "held"}
+            data = {"train": Arrays(x[idx["train"]], y[idx["train"]])}
             print(
-                f"== fold {f}: train {len(idx['train'])}, inner val {len(idx['val'])}, "
-                f"held out {len(idx['held'])}",
-                flush=True,
+                f"== fold {f}: train {len(idx['train'])}, held out {len(idx['held'])}", flush=True
             )
             model, history, best_epoch, seconds = fit(
                 args, spec, data, num_classes, out / "best.weights.h5"
@@ -175,7 +169,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pool": "train + val of the grouped split (test split never read)",
         "split_method": split.method,
         "fold_method": f"{args.folds} grouped folds over the pool's groups, stratified per "
-        f"class by image count; inner validation = next fold; seed {args.seed}",
+        f"class by image count; each fold model trains {args.epochs} epochs on the other "
+        f"folds (no early stopping); seed {args.seed}",
         "fold_info": fold_info,
         "plain": summarize(y, folds, probs, list(dataset.classes)),
         "tta": summarize(y, folds, probs_tta, list(dataset.classes)),
@@ -190,7 +185,7 @@ def recipe(args: argparse.Namespace, spec: InputSpec) -> str:
     """The training recipe in a few words (a table row label)."""
     return (
         f"{args.arch} {spec.height}px, {loss_description(args)}, "
-        f"augment {augment_strength(args)}, lr {args.lr}, max {args.epochs} epochs"
+        f"augment {augment_strength(args)}, lr {args.lr}, {args.epochs} epochs"
     )
 
 

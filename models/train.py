@@ -291,7 +291,11 @@ def selection_callback(val: Arrays, num_classes: int, min_epochs: int) -> Any:
 def fit(
     args: argparse.Namespace, spec: InputSpec, data: dict[str, Arrays], num_classes: int, ckpt: Path
 ) -> tuple[Any, dict[str, list[float]], int, float]:
-    """Build, compile and fit; returns (best model, history, best epoch, seconds)."""
+    """Build, compile and fit; returns (best model, history, best epoch, seconds).
+
+    ``data["val"]`` drives checkpointing and early stopping; without it the model trains
+    for exactly ``args.epochs`` epochs and the last (averaged) weights are returned.
+    """
     import keras
 
     from models.architectures import build_model
@@ -310,6 +314,7 @@ def fit(
     if args.lr_schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=steps, alpha=0.05)
     use_ema = args.ema > 0
+    has_val = "val" in data
     model.compile(
         optimizer=keras.optimizers.Adam(lr, use_ema=use_ema, ema_momentum=args.ema or 0.99),
         loss=make_loss(getattr(args, "loss", "ce")),
@@ -317,21 +322,29 @@ def fit(
     )
     # EMA weights are swapped in at each epoch end: the validation score, the checkpoint and
     # the saved model all use the averaged weights, which swing far less between epochs.
-    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if use_ema else []
-    callbacks += [
-        selection_callback(data["val"], num_classes, min(args.min_epochs, args.epochs)),
-        keras.callbacks.ModelCheckpoint(
-            ckpt, monitor="val_score", mode="max", save_best_only=True, save_weights_only=True
-        ),
-        keras.callbacks.EarlyStopping(monitor="val_score", mode="max", patience=args.patience),
-    ]
-    if args.lr_schedule == "plateau":
+    # Without a validation split (cross-validation folds) the run lasts exactly --epochs and
+    # Keras copies the averaged weights into the model when fit() ends.
+    callbacks = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if use_ema and has_val else []
+    callbacks += (
+        []
+        if not has_val
+        else [
+            selection_callback(data["val"], num_classes, min(args.min_epochs, args.epochs)),
+            keras.callbacks.ModelCheckpoint(
+                ckpt, monitor="val_score", mode="max", save_best_only=True, save_weights_only=True
+            ),
+            keras.callbacks.EarlyStopping(monitor="val_score", mode="max", patience=args.patience),
+        ]
+    )
+    if args.lr_schedule == "plateau" and has_val:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
                 monitor="val_loss", factor=0.5, patience=max(2, args.patience // 3), min_lr=1e-5
             )
         )
-    val_ds = make_dataset(data["val"], num_classes, 64, args.seed, augment=False)
+    val_ds = (
+        make_dataset(data["val"], num_classes, 64, args.seed, augment=False) if has_val else None
+    )
     start = time.perf_counter()
     hist = model.fit(
         train_ds,
@@ -346,6 +359,8 @@ def fit(
     )
     seconds = time.perf_counter() - start
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    if not has_val:
+        return model, history, len(history["loss"]), seconds
     best_epoch = int(np.argmax(history["val_score"])) + 1
     model.load_weights(ckpt)
     return model, history, best_epoch, seconds
