@@ -125,6 +125,11 @@ def _case_lists(files: dict[str, list[str]]) -> list[str]:
     from models.data import case_number
 
     lines = []
+    if any("#" in f for names in files.values() for f in names):  # slices of studies
+        for split_name, names in files.items():
+            studies = sorted({f.split("#")[0] for f in names})
+            lines.append(f"- **{split_name}** ({len(studies)} studies): " + ", ".join(studies))
+        return lines
     for split_name, names in files.items():
         by_class: dict[str, list[int | str]] = {}
         for f in names:

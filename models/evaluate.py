@@ -145,6 +145,8 @@ def evaluate_saved(model_dir: Path, data_dir: Path) -> dict[str, Any]:
 
     card = ModelCard.load(model_dir)
     files = card.raw["split"]["files"]["test"]
+    if any("#" in f for f in files):
+        raise ValueError("a model trained on studies is scored during training (see its card)")
     y_true = np.array([card.classes.index(f.split("/")[0]) for f in files])
     x = preprocess_batch((load_gray(data_dir / f) for f in files), card.input)
     probs = load_model(card).predict(x, verbose=0)

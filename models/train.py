@@ -30,6 +30,7 @@ from models import cards
 from models.data import Dataset, Split, grouped_split, load_arrays, scan_folder
 from models.evaluate import classification_metrics, macro_f1, plot_confusion, plot_curves
 from models.preprocessing import InputSpec
+from models.studies import is_study_source, load_studies, study_split
 from models.uncertainty import fit_uncertainty
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
@@ -99,7 +100,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def add_training_options(p: argparse.ArgumentParser) -> None:
     """The options shared by ``models.train`` and ``models.cv`` (same recipe in both)."""
     p.add_argument("--arch", required=True, choices=ARCH_NAMES, help="network builder")
-    p.add_argument("--data", type=Path, required=True, help="folder with one subfolder per class")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="folder with one subfolder of images per class; or of study folders/zips per "
+        "class; or a CSV of study path,label[,patient] (docs/models.md)",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        help="fine-tune: start from this model folder's weights (same input size and classes)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--name", help="model name (default: the --out folder name)")
     p.add_argument("--version", default="1.0.0")
@@ -301,6 +313,16 @@ def fit(
     from models.architectures import build_model
 
     model = build_model(args.arch, spec.shape, num_classes)
+    if getattr(args, "init_from", None):  # fine-tune: start from a trained model's weights
+        start_from = keras.models.load_model(args.init_from / "model.keras", compile=False)
+        if tuple(start_from.input_shape[1:]) != spec.shape or start_from.output_shape[-1] != (
+            num_classes
+        ):
+            raise ValueError(
+                f"--init-from {args.init_from}: input {start_from.input_shape[1:]} / "
+                f"{start_from.output_shape[-1]} classes differ from {spec.shape} / {num_classes}"
+            )
+        model = start_from
     train_ds = make_dataset(
         data["train"],
         num_classes,
@@ -393,13 +415,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     set_seeds(args.seed)
     channels = args.channels or (3 if args.arch in THREE_CHANNEL else 1)
     spec = InputSpec(args.img_size, args.img_size, channels)
-    dataset = scan_folder(args.data)
-    print(f"{len(dataset.paths)} images, classes {dataset.classes}; grouping...", flush=True)
-    split = grouped_split(
-        dataset, seed=args.seed, block_size=args.block_size, dup_distance=args.dup_distance
-    )
+    if is_study_source(args.data):  # labelled DICOM/zip studies, decoded like uploads
+        studies = load_studies(args.data, spec)
+        dataset, split = studies.dataset, study_split(studies, args.seed)
+        print(f"{len(studies.studies)} studies, {len(dataset.paths)} slices", flush=True)
+        x = studies.x
+    else:
+        dataset = scan_folder(args.data)
+        print(f"{len(dataset.paths)} images, classes {dataset.classes}; grouping...", flush=True)
+        split = grouped_split(
+            dataset, seed=args.seed, block_size=args.block_size, dup_distance=args.dup_distance
+        )
+        x = load_arrays(dataset, spec)
     print(f"split: {split.audit['counts']}", flush=True)
-    data = split_arrays(load_arrays(dataset, spec), dataset, split)
+    data = split_arrays(x, dataset, split)
     args.out.mkdir(parents=True, exist_ok=True)
     ckpt = args.out / "best.weights.h5"
     model, history, best_epoch, seconds = fit(args, spec, data, len(dataset.classes), ckpt)
