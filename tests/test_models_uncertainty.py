@@ -117,3 +117,12 @@ def test_predictor_without_detector_has_no_ood(trained: tuple[Path, dict]) -> No
     result = predictor.predict(np.zeros((2, SIZE, SIZE, 1), np.float32))
     assert result.ood_score is None and result.out_of_distribution is None
     assert predictor.temperature == 1.0
+
+
+def test_predictor_explains_top_slices_with_grad_cam(trained: tuple[Path, dict]) -> None:
+    out, _ = trained
+    predictor = Predictor.load(ModelCard.load(out))
+    batch = _slices(np.random.default_rng(6), np.array([0, 2]))
+    cams = predictor.explain(batch, [0, 2])
+    assert cams.shape == (2, SIZE, SIZE) and float(cams.max()) <= 1.0
+    assert predictor.explain(batch).shape == (2, SIZE, SIZE)  # arg-max class, cached model

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ class Predictor:
     forward: Any = None  # the model with feature outputs when ``ood`` is set
     ood: OODDetector | None = None
     temperature: float = 1.0
+    _gradcam: Any = field(default=None, repr=False)
 
     @classmethod
     def load(cls, card: ModelCard) -> Predictor:
@@ -66,6 +67,18 @@ class Predictor:
             log.warning("model %s: OOD detector does not match the model; OOD off", card.name)
             return cls(card, model, model, None, temperature)
         return cls(card, model, forward, detector, temperature)
+
+    def explain(self, batch: np.ndarray, class_index: list[int] | None = None) -> np.ndarray:
+        """Grad-CAM heat maps (n, h, w) in [0, 1] (models/gradcam.py); built on first use.
+
+        Meant for a few top slices per series after prediction (one forward and one
+        backward pass); storing them is up to the caller.
+        """
+        if self._gradcam is None:
+            from models.gradcam import GradCam
+
+            self._gradcam = GradCam(self.model)
+        return self._gradcam(batch, class_index)
 
     def predict(self, batch: np.ndarray) -> BatchPrediction:
         """Calibrated probabilities and OOD scores for a float32 batch (n, h, w, c)."""
