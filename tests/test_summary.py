@@ -95,7 +95,8 @@ def test_ood_fraction_and_rule_per_series_and_study() -> None:
     assert a["ood_warning"].startswith("Out of distribution: 30%") and b["ood_warning"] is None
     # 4 of 30 slices (13 %) is below the rule, but series a is flagged, so the study is
     assert s["ood_fraction"] == round(4 / 30, 4) and s["out_of_distribution"] is True
-    assert s["ood_warning"] and s["label"] == "normal"
+    assert s["ood_warning"].startswith("Out of distribution: 30% of the slices of series a (13%")
+    assert s["label"] == "normal"
 
 
 def test_ood_rule_reads_the_card_fraction_and_ignores_failed_slices() -> None:

@@ -142,10 +142,18 @@ def summarize(
         for uid, group in groups.items()
     ]
     study = summarize_group(rows, card, settings)
-    if any(s["out_of_distribution"] for s in series):
-        study["out_of_distribution"] = True
-    for group in (study, *series):
+    for group in series:
         group["ood_warning"] = _ood_warning(group)
+    study["ood_warning"] = _ood_warning(study)
+    flagged = [s for s in series if s["out_of_distribution"]]
+    if flagged and not study["out_of_distribution"]:  # rule 5: any flagged series flags it
+        study["out_of_distribution"] = True
+        worst = max(flagged, key=lambda s: s["ood_fraction"])
+        study["ood_warning"] = (
+            f"Out of distribution: {worst['ood_fraction']:.0%} of the slices of series "
+            f"{worst['series_uid']} ({study['ood_fraction']:.0%} of the study) are unlike the "
+            "data the model was trained on; it cannot judge them, so do not rely on this label."
+        )
     return {
         **study,
         "series": series,
