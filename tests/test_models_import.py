@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,7 @@ keras = pytest.importorskip("keras")
 
 from models.import_model import NOT_EVALUATED, main  # noqa: E402
 from models.registry import Registry  # noqa: E402
+from tests.conftest import png_bytes  # noqa: E402
 from worker.inference import Predictor  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,3 +123,27 @@ def test_runs_as_python_dash_m(files: dict[str, Path], tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "imported cli-model" in done.stdout
     assert Registry([tmp_path]).get("cli-model").classes == ["a", "b", "c"]
+
+
+def test_api_lists_an_imported_model_and_accepts_jobs_for_it_without_restart(
+    client,
+    api_env,
+    files: dict[str, Path],  # type: ignore[no-untyped-def]
+) -> None:
+    dest = Path(api_env["MODELS_DIRS"].split(os.pathsep)[-1])
+    assert "outside-api" not in [m["name"] for m in client.get("/api/v1/models").json["items"]]
+    cmd = [sys.executable, "-m", "models.import", str(files["ok"]), "--name", "outside-api"]
+    cmd += ["--classes", "benign,malignant,normal", "--dest", str(dest)]
+    try:
+        subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+        listed = {m["name"]: m for m in client.get("/api/v1/models").json["items"]}
+        assert listed["outside-api"]["metrics"]["split"] == NOT_EVALUATED
+        assert listed["outside-api"]["architecture"] == "imported"
+        r = client.post(
+            "/api/v1/jobs",
+            data={"file": (io.BytesIO(png_bytes(1)), "a.png"), "model": "outside-api"},
+            content_type="multipart/form-data",
+        )
+        assert r.status_code == 202 and r.json["model"]["name"] == "outside-api"
+    finally:
+        shutil.rmtree(dest / "outside-api", ignore_errors=True)
