@@ -218,11 +218,49 @@ def render_table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def attach_to_card(reports: list[dict[str, Any]], model_dir: Path, note: str = "") -> None:
+    """Record the cross-validation table (and each recipe's summary) in a model card."""
+    from models import cards
+
+    card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
+
+    def brief(s: dict[str, Any]) -> dict[str, Any]:
+        pooled = s["pooled"]
+        return {
+            "macro_f1": s["macro_f1"],
+            "accuracy": s["accuracy"],
+            "f1_per_class": s["f1_per_class"],
+            "pooled_macro_f1": pooled["macro_f1"],
+            "pooled_f1": {c: m["f1"] for c, m in pooled["per_class"].items()},
+            "pooled_confusion_matrix": pooled["confusion_matrix"],
+        }
+
+    card["cv"] = {
+        "method": f"{reports[0]['fold_method']}; pool: {reports[0]['pool']}; mean ± sd over "
+        "folds, and pooled out-of-fold predictions" + (f". {note}" if note else ""),
+        "command": " ; ".join(r["command"] for r in reports),
+        "table": render_table(reports),
+        "runs": [
+            {"recipe": r["recipe"], "plain": brief(r["plain"]), "tta": brief(r["tta"])}
+            for r in reports
+        ],
+    }
+    cards.write_card(card, model_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m models.cv [training options]`` or ``python -m models.cv table DIR...``."""
+    """``python -m models.cv [training options]``, or
+    ``python -m models.cv table DIR... [--card MODEL_DIR [--note TEXT]]``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["table"]:
-        reports = [json.loads((Path(d) / "cv.json").read_text(encoding="utf-8")) for d in argv[1:]]
+        p = argparse.ArgumentParser(prog="python -m models.cv table")
+        p.add_argument("runs", nargs="+", type=Path, help="finished models.cv output folders")
+        p.add_argument("--card", type=Path, help="also record the table in this model's card")
+        p.add_argument("--note", default="", help="a sentence added to the card's method")
+        targs = p.parse_args(argv[1:])
+        reports = [json.loads((d / "cv.json").read_text(encoding="utf-8")) for d in targs.runs]
+        if targs.card:
+            attach_to_card(reports, targs.card, targs.note)
         print(render_table(reports), end="")
         return
     report = run(parse_args(argv))

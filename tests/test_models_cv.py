@@ -65,3 +65,18 @@ def test_cv_cli_writes_fold_models_and_a_table(tmp_path: Path) -> None:
     assert len(oof["pool"]) == sum(fi["held_out"] for fi in report["fold_info"])
     assert "focal" in render_table([report]) and " ± " in render_table([report])
     main([*args, "--verbose", "0", "--skip-existing"])  # reuses the three finished folds
+    _attach_to_a_card(tmp_path, out)
+
+
+def _attach_to_a_card(tmp_path: Path, run: Path) -> None:
+    """``table RUN --card DIR`` writes the table into an existing card.json and card.md."""
+    from models.cv import main
+
+    shipped = Path(__file__).resolve().parent.parent / "models" / "store" / "lungct-cnn6"
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "card.json").write_bytes((shipped / "card.json").read_bytes())
+    main(["table", str(run), "--card", str(model_dir), "--note", "a note"])
+    card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
+    assert card["cv"]["method"].endswith("a note") and len(card["cv"]["runs"]) == 1
+    assert "## Grouped cross-validation" in (model_dir / "card.md").read_text(encoding="utf-8")
