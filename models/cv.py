@@ -55,6 +55,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_training_options(p)
     p.add_argument("--folds", type=int, default=4)
     p.add_argument("--skip-existing", action="store_true", help="reuse finished folds")
+    p.add_argument(
+        "--only-folds",
+        type=int,
+        nargs="+",
+        help="train/score only these folds (a partial run; the report names them)",
+    )
     args = p.parse_args(argv)
     if args.no_augment:
         args.augment = "none"
@@ -78,8 +84,7 @@ def summarize(
 ) -> dict[str, Any]:
     """Per-fold and pooled metrics; mean and standard deviation over folds."""
     per_fold = [
-        classification_metrics(y[folds == f], probs[folds == f], classes)
-        for f in range(int(folds.max()) + 1)
+        classification_metrics(y[folds == f], probs[folds == f], classes) for f in np.unique(folds)
     ]
 
     def spread(values: list[float]) -> dict[str, float]:
@@ -120,7 +125,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     probs = np.zeros((len(pool), num_classes), np.float32)
     probs_tta = np.zeros_like(probs)
     fold_info = []
-    for f in range(args.folds):
+    scored = sorted(set(args.only_folds)) if args.only_folds else list(range(args.folds))
+    for f in scored:
         out = args.out / f"fold{f}"
         out.mkdir(parents=True, exist_ok=True)
         idx = fold_indices(folds, f)
@@ -161,7 +167,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "train_seconds": round(float(saved["seconds"]), 1),
             }
         )
-    np.savez(args.out / "oof.npz", pool=pool, y=y, folds=folds, probs=probs, probs_tta=probs_tta)
+    keep = np.isin(folds, scored)
+    suffix = "" if len(scored) == args.folds else "_folds" + "-".join(map(str, scored))
+    np.savez(
+        args.out / f"oof{suffix}.npz",
+        pool=pool[keep],
+        y=y[keep],
+        folds=folds[keep],
+        probs=probs[keep],
+        probs_tta=probs_tta[keep],
+    )
+    y, folds, probs, probs_tta = y[keep], folds[keep], probs[keep], probs_tta[keep]
     report = {
         "recipe": recipe(args, spec),
         "command": "python -m models.cv " + shlex.join(sys.argv[1:]),
@@ -172,21 +188,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"class by image count; each fold model trains {args.epochs} epochs on the other "
         f"folds (no early stopping); seed {args.seed}",
         "fold_info": fold_info,
+        "folds_scored": scored,
         "plain": summarize(y, folds, probs, list(dataset.classes)),
         "tta": summarize(y, folds, probs_tta, list(dataset.classes)),
         "finished": time.strftime("%Y-%m-%d %H:%M"),
     }
-    (args.out / "cv.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    (args.out / "cv.md").write_text(render_table([report]), encoding="utf-8")
+    (args.out / f"cv{suffix}.json").write_text(json.dumps(report, indent=1) + "\n", "utf-8")
+    (args.out / f"cv{suffix}.md").write_text(render_table([report]), encoding="utf-8")
     return report
 
 
 def recipe(args: argparse.Namespace, spec: InputSpec) -> str:
     """The training recipe in a few words (a table row label)."""
-    return (
+    text = (
         f"{args.arch} {spec.height}px, {loss_description(args)}, "
         f"augment {augment_strength(args)}, lr {args.lr}, {args.epochs} epochs"
     )
+    if args.only_folds and len(set(args.only_folds)) != args.folds:
+        text += f" (folds {', '.join(map(str, sorted(set(args.only_folds))))} of {args.folds} only)"
+    return text
 
 
 def _pm(stat: dict[str, float]) -> str:
@@ -254,11 +274,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["table"]:
         p = argparse.ArgumentParser(prog="python -m models.cv table")
-        p.add_argument("runs", nargs="+", type=Path, help="finished models.cv output folders")
+        p.add_argument(
+            "runs", nargs="+", type=Path, help="models.cv output folders (cv.json) or report files"
+        )
         p.add_argument("--card", type=Path, help="also record the table in this model's card")
         p.add_argument("--note", default="", help="a sentence added to the card's method")
         targs = p.parse_args(argv[1:])
-        reports = [json.loads((d / "cv.json").read_text(encoding="utf-8")) for d in targs.runs]
+        reports = [
+            json.loads((d / "cv.json" if d.is_dir() else d).read_text(encoding="utf-8"))
+            for d in targs.runs
+        ]
         if targs.card:
             attach_to_card(reports, targs.card, targs.note)
         print(render_table(reports), end="")

@@ -65,6 +65,10 @@ def test_cv_cli_writes_fold_models_and_a_table(tmp_path: Path) -> None:
     assert len(oof["pool"]) == sum(fi["held_out"] for fi in report["fold_info"])
     assert "focal" in render_table([report]) and " ± " in render_table([report])
     main([*args, "--verbose", "0", "--skip-existing"])  # reuses the three finished folds
+    main([*args, "--verbose", "0", "--skip-existing", "--only-folds", "0", "2"])
+    part = json.loads((out / "cv_folds0-2.json").read_text(encoding="utf-8"))
+    assert part["folds_scored"] == [0, 2] and part["plain"]["folds"] == 2
+    assert part["recipe"].endswith("(folds 0, 2 of 3 only)")
     _attach_to_a_card(tmp_path, out)
 
 
