@@ -85,9 +85,13 @@ class SummaryGroup(Schema):
     slices_failed = Integer()
     top_slices = List(Nested(TopSlice))
     out_of_distribution = Boolean(
-        metadata={"description": "the model has not seen data like this: do not trust the label"}
+        allow_none=True,
+        metadata={"description": "the model has not seen data like this: do not trust the label"},
     )
-    ood_fraction = Float(allow_none=True)
+    ood_fraction = Float(
+        allow_none=True, metadata={"description": "share of readable slices flagged"}
+    )
+    ood_warning = String(allow_none=True, metadata={"description": "says why, when flagged"})
 
 
 class SeriesSummary(SummaryGroup):
@@ -156,6 +160,14 @@ class SliceOut(SliceRef):
     frame = Integer(allow_none=True)
     label = String(allow_none=True)
     probabilities = Dict(keys=String(), values=Float(), allow_none=True)
+    ood_score = Float(
+        allow_none=True,
+        metadata={"description": "Distance from the training data (about 1 = typical)"},
+    )
+    out_of_distribution = Boolean(
+        allow_none=True,
+        metadata={"description": "ood_score above the model card's threshold, or input checks"},
+    )
     error = String(allow_none=True)
 
 

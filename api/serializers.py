@@ -52,5 +52,7 @@ def prediction_to_dict(p: SlicePrediction) -> dict[str, Any]:
         "frame": p.frame,
         "label": p.label,
         "probabilities": p.probabilities,
+        "ood_score": p.ood_score,
+        "out_of_distribution": p.out_of_distribution,
         "error": p.error,
     }

@@ -123,6 +123,9 @@ class SlicePrediction(Base):
     frame: Mapped[int | None] = mapped_column(Integer, nullable=True)
     label: Mapped[str | None] = mapped_column(String(64), nullable=True)
     probabilities: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    # distance from the training data (models/ood.py) and whether it passed the card's threshold
+    ood_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    out_of_distribution: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     job: Mapped[Job] = relationship(back_populates="predictions")

@@ -125,6 +125,11 @@ def _case_lists(files: dict[str, list[str]]) -> list[str]:
     from models.data import case_number
 
     lines = []
+    if any("#" in f for names in files.values() for f in names):  # slices of studies
+        for split_name, names in files.items():
+            studies = sorted({f.split("#")[0] for f in names})
+            lines.append(f"- **{split_name}** ({len(studies)} studies): " + ", ".join(studies))
+        return lines
     for split_name, names in files.items():
         by_class: dict[str, list[int | str]] = {}
         for f in names:
@@ -206,12 +211,79 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"Confusion matrix (rows true, columns predicted, order {card['classes']}): "
         f"`{test['confusion_matrix']}`. See confusion_matrix.png and training_curves.png.",
         "",
+        *_ood_lines(card.get("ood")),
+        *_calibration_lines(card.get("calibration")),
+        *_cv_lines(card.get("cv")),
         "## Limitations",
         "",
         *[f"- {item}" for item in card["limitations"]],
         "",
     ]
     return "\n".join(lines)
+
+
+def _ood_lines(ood: dict[str, Any] | None) -> list[str]:
+    """The out-of-distribution section: method, threshold and its validation figures."""
+    if not ood:
+        return []
+    val = ood["validation"]
+    rates = ", ".join(f"{s} {r:.1%}" for s, r in ood["flag_rate"].items())
+    lines = [
+        "## Out-of-distribution detection",
+        "",
+        f"- Method: {ood['method']}.",
+        f"- Features: {ood.get('feature_vectors', 1)} vectors, the last one the input of layer "
+        f"`{ood['feature_layer']}`; detector in `{ood['file']}`.",
+        f"- Threshold **{ood['threshold']:.3f}** (ood_score): validation slices "
+        f"flagged **{val['flagged']} of {val['n']} ({val['flag_rate']:.1%})**, "
+        f"{val['flagged_by_input_checks']} of them by the input checks "
+        f"(target <= {ood['target_rate']:.0%}).",
+        f"- Slices flagged per split: {rates} (the training split was used to fit).",
+        f"- Study and series rule: {ood['study_rule']['text']}.",
+    ]
+    groups = ood["study_rule"].get("validation_groups")
+    if groups:
+        lines.append(
+            f"- Validation groups of the grouped split (case-number blocks) flagged by that rule: "
+            f"{groups['groups_flagged']} of {groups['groups']} (largest flagged fraction "
+            f"in a group {groups['max_group_fraction']:.0%})."
+        )
+    return [*lines, ""]
+
+
+def _calibration_lines(cal: dict[str, Any] | None) -> list[str]:
+    """The calibration section: temperature, ECE before/after, the reliability diagram."""
+    if not cal:
+        return []
+    lines = [
+        "## Calibration",
+        "",
+        f"- {cal['method'][0].upper()}{cal['method'][1:]}: temperature "
+        f"**{cal['temperature']:.3f}**.",
+    ]
+    for split_name, e in cal["ece"].items():
+        n = cal["nll"][split_name]
+        lines.append(
+            f"- {split_name}: expected calibration error ({cal['ece_bins']} bins) "
+            f"{e['before']:.3f} -> **{e['after']:.3f}**; NLL {n['before']:.3f} -> {n['after']:.3f}."
+        )
+    lines += ["", f"![reliability diagram]({cal['figure']})", ""]
+    return lines
+
+
+def _cv_lines(cv: dict[str, Any] | None) -> list[str]:
+    """The cross-validation section: the recipe's grouped K-fold figures with spread."""
+    if not cv:
+        return []
+    return [
+        "## Grouped cross-validation (model selection)",
+        "",
+        f"- {cv['method']}.",
+        f"- Reproduce: `{cv['command']}`",
+        "",
+        cv["table"].rstrip(),
+        "",
+    ]
 
 
 def _selection_lines(training: dict[str, Any]) -> list[str]:

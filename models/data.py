@@ -288,3 +288,30 @@ def grouped_split(
 def split_file_lists(dataset: Dataset, split: Split) -> dict[str, list[str]]:
     """Per-split relative file names, recorded in the model card for reproducibility."""
     return {s: [dataset.rel(int(i)) for i in idx] for s, idx in split.indices.items()}
+
+
+def grouped_kfold(
+    labels: np.ndarray, groups: np.ndarray, k: int = 5, seed: int = 42, tries: int = 200
+) -> np.ndarray:
+    """Fold number (0..k-1) of every image: whole groups per fold, stratified per class.
+
+    Same greedy balancing as :func:`assign_groups`, with ``k`` equal targets: per class,
+    ``tries`` seeded random group orders are assigned to the fold furthest below its
+    target and the most balanced assignment wins. A class with fewer groups than folds
+    leaves some folds without that class (its metrics are then computed on fewer folds).
+    """
+    if k < 2:
+        raise ValueError(f"need at least 2 folds, got {k}")
+    rng = np.random.default_rng(seed)
+    fold = np.full(len(labels), -1, dtype=np.int64)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        group_ids, sizes = np.unique(groups[members], return_counts=True)
+        targets = np.full(k, len(members) / k, dtype=float)
+        best = min(
+            (_assign_class(sizes, rng.permutation(len(sizes)), targets) for _ in range(tries)),
+            key=lambda result: result[1],
+        )[0]
+        for g, f in zip(group_ids, best, strict=True):
+            fold[members[groups[members] == g]] = f
+    return fold

@@ -137,6 +137,7 @@ def plot_curves(history: Mapping[str, Sequence[float]], path: Path, best_epoch: 
 
 def evaluate_saved(model_dir: Path, data_dir: Path) -> dict[str, Any]:
     """Re-score a saved model on the test files listed in its card."""
+    from models.calibration import apply_temperature
     from models.data import load_gray
     from models.preprocessing import preprocess_batch
     from models.registry import ModelCard
@@ -144,9 +145,13 @@ def evaluate_saved(model_dir: Path, data_dir: Path) -> dict[str, Any]:
 
     card = ModelCard.load(model_dir)
     files = card.raw["split"]["files"]["test"]
+    if any("#" in f for f in files):
+        raise ValueError("a model trained on studies is scored during training (see its card)")
     y_true = np.array([card.classes.index(f.split("/")[0]) for f in files])
     x = preprocess_batch((load_gray(data_dir / f) for f in files), card.input)
     probs = load_model(card).predict(x, verbose=0)
+    temperature = (card.raw.get("calibration") or {}).get("temperature", 1.0)
+    probs = apply_temperature(probs, float(temperature))  # what the service returns
     return classification_metrics(y_true, probs, card.classes)
 
 

@@ -61,6 +61,10 @@ def test_single_image_succeeds(api) -> None:  # type: ignore[no-untyped-def]
     [item] = all_results(api, job["id"])
     assert item["source"] == "upload.png" and item["error"] is None  # client name not kept
     assert abs(sum(item["probabilities"].values()) - 1) < 1e-4
+    if default_model() == "lungct-cnn6":  # the shipped card has an OOD detector
+        assert isinstance(item["ood_score"], float)
+        assert isinstance(item["out_of_distribution"], bool)
+        assert job["summary"]["ood_fraction"] in (0.0, 1.0)
 
 
 def test_study_zip_pages_every_slice_in_order(api) -> None:  # type: ignore[no-untyped-def]

@@ -145,6 +145,14 @@ def test_real_dicom_study(http: requests.Session, base_url: str, stack: Stack) -
         assert len(positions) == 64
         assert positions == sorted(positions) or positions == sorted(positions, reverse=True)
     assert job["summary"]["label"] in ("benign", "malignant", "normal")
+    # Issue 9: an adenocarcinoma study must not come back as a plain confident "normal".
+    assert all(isinstance(i["ood_score"], float) for i in items)
+    assert all(isinstance(i["out_of_distribution"], bool) for i in items)
+    summary = job["summary"]
+    assert all(0 <= s["ood_fraction"] <= 1 for s in series)
+    assert summary["label"] == "malignant" or (
+        summary["out_of_distribution"] and summary["ood_warning"]
+    ), {k: summary[k] for k in ("label", "out_of_distribution", "ood_fraction")}
     api_text = json.dumps([job, items])
     stored = _database_text(job["id"]) + stack.log.read_text(errors="replace") + api_text
     assert not [v for v in secrets if v in stored]

@@ -77,3 +77,45 @@ def test_card_without_severity_uses_majority() -> None:
     )
     rows = [_row(0, "malignant"), _row(1, "malignant"), _row(2, "benign")]
     assert summarize(rows, card, Settings())["label"] == "malignant"
+
+
+def _flagged(row: SlicePrediction, flag: bool | None) -> SlicePrediction:
+    row.out_of_distribution = flag
+    row.ood_score = None if flag is None else (3.0 if flag else 1.0)
+    return row
+
+
+def test_ood_fraction_and_rule_per_series_and_study() -> None:
+    rows = [_flagged(_row(i, "normal", "a"), i < 3) for i in range(10)]  # 30 % flagged
+    rows += [_flagged(_row(i, "normal", "b"), i == 10) for i in range(10, 30)]  # 5 %
+    s = summarize(rows, CARD, Settings())
+    a, b = s["series"]
+    assert (a["out_of_distribution"], a["ood_fraction"]) == (True, 0.3)
+    assert (b["out_of_distribution"], b["ood_fraction"]) == (False, 0.05)
+    assert a["ood_warning"].startswith("Out of distribution: 30%") and b["ood_warning"] is None
+    # 4 of 30 slices (13 %) is below the rule, but series a is flagged, so the study is
+    assert s["ood_fraction"] == round(4 / 30, 4) and s["out_of_distribution"] is True
+    assert s["ood_warning"].startswith("Out of distribution: 30% of the slices of series a (13%")
+    assert s["label"] == "normal"
+
+
+def test_ood_rule_reads_the_card_fraction_and_ignores_failed_slices() -> None:
+    card = ModelCard(
+        name="m",
+        version="1",
+        classes=CLASSES,
+        input=InputSpec(8, 8, 1),
+        severity=["normal", "benign", "malignant"],
+        path=Path("."),
+        raw={"ood": {"study_rule": {"min_fraction": 0.5}}},
+    )
+    rows = [_flagged(_row(0, "normal"), True), _flagged(_row(1, "normal"), False), _row(2, None)]
+    s = summarize(rows, card, Settings())
+    assert s["ood_fraction"] == 0.5 and s["out_of_distribution"] is True
+    assert "50%" in s["ood_rule"]
+
+
+def test_model_without_ood_detector_reports_null() -> None:
+    s = summarize([_row(0, "normal"), _row(1, "normal")], CARD, Settings())
+    assert s["out_of_distribution"] is None and s["ood_fraction"] is None
+    assert s["ood_warning"] is None and s["ood_rule"] is None

@@ -3,6 +3,12 @@
 A worker process loads each model once and keeps it (Celery "Instantiation"
 pattern); jobs then only pay the forward pass. TensorFlow/Keras is imported
 lazily here so that importing the task module stays cheap and fork-safe.
+
+When the model card has an out-of-distribution detector (``ood`` section and
+``ood.npz``, see models/ood.py), the model is wrapped at load time in a Keras
+model with extra outputs (its feature vectors), so one forward pass gives the
+probabilities and the OOD score; the score itself is numpy. Probabilities are
+calibrated with the card's temperature (``calibration`` section) when present.
 """
 
 from __future__ import annotations
@@ -11,12 +17,14 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from config import get_settings
+from models.calibration import apply_temperature
+from models.ood import OODDetector
 from models.registry import ModelCard, Registry
 from worker.metrics import MODEL_LOAD_SECONDS
 
@@ -26,16 +34,63 @@ _cache: dict[str, Predictor] = {}
 
 
 @dataclass
+class BatchPrediction:
+    """What one forward pass gives for a batch of n slices."""
+
+    probabilities: np.ndarray  # (n, classes), calibrated when the card has a temperature
+    ood_score: np.ndarray | None = None  # (n,), None when the model has no OOD detector
+    out_of_distribution: np.ndarray | None = None  # (n,) bool
+
+
+@dataclass
 class Predictor:
     """A loaded model with its card; ``predict`` takes a preprocessed batch."""
 
     card: ModelCard
     model: Any
+    forward: Any = None  # the model with feature outputs when ``ood`` is set
+    ood: OODDetector | None = None
+    temperature: float = 1.0
+    _gradcam: Any = field(default=None, repr=False)
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (n, classes) for a float32 batch (n, h, w, c)."""
-        out = self.model.predict_on_batch(batch)
-        return np.asarray(out, dtype=np.float32)
+    @classmethod
+    def load(cls, card: ModelCard) -> Predictor:
+        """Load the model, its OOD detector and temperature as the card describes them."""
+        from models.serving import load_model, with_features
+
+        model = load_model(card)
+        temperature = float((card.raw.get("calibration") or {}).get("temperature", 1.0))
+        ood_file = card.path / str((card.raw.get("ood") or {}).get("file", "ood.npz"))
+        if not card.raw.get("ood") or not ood_file.is_file():
+            return cls(card, model, model, None, temperature)
+        detector = OODDetector.load(ood_file)
+        forward = with_features(model)
+        if len(forward.outputs) - 1 != len(detector.layers):
+            log.warning("model %s: OOD detector does not match the model; OOD off", card.name)
+            return cls(card, model, model, None, temperature)
+        return cls(card, model, forward, detector, temperature)
+
+    def explain(self, batch: np.ndarray, class_index: list[int] | None = None) -> np.ndarray:
+        """Grad-CAM heat maps (n, h, w) in [0, 1] (models/gradcam.py); built on first use.
+
+        Meant for a few top slices per series after prediction (one forward and one
+        backward pass); storing them is up to the caller.
+        """
+        if self._gradcam is None:
+            from models.gradcam import GradCam
+
+            self._gradcam = GradCam(self.model)
+        return self._gradcam(batch, class_index)
+
+    def predict(self, batch: np.ndarray) -> BatchPrediction:
+        """Calibrated probabilities and OOD scores for a float32 batch (n, h, w, c)."""
+        out = (self.forward or self.model).predict_on_batch(batch)
+        if self.ood is None:
+            probs = np.asarray(out, dtype=np.float32)
+            return BatchPrediction(apply_temperature(probs, self.temperature))
+        probs, *features = (np.asarray(o) for o in out)
+        scores, flags = self.ood.score(features, batch)
+        return BatchPrediction(apply_temperature(probs, self.temperature), scores, flags)
 
 
 def registry() -> Registry:
@@ -58,13 +113,11 @@ def get_predictor(name: str) -> Predictor:
     """The cached predictor for model ``name``, loading it on first use."""
     with _lock:
         if name not in _cache:
-            from models.serving import load_model
-
             _enable_gpu_memory_growth()
             card = registry().get(name)
             log.info("loading model %s %s from %s", card.name, card.version, card.path)
             started = time.perf_counter()
-            _cache[name] = Predictor(card=card, model=load_model(card))
+            _cache[name] = Predictor.load(card)
             MODEL_LOAD_SECONDS.labels(name).set(time.perf_counter() - started)
         return _cache[name]
 

@@ -292,19 +292,30 @@ def _batches(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:
 def _predict(batch: list[Decoded], predictor: Predictor) -> list[dict]:
     """Row values for one batch: one forward pass over the decodable slices."""
     good = [d for d in batch if d.tensor is not None]
-    probs = iter(predictor.predict(np.stack([d.tensor for d in good])) if good else [])
+    out = predictor.predict(np.stack([d.tensor for d in good])) if good else None
     classes = predictor.card.classes
     rows = []
+    i = 0
     for d in batch:  # slices of several jobs may share an index: match by position
-        p = None if d.tensor is None else next(probs)
-        probabilities = (
-            None if p is None else {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)}
-        )
-        rows.append(_row(d, probabilities, None if p is None else classes[int(np.argmax(p))]))
+        if out is None or d.tensor is None:
+            rows.append(_row(d, None, None))
+            continue
+        p = out.probabilities[i]
+        probabilities = {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)}
+        ood = None
+        if out.ood_score is not None and out.out_of_distribution is not None:
+            ood = (round(float(out.ood_score[i]), 4), bool(out.out_of_distribution[i]))
+        rows.append(_row(d, probabilities, classes[int(np.argmax(p))], ood))
+        i += 1
     return rows
 
 
-def _row(d: Decoded, probabilities: dict[str, float] | None, label: str | None) -> dict:
+def _row(
+    d: Decoded,
+    probabilities: dict[str, float] | None,
+    label: str | None,
+    ood: tuple[float, bool] | None = None,
+) -> dict:
     s = d.source
     return {
         "slice_index": s.index,
@@ -315,6 +326,8 @@ def _row(d: Decoded, probabilities: dict[str, float] | None, label: str | None) 
         "frame": s.frame,
         "label": label,
         "probabilities": probabilities,
+        "ood_score": None if ood is None else ood[0],
+        "out_of_distribution": None if ood is None else ood[1],
         "error": d.error,
     }
 

@@ -15,6 +15,13 @@ The rule (documented in the README, "Aggregation rule"):
 4. ``probabilities`` are the mean slice probabilities; ``top_slices`` are the
    slices with the highest probability for the verdict's class: the slices
    that drove it, for a radiologist to look at first.
+5. Out of distribution: ``ood_fraction`` is the fraction of readable slices
+   flagged ``out_of_distribution`` (models/ood.py). A series is
+   ``out_of_distribution`` when that fraction is at least the card's
+   ``ood.study_rule.min_fraction`` (default 0.25); the study when its own
+   fraction is, or when any of its series is. A flagged summary carries an
+   ``ood_warning`` sentence next to the label. Both are null for a model
+   without an OOD detector.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any, NamedTuple
 
 from config import Settings
 from db.models import SlicePrediction
+from models.ood import STUDY_MIN_FRACTION
 from models.registry import ModelCard
 
 DISCLAIMER = "Research use only. Not for clinical diagnosis."
@@ -40,6 +48,40 @@ class SeriesName(NamedTuple):
 def series_names(series: Iterable[Any]) -> dict[str, SeriesName]:
     """Names of the series of an upload plan (``ingest.SeriesInfo`` items) by UID."""
     return {s.series_uid: SeriesName(s.description, s.series_number) for s in series}
+
+
+def _ood_min_fraction(card: ModelCard) -> float:
+    rule = (card.raw.get("ood") or {}).get("study_rule") or {}
+    return float(rule.get("min_fraction", STUDY_MIN_FRACTION))
+
+
+def _ood(ok: Sequence[SlicePrediction], card: ModelCard) -> dict[str, Any]:
+    """``ood_fraction`` and ``out_of_distribution`` of one group (rule 5)."""
+    known = [r.out_of_distribution for r in ok if r.out_of_distribution is not None]
+    if not known:
+        return {"out_of_distribution": None, "ood_fraction": None}
+    fraction = sum(known) / len(known)
+    return {
+        "out_of_distribution": fraction >= _ood_min_fraction(card),
+        "ood_fraction": round(fraction, 4),
+    }
+
+
+def _ood_warning(group: dict[str, Any]) -> str | None:
+    if not group.get("out_of_distribution"):
+        return None
+    return (
+        f"Out of distribution: {group['ood_fraction']:.0%} of the slices are unlike the data "
+        "the model was trained on; it cannot judge them, so do not rely on this label."
+    )
+
+
+def _series_name(group: dict[str, Any]) -> str:
+    """'series 2 (5mm)' when known, else the series UID."""
+    if group.get("series_number") is None:
+        return f"series {group['series_uid']}"
+    described = f" ({group['series_description']})" if group.get("series_description") else ""
+    return f"series {group['series_number']}{described}"
 
 
 def _verdict(counts: Counter[str], card: ModelCard, readable: int, min_slices: int) -> str:
@@ -79,6 +121,8 @@ def summarize_group(
         return {
             **result,
             "label": None,
+            "out_of_distribution": None,
+            "ood_fraction": None,
             "probabilities": None,
             "slice_counts": {},
             "top_slices": [],
@@ -89,6 +133,7 @@ def summarize_group(
     return {
         **result,
         "label": label,
+        **_ood(ok, card),
         "probabilities": mean,
         "slice_counts": {c: counts.get(c, 0) for c in card.classes},
         "top_slices": _top(ok, label, settings.summary_top_slices),
@@ -117,22 +162,47 @@ def summarize(
     ``names`` gives each DICOM series its SeriesDescription and SeriesNumber
     (what a radiologist calls it; not identifiers, and scrubbed by ingest).
     """
-    series: dict[str | None, list[SlicePrediction]] = {}
+    groups: dict[str | None, list[SlicePrediction]] = {}
     for r in rows:
-        series.setdefault(r.series_uid, []).append(r)
+        groups.setdefault(r.series_uid, []).append(r)
     names = names or {}
+    series = [
+        {
+            "series_uid": uid,
+            "series_description": names[uid].description if uid in names else None,
+            "series_number": names[uid].number if uid in names else None,
+            **summarize_group(group, card, settings),
+        }
+        for uid, group in groups.items()
+    ]
+    study = summarize_group(rows, card, settings)
+    for group in series:
+        group["ood_warning"] = _ood_warning(group)
+    study["ood_warning"] = _ood_warning(study)
+    flagged = [s for s in series if s["out_of_distribution"]]
+    if flagged and not study["out_of_distribution"]:  # rule 5: any flagged series flags it
+        study["out_of_distribution"] = True
+        worst = max(flagged, key=lambda s: s["ood_fraction"])
+        name = _series_name(worst)
+        study["ood_warning"] = (
+            f"Out of distribution: {worst['ood_fraction']:.0%} of the slices of {name} "
+            f"({study['ood_fraction']:.0%} of the study) are unlike the "
+            "data the model was trained on; it cannot judge them, so do not rely on this label."
+        )
     return {
-        **summarize_group(rows, card, settings),
-        "series": [
-            {
-                "series_uid": uid,
-                "series_description": names[uid].description if uid in names else None,
-                "series_number": names[uid].number if uid in names else None,
-                **summarize_group(group, card, settings),
-            }
-            for uid, group in series.items()
-        ],
+        **study,
+        "series": series,
         "skipped_files": skipped,
         "rule": _rule_text(card, settings),
+        "ood_rule": _ood_rule_text(card),
         "disclaimer": DISCLAIMER,
     }
+
+
+def _ood_rule_text(card: ModelCard) -> str | None:
+    if not card.raw.get("ood"):
+        return None
+    return (
+        f"a series is out of distribution when >= {_ood_min_fraction(card):.0%} of its "
+        "readable slices are flagged; the study when its slices are, or any series is"
+    )
