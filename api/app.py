@@ -12,6 +12,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.auth import hash_key
 from config import Settings, get_settings
+from storage import open_storage
 
 
 def _error_body(error: HTTPError) -> tuple[dict[str, Any], int, Any]:
@@ -108,7 +109,7 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     app.json.sort_keys = False
     app.error_processor(_error_body)
     app.register_error_handler(RequestEntityTooLarge, _too_large)
-    settings.storage_dir.mkdir(parents=True, exist_ok=True)
+    open_storage(settings).prepare()  # the local folder; nothing for S3
 
     from api import admin, health, jobs, model_routes, ui
 

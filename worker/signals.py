@@ -33,7 +33,7 @@ from config import get_settings
 from config.celery import RUN_JOB_TASK, publish_job
 from db import lifecycle
 from db.session import dispose_after_fork, session_scope
-from storage import LocalStorage
+from storage import open_storage
 from worker import pipeline
 
 log = logging.getLogger(__name__)
@@ -115,4 +115,4 @@ def _end_failed(job_id: str, message: str) -> None:
     with session_scope() as s:
         ended = lifecycle.fail(s, job_id, message)
     if ended:
-        LocalStorage.from_settings(get_settings()).release(job_id)
+        open_storage(get_settings()).release(job_id)
