@@ -146,7 +146,7 @@ def _store_and_record(
     """Check the upload (4xx if it cannot be a slice or study), save it, commit the job.
 
     The check reads the temporary file werkzeug spooled the request body to,
-    so a rejected upload is never stored (README, "Multi-host").
+    so a rejected upload is never stored (README, Architecture, storage/).
     """
     kind = _inspect(job_id, upload)
     stored = context.storage().save(job_id, upload.filename or "", upload.stream)
