@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import zipfile
@@ -20,7 +22,7 @@ import pytest
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
-from bench.e2e import stop
+from bench.e2e import spawn, stop
 from tests.conftest import (
     DATA_DIR,
     S3,
@@ -32,7 +34,6 @@ from tests.conftest import (
     new_key,
     png_bytes,
     reset_caches,
-    start_worker,
     wait_for_worker,
     zip_bytes,
 )
@@ -67,7 +68,7 @@ def s3_stack(
         mp.setattr(tempfile, "tempdir", str(scratch))  # the API's spooled uploads
         reset_caches()
         upgrade(db.url, timeout_s=10)
-        proc = start_worker(env, log)
+        proc = _start_worker(env, log)
         try:
             wait_for_worker(proc, log)
             stack = S3Stack(env, proc, log, key=new_key(db.url, "tester"))
@@ -88,6 +89,14 @@ def submit(client, data: bytes, name: str, status: int = 202) -> dict[str, Any]:
     )
     assert r.status_code == status, r.json
     return r.json
+
+
+def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Like conftest.start_worker, named ``s3@host``: the session's stack worker may be up too
+    (Celery warns about two nodes with one name, and warnings are errors here)."""
+    argv = [sys.executable, "-m", "worker", "--concurrency", "1", "--loglevel", "INFO"]
+    argv.append("--hostname=s3@%h")  # the last --hostname wins
+    return spawn(argv, {**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "2"}, log)
 
 
 def _released(stack: S3Stack, timeout_s: float = 10) -> list[str]:
