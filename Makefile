@@ -57,9 +57,13 @@ compose-check: ## validate docker-compose.yml (dummy values for required secrets
 	@if command -v docker-compose >/dev/null; then dc=docker-compose; \
 	elif docker compose version >/dev/null 2>&1; then dc="docker compose"; \
 	else echo "docker-compose not found: apt-get install docker-compose" >&2; exit 1; fi; \
+	export POSTGRES_PASSWORD=dummy FLOWER_BASIC_AUTH=dummy:dummy MINIO_ROOT_PASSWORD=dummy123 \
+		AWS_SECRET_ACCESS_KEY=dummy123 PRIVATE_ADDR=127.0.0.1; \
 	echo "$$dc -f docker-compose.yml config -q"; \
-	POSTGRES_PASSWORD=dummy FLOWER_BASIC_AUTH=dummy:dummy $$dc -f docker-compose.yml config -q \
-		&& echo "docker-compose.yml is valid"
+	$$dc -f docker-compose.yml config -q && echo "docker-compose.yml is valid" && \
+	echo "$$dc -f docker-compose.yml -f deploy/multi-host.yml config -q" && \
+	$$dc -f docker-compose.yml -f deploy/multi-host.yml config -q \
+		&& echo "deploy/multi-host.yml is valid"
 
 clean: ## remove caches (keeps .venv and var/, which holds the local database and uploads)
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +

@@ -15,6 +15,7 @@ from api.auth import hash_key
 from api.docs import docs_config
 from api.schemas import ERROR_SCHEMA
 from config import Settings, get_settings
+from storage import open_storage
 
 
 def _error_body(error: HTTPError) -> tuple[dict[str, Any], int, Any]:
@@ -124,7 +125,7 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     app.json.sort_keys = False
     app.error_processor(_error_body)
     app.register_error_handler(RequestEntityTooLarge, _too_large)
-    settings.storage_dir.mkdir(parents=True, exist_ok=True)
+    open_storage(settings).prepare()  # the local folder; nothing for S3
 
     from api import admin, docs, health, jobs, metrics, model_routes, ui
 

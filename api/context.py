@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from config import Settings
 from db.session import session_scope
-from storage import LocalStorage
+from storage import Storage, open_storage
 
 
 def settings() -> Settings:
@@ -30,6 +30,6 @@ def session() -> Iterator[Session]:
         yield s
 
 
-def storage() -> LocalStorage:
-    """The app's upload storage."""
-    return LocalStorage.from_settings(settings())
+def storage() -> Storage:
+    """The app's upload storage (a local folder or an S3 bucket, by STORAGE_URL)."""
+    return open_storage(settings())

@@ -39,6 +39,7 @@ from db.models import (
 )
 from ingest import InvalidUpload, inspect_upload
 from models.registry import ModelCard, Registry
+from storage import readable_path
 
 log = logging.getLogger(__name__)
 bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
@@ -142,16 +143,13 @@ def _job_by_key(s: Session, owner: str, key: str) -> Job | None:
 def _store_and_record(
     job_id: str, upload: FileStorage, card: ModelCard, who: Caller, key: str | None
 ) -> Job:
-    """Save the upload, check it (4xx if it cannot be a slice or study), commit the job."""
-    settings = context.settings()
-    stored_key, path = context.storage().save(job_id, upload.filename or "", upload.stream)
-    try:
-        kind = inspect_upload(path, upload.filename or "", settings.limits)
-    except InvalidUpload as exc:
-        abort(400, str(exc))
-    except Exception as exc:  # a decoder choking on crafted input is still bad input
-        log.warning("upload for job %s unreadable: %s", job_id, type(exc).__name__)
-        abort(400, f"the upload could not be read ({type(exc).__name__})")
+    """Check the upload (4xx if it cannot be a slice or study), save it, commit the job.
+
+    The check reads the temporary file werkzeug spooled the request body to,
+    so a rejected upload is never stored (README, Architecture, storage/).
+    """
+    kind = _inspect(job_id, upload)
+    stored = context.storage().save(job_id, upload.filename or "", upload.stream)
     job = Job(
         id=job_id,
         kind=kind,
@@ -159,8 +157,8 @@ def _store_and_record(
         idempotency_key=key,
         model_name=card.name,
         model_version=card.version,
-        upload_key=stored_key,
-        upload_bytes=path.stat().st_size,
+        upload_key=stored.key,
+        upload_bytes=stored.size,
         status=JobStatus.QUEUED,
         warnings=[],
     )
@@ -181,6 +179,18 @@ def _store_and_record(
     if not broker_up:
         _unqueued(job_id, "RedisError")
     return job
+
+
+def _inspect(job_id: str, upload: FileStorage) -> str:
+    """The job kind of an upload, or 400 with the reason."""
+    with readable_path(upload.stream) as path:
+        try:
+            return inspect_upload(path, upload.filename or "", context.settings().limits)
+        except InvalidUpload as exc:
+            abort(400, str(exc))
+        except Exception as exc:  # a decoder choking on crafted input is still bad input
+            log.warning("upload for job %s unreadable: %s", job_id, type(exc).__name__)
+            abort(400, f"the upload could not be read ({type(exc).__name__})")
 
 
 @contextmanager

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     # --- where things live ---
     database_url: str = f"sqlite:///{VAR_DIR / 'lungct.db'}"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Uploads: "s3://bucket/prefix" (S3-compatible; boto3 reads the AWS_* variables)
+    # or a folder path; unset: STORAGE_DIR. See storage/__init__.py.
+    storage_url: str = ""
     storage_dir: Path = VAR_DIR / "uploads"
     models_dirs: PathList = (PROJECT_ROOT / "models" / "store", VAR_DIR / "models")
     default_model: str = "lungct-cnn6"
@@ -142,6 +145,21 @@ class Settings(BaseSettings):
     @classmethod
     def _storage_path(cls, value: str | Path) -> Path:
         return _project_path(value)
+
+    @field_validator("storage_url", mode="before")
+    @classmethod
+    def _storage_url(cls, value: object) -> object:
+        """``s3://bucket[/prefix]`` or a folder (made absolute); other schemes are refused."""
+        if not isinstance(value, str | Path) or not str(value).strip():
+            return value
+        text = str(value).strip()
+        if text.startswith("s3://"):
+            if not text[len("s3://") :].split("/", 1)[0]:
+                raise ValueError("STORAGE_URL s3://... needs a bucket: s3://bucket/prefix")
+            return text
+        if "://" in text:
+            raise ValueError("STORAGE_URL must be s3://bucket/prefix or a folder path")
+        return str(_project_path(text))
 
     @field_validator("models_dirs", mode="before")
     @classmethod

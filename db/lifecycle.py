@@ -13,7 +13,7 @@ two sweepers cannot both move a job, and nothing undoes a terminal state.
 
 Each function takes the caller's session (one transaction per call site) and
 returns whether the job moved; the caller releases the upload
-(``storage.LocalStorage.release``) after a terminal move has been committed.
+(``storage.Storage.release``) after a terminal move has been committed.
 """
 
 from __future__ import annotations

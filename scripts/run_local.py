@@ -189,12 +189,14 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 
 
 def ensure_dirs() -> None:
-    """Create the storage folder, the Redis data folder and the SQLite file's folder."""
+    """Create the storage folder (none for S3), the Redis folder and the SQLite file's folder."""
     sys.path.insert(0, str(ROOT))
     from config import get_settings  # the one settings object (config/settings.py)
+    from storage import open_storage
 
     settings = get_settings()
-    folders = [VAR_DIR, VAR_DIR / "redis", Path(settings.storage_dir)]
+    open_storage(settings).prepare()
+    folders = [VAR_DIR, VAR_DIR / "redis"]
     sqlite_file = _sqlite_path(settings.database_url)
     if sqlite_file is not None:
         folders.append(sqlite_file.parent)

@@ -1,88 +1,56 @@
-"""Upload storage: one folder per job under STORAGE_DIR, and the only code that deletes uploads.
+"""Upload storage, and the only code that deletes uploads.
 
-The API writes an upload here and the worker reads it; both release it
-through :meth:`LocalStorage.release` once the job has ended, and the sweeper
-removes what a crash left behind (:meth:`LocalStorage.folders`). Files are
-written under a temporary name and renamed when complete, so a reader never
-sees half an upload.
+Two backends with the same methods (:class:`storage.base.Storage`), chosen by
+``STORAGE_URL``: a local (or shared network) folder, one folder per job (the
+default, ``STORAGE_DIR`` when STORAGE_URL is unset), or S3-compatible object
+storage, one key prefix per job (``s3://bucket/prefix``). Use
+:func:`open_storage`.
+
+The API saves an upload here and the worker reads it (:meth:`~Storage.local_file`);
+both release it through :meth:`~Storage.release` once the job has ended, and
+the sweeper removes what a crash left behind (:meth:`~Storage.job_ids` with no
+job row). A reader never sees half an upload.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path, PurePath
-from typing import BinaryIO
+from pathlib import Path
 
 from config import Settings
+from storage.base import (
+    KNOWN_SUFFIXES,
+    Storage,
+    Stored,
+    readable_path,
+    scratch_file,
+    stored_name,
+    valid_job_id,
+)
+from storage.local import PARTIAL_SUFFIX, LocalStorage
 
-KNOWN_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".zip"}
-PARTIAL_SUFFIX = ".part"
-COPY_CHUNK = 1024 * 1024
+S3_SCHEME = "s3://"
+
+__all__ = [
+    "KNOWN_SUFFIXES",
+    "PARTIAL_SUFFIX",
+    "S3_SCHEME",
+    "LocalStorage",
+    "Storage",
+    "Stored",
+    "open_storage",
+    "readable_path",
+    "scratch_file",
+    "stored_name",
+    "valid_job_id",
+]
 
 
-def stored_name(filename: str) -> str:
-    """``upload`` plus a known extension: the client's file name is never kept.
+def open_storage(settings: Settings) -> Storage:
+    """The storage that STORAGE_URL names (STORAGE_DIR when it is unset)."""
+    url = settings.storage_url
+    if url.startswith(S3_SCHEME):
+        from storage.s3 import S3Storage  # boto3 only where S3 is used
 
-    File names often carry patient names or IDs; the extension is only a hint
-    for ingest, which recognises files by content.
-    """
-    suffix = PurePath(filename.replace("\\", "/")).suffix.lower()
-    return "upload" + (suffix if suffix in KNOWN_SUFFIXES else "")
-
-
-class LocalStorage:
-    """Job folders in a local (or shared network) folder."""
-
-    def __init__(self, root: Path, keep_uploads: bool = False) -> None:
-        self.root = root
-        self.keep_uploads = keep_uploads
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> LocalStorage:
-        return cls(settings.storage_dir, settings.keep_uploads)
-
-    def save(self, job_id: str, filename: str, stream: BinaryIO) -> tuple[str, Path]:
-        """Copy ``stream`` to ``<job_id>/upload.<ext>``; return (key, path).
-
-        Written as ``*.part`` and renamed once complete: a crash mid-copy leaves
-        a partial file that the sweeper recognises and removes.
-        """
-        name = stored_name(filename)
-        folder = self.root / job_id
-        folder.mkdir(parents=True, exist_ok=False)
-        path = folder / name
-        partial = folder / f"{name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
-        with partial.open("wb") as out:
-            shutil.copyfileobj(stream, out, COPY_CHUNK)
-        os.replace(partial, path)
-        return f"{job_id}/{name}", path
-
-    def path(self, key: str) -> Path:
-        """The local file of a stored upload key."""
-        return self.root / key
-
-    def discard(self, job_id: str) -> None:
-        """Remove everything stored for a job."""
-        if job_id and "/" not in job_id and job_id not in (".", ".."):
-            shutil.rmtree(self.root / job_id, ignore_errors=True)
-
-    def release(self, job_id: str) -> None:
-        """The job has ended: drop its upload (patient data) unless KEEP_UPLOADS is set."""
-        if not self.keep_uploads:
-            self.discard(job_id)
-
-    def folders(self, older_than_s: float) -> Iterator[str]:
-        """Job IDs whose folders were last changed more than ``older_than_s`` ago."""
-        if not self.root.is_dir():
-            return
-        cutoff = time.time() - older_than_s
-        for entry in os.scandir(self.root):
-            try:
-                if entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
-                    yield entry.name
-            except FileNotFoundError:  # removed meanwhile
-                continue
+        bucket, _, prefix = url[len(S3_SCHEME) :].partition("/")
+        return S3Storage(bucket, prefix, settings.keep_uploads)
+    return LocalStorage(Path(url) if url else settings.storage_dir, settings.keep_uploads)

@@ -269,3 +269,68 @@ def stack(
             _drop_queue(env)
             reset_caches()
             db.cleanup()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-compatible HTTP server (moto's) on a free loopback port, for the session."""
+    from bench.s3_server import moto_server
+
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+        yield endpoint
+
+
+@dataclass
+class S3:
+    """A fresh bucket on the test S3 server, and the variables that point the service at it."""
+
+    env: dict[str, str]  # AWS_* and STORAGE_URL
+    bucket: str
+    prefix: str
+
+    @property
+    def url(self) -> str:
+        return self.env["STORAGE_URL"]
+
+    def client(self):  # type: ignore[no-untyped-def]
+        from storage.s3 import s3_client
+
+        return s3_client()
+
+    def keys(self) -> list[str]:
+        """Every object key in the bucket."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
+        return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+    def open_uploads(self) -> list[str]:
+        """Keys of unfinished multipart uploads in the bucket."""
+        answer = self.client().list_multipart_uploads(Bucket=self.bucket)
+        return [u["Key"] for u in answer.get("Uploads", [])]
+
+
+def new_bucket(endpoint: str, prefix: str = "uploads") -> S3:
+    """Create a bucket with a unique name; the caller puts ``env`` in the environment."""
+    import boto3
+
+    from bench.s3_server import s3_env
+
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    env = {**s3_env(endpoint), "STORAGE_URL": f"s3://{bucket}/{prefix}"}
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+    )
+    client.create_bucket(Bucket=bucket)
+    return S3(env, bucket, prefix)
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3:
+    """A fresh bucket; AWS_* and STORAGE_URL=s3://<bucket>/uploads set for this test."""
+    bucket = new_bucket(s3_endpoint)
+    for k, v in bucket.env.items():
+        monkeypatch.setenv(k, v)
+    return bucket

@@ -25,13 +25,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 from config import Settings
 from db import lifecycle
 from db.models import Job, SlicePrediction
 from db.session import session_scope
 from ingest import InvalidUpload, plan_upload
-from storage import LocalStorage
+from storage import Storage, open_storage
 from worker import metrics
 from worker.inference import Predictor, get_predictor
 from worker.pipeline import Decoded, JobFailed, _insert_ignore, _load, _predict
@@ -53,7 +54,7 @@ class Member:
     rows: list[dict] = field(default_factory=list)
 
 
-def run_group(first: lifecycle.Started, settings: Settings, storage: LocalStorage) -> None:
+def run_group(first: lifecycle.Started, settings: Settings, storage: Storage) -> None:
     """Run ``first`` with every single-image job that can join it; raise if ``first`` failed."""
     members = [Member(first)] + [Member(s) for s in claim(first.model_name, settings)]
     log.info("micro-batch of %d single-image jobs", len(members))
@@ -95,21 +96,23 @@ def _end_failed_quietly(job_id: str, settings: Settings, message: str) -> None:
     with session_scope() as s:
         ended = lifecycle.fail(s, job_id, message, running_only=True)
     if ended:
-        LocalStorage.from_settings(settings).release(job_id)
+        open_storage(settings).release(job_id)
 
 
 def _decode(
     members: list[Member],
     predictor: Predictor,
     settings: Settings,
-    storage: LocalStorage,
+    storage: Storage,
     plans: ExitStack,
 ) -> None:
     """Plan each upload and decode every slice of every member in a thread pool."""
     jobs = []
     for m in members:
+        key = m.started.upload_key
         try:
-            plan = plans.enter_context(plan_upload(storage.path(m.started.upload_key), settings))
+            path = plans.enter_context(storage.local_file(key))
+            plan = plans.enter_context(plan_upload(path, settings, filename=PurePath(key).name))
         except InvalidUpload as exc:
             m.error = str(exc)
             continue

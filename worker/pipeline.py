@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
+from pathlib import PurePath
 from typing import NoReturn
 
 import numpy as np
@@ -35,7 +36,7 @@ from db.models import Job, JobKind, JobStatus, SlicePrediction
 from db.session import session_scope
 from ingest import InvalidUpload, SliceError, SliceSource, UploadPlan, plan_upload
 from models.preprocessing import preprocess
-from storage import LocalStorage
+from storage import Storage, open_storage
 from worker import metrics
 from worker.inference import Predictor, get_predictor
 from worker.summary import SeriesName, series_names, summarize
@@ -129,7 +130,7 @@ def run_job(job_id: str, republish: Callable[[], None]) -> None:
     handed back because this worker is shutting down.
     """
     settings = get_settings()
-    storage = LocalStorage.from_settings(settings)
+    storage = open_storage(settings)
     with session_scope() as s:
         started = lifecycle.start(s, job_id, settings.stale_after_s)
     if started is None:
@@ -165,28 +166,34 @@ def _nothing_to_do(job_id: str) -> None:
 
 
 def _run_started(
-    started: lifecycle.Started, beat: Heartbeat, storage: LocalStorage, settings: Settings
+    started: lifecycle.Started, beat: Heartbeat, storage: Storage, settings: Settings
 ) -> Stop | None:
-    """Plan, predict and store; then summarise, unless the job had to stop early."""
+    """Plan, predict and store; then summarise, unless the job had to stop early.
+
+    The upload is read from a local file (S3: a temporary download, deleted
+    when the ``with`` ends, before the job is closed).
+    """
     job_id = started.job_id
-    try:
-        plan = plan_upload(storage.path(started.upload_key), settings)
-    except InvalidUpload as exc:
-        end_failed(job_id, str(exc))
-    predictor = get_predictor(started.model_name)
-    with plan:  # releases the per-thread archive handles before the upload is deleted
-        _record_plan(job_id, plan)
-        done = _done_indexes(job_id)
-        todo = [s for s in plan.slices if s.index not in done]
-        stop = _predict_and_store(job_id, todo, predictor, settings, beat)
-        names = series_names(plan.series)
+    key = started.upload_key
+    with storage.local_file(key) as path:
+        try:
+            plan = plan_upload(path, settings, filename=PurePath(key).name)
+        except InvalidUpload as exc:
+            end_failed(job_id, str(exc))
+        predictor = get_predictor(started.model_name)
+        with plan:  # releases the per-thread archive handles before the upload is deleted
+            _record_plan(job_id, plan)
+            done = _done_indexes(job_id)
+            todo = [s for s in plan.slices if s.index not in done]
+            stop = _predict_and_store(job_id, todo, predictor, settings, beat)
+            names = series_names(plan.series)
     if stop is None:
         _finish(job_id, predictor, settings, storage, names)
     return stop
 
 
 def _after_stop(
-    job_id: str, stop: Stop | None, republish: Callable[[], None], storage: LocalStorage
+    job_id: str, stop: Stop | None, republish: Callable[[], None], storage: Storage
 ) -> None:
     """Close a job that stopped early: cancelled, handed back, or taken over."""
     if stop is Stop.CANCELLED:
@@ -361,7 +368,7 @@ def _finish(
     job_id: str,
     predictor: Predictor,
     settings: Settings,
-    storage: LocalStorage,
+    storage: Storage,
     names: dict[str, SeriesName],
 ) -> None:
     """Compute the study summary from the stored rows and close the job."""
@@ -395,6 +402,6 @@ def end_failed(job_id: str, message: str) -> NoReturn:
     with session_scope() as s:
         ended = lifecycle.fail(s, job_id, message, running_only=True)
     if ended:
-        LocalStorage.from_settings(get_settings()).release(job_id)
+        open_storage(get_settings()).release(job_id)
         metrics.JOBS.labels("failed").inc()
     raise JobFailed(message) from None

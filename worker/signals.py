@@ -40,7 +40,7 @@ from config.celery import RUN_JOB_TASK, publish_job
 from config.metrics import mark_process_dead
 from db import lifecycle
 from db.session import dispose_after_fork, session_scope
-from storage import LocalStorage
+from storage import open_storage
 from worker import metrics, pipeline
 
 log = logging.getLogger(__name__)
@@ -129,4 +129,4 @@ def _end_failed(job_id: str, message: str) -> None:
     with session_scope() as s:
         ended = lifecycle.fail(s, job_id, message, running_only=True)
     if ended:
-        LocalStorage.from_settings(get_settings()).release(job_id)
+        open_storage(get_settings()).release(job_id)

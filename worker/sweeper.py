@@ -13,8 +13,9 @@ time across all workers and hosts of a queue. One sweep:
    ``STALE_AFTER_S`` whose ID is neither waiting in the queue nor held
    (unacknowledged) by a worker is published again (a Redis that lost its
    data, a publish that failed after the row was committed).
-3. **orphaned uploads**: job folders older than ``ORPHAN_UPLOAD_AGE_S`` with
-   no job row (the API died mid-submit) and partial files are removed.
+3. **orphaned uploads**: job folders (S3: job key prefixes) last written more
+   than ``ORPHAN_UPLOAD_AGE_S`` ago with no job row (the API died mid-submit)
+   are removed, partial files and unfinished S3 multipart uploads included.
 4. **retention**: jobs that ended more than ``RETENTION_DAYS`` ago are deleted
    with their results and files (0 keeps them forever).
 
@@ -38,7 +39,7 @@ from config import Settings
 from db import lifecycle
 from db.models import TERMINAL_STATUSES, Job, utcnow
 from db.session import session_scope
-from storage import LocalStorage
+from storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 LOCK_PREFIX = "lungct:sweeper:"
@@ -77,7 +78,7 @@ def sweep(settings: Settings, redis: Redis, publish: Callable[[str], None]) -> S
 
 def _sweep(settings: Settings, redis: Redis, publish: Callable[[str], None]) -> SweepReport:
     report = SweepReport()
-    storage = LocalStorage.from_settings(settings)
+    storage = open_storage(settings)
     stale_before = utcnow() - timedelta(seconds=settings.stale_after_s)
     with session_scope() as s:
         for job_id in lifecycle.stale_running(s, stale_before):
@@ -147,9 +148,9 @@ def _has_task_id(message: object) -> bool:
     return isinstance(headers, dict) and isinstance(headers.get("id"), str)
 
 
-def _remove_orphans(storage: LocalStorage, age_s: float) -> list[str]:
-    """Remove old job folders that no job row refers to (a submit that never finished)."""
-    candidates = list(storage.folders(older_than_s=age_s))
+def _remove_orphans(storage: Storage, age_s: float) -> list[str]:
+    """Remove old job uploads that no job row refers to (a submit that never finished)."""
+    candidates = list(storage.job_ids(older_than_s=age_s))
     if not candidates:
         return []
     with session_scope() as s:
@@ -160,7 +161,7 @@ def _remove_orphans(storage: LocalStorage, age_s: float) -> list[str]:
     return orphans
 
 
-def _expire(storage: LocalStorage, retention_days: float) -> list[str]:
+def _expire(storage: Storage, retention_days: float) -> list[str]:
     """Delete jobs that ended before the retention period, with results and files."""
     cutoff = utcnow() - timedelta(days=retention_days)
     with session_scope() as s:

@@ -1,0 +1,118 @@
+"""What every storage backend offers, and local temporary files that leave nothing behind."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path, PurePath
+from typing import BinaryIO, NamedTuple
+
+KNOWN_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".zip"}
+COPY_CHUNK = 1024 * 1024
+PROC_FD = Path("/proc/self/fd")
+
+
+def stored_name(filename: str) -> str:
+    """``upload`` plus a known extension: the client's file name is never kept.
+
+    File names often carry patient names or IDs; the extension is only a hint
+    for ingest, which recognises files by content.
+    """
+    suffix = PurePath(filename.replace("\\", "/")).suffix.lower()
+    return "upload" + (suffix if suffix in KNOWN_SUFFIXES else "")
+
+
+def valid_job_id(job_id: str) -> bool:
+    """A single path component: never empty, never a parent, so a delete stays inside one job."""
+    return bool(job_id) and "/" not in job_id and "\\" not in job_id and job_id not in (".", "..")
+
+
+class Stored(NamedTuple):
+    """A saved upload: its key (``<job_id>/upload.<ext>``, recorded on the job) and size."""
+
+    key: str
+    size: int
+
+
+class Storage(ABC):
+    """Uploads, one job per folder or key prefix; the only code that deletes them.
+
+    Keys are relative (``<job_id>/upload.<ext>``), so a job row does not say
+    which backend holds its upload.
+    """
+
+    keep_uploads: bool
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """Create what must exist before the first save (a local folder; S3: nothing)."""
+
+    @abstractmethod
+    def save(self, job_id: str, filename: str, stream: BinaryIO) -> Stored:
+        """Copy ``stream`` to ``<job_id>/upload.<ext>``; readers never see a partial upload."""
+
+    @abstractmethod
+    def local_file(self, key: str) -> AbstractContextManager[Path]:
+        """A local path holding the upload while the context lasts (the worker reads it)."""
+
+    @abstractmethod
+    def discard(self, job_id: str) -> None:
+        """Remove everything stored for a job (the upload, and a partial one)."""
+
+    @abstractmethod
+    def job_ids(self, older_than_s: float) -> Iterator[str]:
+        """Jobs that have something stored, last written more than ``older_than_s`` ago."""
+
+    def release(self, job_id: str) -> None:
+        """The job has ended: drop its upload (patient data) unless KEEP_UPLOADS is set."""
+        if not self.keep_uploads:
+            self.discard(job_id)
+
+
+@contextmanager
+def scratch_file() -> Iterator[tuple[BinaryIO, Path]]:
+    """A temporary file and a path that opens it, gone when the context ends.
+
+    On Linux the file never has a name (an unlinked temporary file, opened
+    again through ``/proc/self/fd/N``), so even a killed process leaves nothing
+    on disk; elsewhere it is a named temporary file deleted when closed.
+    """
+    if PROC_FD.is_dir():
+        with tempfile.TemporaryFile() as f:
+            yield f, PROC_FD / str(f.fileno())
+    else:
+        with tempfile.NamedTemporaryFile() as f:
+            yield f, Path(f.name)
+
+
+@contextmanager
+def readable_path(stream: BinaryIO) -> Iterator[Path]:
+    """A path with ``stream``'s bytes, for code that wants a file name (ingest).
+
+    A request's upload is already a temporary file (werkzeug spools anything
+    over 500 KB to one, and ``fileno()`` writes a smaller one out): on Linux its
+    ``/proc/self/fd`` path is used without a copy. Anything else is copied to a
+    :func:`scratch_file`. ``stream`` is left at its start either way.
+    """
+    fd = _fileno(stream)
+    if fd is not None and PROC_FD.is_dir():
+        stream.flush()
+        yield PROC_FD / str(fd)
+        return
+    with scratch_file() as (f, path):
+        stream.seek(0)
+        shutil.copyfileobj(stream, f, COPY_CHUNK)
+        f.flush()
+        stream.seek(0)
+        yield path
+
+
+def _fileno(stream: BinaryIO) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None

@@ -1,0 +1,65 @@
+"""Uploads in a local (or shared network) folder: one folder per job."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from storage.base import COPY_CHUNK, Storage, Stored, stored_name, valid_job_id
+
+PARTIAL_SUFFIX = ".part"
+
+
+class LocalStorage(Storage):
+    """Job folders under ``root`` (STORAGE_DIR, or a folder path in STORAGE_URL)."""
+
+    def __init__(self, root: Path, keep_uploads: bool = False) -> None:
+        self.root = root
+        self.keep_uploads = keep_uploads
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({str(self.root)!r})"
+
+    def prepare(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def save(self, job_id: str, filename: str, stream: BinaryIO) -> Stored:
+        """Written as ``*.part`` and renamed once complete: a crash mid-copy leaves
+        a partial file that the sweeper recognises and removes.
+        """
+        name = stored_name(filename)
+        folder = self.root / job_id
+        folder.mkdir(parents=True, exist_ok=False)
+        path = folder / name
+        partial = folder / f"{name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
+        with partial.open("wb") as out:
+            shutil.copyfileobj(stream, out, COPY_CHUNK)
+        os.replace(partial, path)
+        return Stored(f"{job_id}/{name}", path.stat().st_size)
+
+    @contextmanager
+    def local_file(self, key: str) -> Iterator[Path]:
+        """The stored file itself (no copy)."""
+        yield self.root / key
+
+    def discard(self, job_id: str) -> None:
+        if valid_job_id(job_id):
+            shutil.rmtree(self.root / job_id, ignore_errors=True)
+
+    def job_ids(self, older_than_s: float) -> Iterator[str]:
+        """Job folders last changed more than ``older_than_s`` ago."""
+        if not self.root.is_dir():
+            return
+        cutoff = time.time() - older_than_s
+        for entry in os.scandir(self.root):
+            try:
+                if entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    yield entry.name
+            except FileNotFoundError:  # removed meanwhile
+                continue
