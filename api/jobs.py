@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from apiflask import APIBlueprint, abort
-from flask import request, url_for
+from flask import Response, request, url_for
 from redis.exceptions import LockError, RedisError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -372,3 +372,40 @@ def delete_job(job_id: str) -> tuple[str, int]:
         _audit(s, who, "delete", job_id)
     context.storage().discard(job_id)
     return "", 204
+
+
+def _slice_file(job_id: str, slice_index: int, name: str, what: str) -> Response:
+    """A stored PNG of the caller's job (owner-checked like every job route)."""
+    with context.session() as s:
+        _owned(s, job_id, caller())
+    data = context.storage().get(job_id, name)
+    if data is None:
+        abort(404, f"no {what} for slice {slice_index} of job {job_id!r}")
+    response = Response(data, mimetype="image/png")
+    response.headers["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@bp.get("/jobs/<job_id>/slices/<int:slice_index>/image")
+@bp.auth_required(auth)
+@bp.doc(
+    summary="A slice as the model saw it (PNG)",
+    description="After windowing, resizing and scaling: the model's input size, 8-bit gray.",
+    responses={200: {"description": "PNG", "content": {"image/png": {}}}, 401: {}, 404: {}},
+)
+def slice_image(job_id: str, slice_index: int) -> Response:
+    return _slice_file(job_id, slice_index, f"images/{slice_index}.png", "image")
+
+
+@bp.get("/jobs/<job_id>/slices/<int:slice_index>/heatmap")
+@bp.auth_required(auth)
+@bp.doc(
+    summary="Grad-CAM heat map of a top slice (PNG)",
+    description=(
+        "Red with opacity where the model looked, the size of the slice image; only for the "
+        "top slices of each series (HEATMAP_SLICES_PER_SERIES)."
+    ),
+    responses={200: {"description": "PNG", "content": {"image/png": {}}}, 401: {}, 404: {}},
+)
+def slice_heatmap(job_id: str, slice_index: int) -> Response:
+    return _slice_file(job_id, slice_index, f"heatmaps/{slice_index}.png", "heat map")

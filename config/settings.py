@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     summary_top_slices: int = Field(5, ge=0)
     results_page_size: PositiveInt = 100
     keep_uploads: bool = False
+    # What the result pages show (worker/images.py): each slice as the model saw
+    # it, and Grad-CAM heat maps of the top slices of each series (0: none).
+    store_slice_images: bool = True
+    heatmap_slices_per_series: int = Field(3, ge=0, le=50)
+    heatmaps_for_images: bool = False
     # Cross-request micro-batching of single-image jobs (worker/microbatch.py):
     # at most this many jobs share a forward pass (1 switches it off), gathered
     # for at most MICROBATCH_WAIT_MS after the first one.

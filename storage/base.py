@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
@@ -24,6 +25,14 @@ def stored_name(filename: str) -> str:
     """
     suffix = PurePath(filename.replace("\\", "/")).suffix.lower()
     return "upload" + (suffix if suffix in KNOWN_SUFFIXES else "")
+
+
+DERIVED_NAME = re.compile(r"(images|heatmaps)/\d{1,9}\.png")
+"""A job's derived files: ``images/<slice_index>.png`` and ``heatmaps/<slice_index>.png``."""
+
+
+def valid_name(name: str) -> bool:
+    return DERIVED_NAME.fullmatch(name) is not None
 
 
 def valid_job_id(job_id: str) -> bool:
@@ -67,10 +76,26 @@ class Storage(ABC):
     def job_ids(self, older_than_s: float) -> Iterator[str]:
         """Jobs that have something stored, last written more than ``older_than_s`` ago."""
 
+    @abstractmethod
+    def put(self, job_id: str, name: str, data: bytes) -> None:
+        """Store a small derived file of a job (a slice image, a heat map) under ``name``."""
+
+    @abstractmethod
+    def get(self, job_id: str, name: str) -> bytes | None:
+        """A derived file stored with :meth:`put`, or None."""
+
+    @abstractmethod
+    def drop_upload(self, job_id: str) -> None:
+        """Delete the job's upload (and a partial one), keeping its derived files."""
+
     def release(self, job_id: str) -> None:
-        """The job has ended: drop its upload (patient data) unless KEEP_UPLOADS is set."""
+        """The job has ended: drop its upload (patient data) unless KEEP_UPLOADS is set.
+
+        Its slice images and heat maps stay until the job is deleted (by its
+        owner, or by the sweeper after RETENTION_DAYS): they are the results.
+        """
         if not self.keep_uploads:
-            self.discard(job_id)
+            self.drop_upload(job_id)
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.base import COPY_CHUNK, Storage, Stored, stored_name, valid_job_id
+from storage.base import COPY_CHUNK, Storage, Stored, stored_name, valid_job_id, valid_name
 
 PARTIAL_SUFFIX = ".part"
 
@@ -51,6 +52,32 @@ class LocalStorage(Storage):
     def discard(self, job_id: str) -> None:
         if valid_job_id(job_id):
             shutil.rmtree(self.root / job_id, ignore_errors=True)
+
+    def drop_upload(self, job_id: str) -> None:
+        if not valid_job_id(job_id):
+            return
+        folder = self.root / job_id
+        for path in folder.glob("upload*"):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # still holds images: keep it
+            folder.rmdir()
+
+    def put(self, job_id: str, name: str, data: bytes) -> None:
+        if not (valid_job_id(job_id) and valid_name(name)):
+            raise ValueError(f"not a derived file of a job: {name!r}")
+        path = self.root / job_id / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+
+    def get(self, job_id: str, name: str) -> bytes | None:
+        if not (valid_job_id(job_id) and valid_name(name)):
+            return None
+        try:
+            return (self.root / job_id / name).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def job_ids(self, older_than_s: float) -> Iterator[str]:
         """Job folders last changed more than ``older_than_s`` ago."""

@@ -29,7 +29,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from storage.base import Storage, Stored, scratch_file, stored_name, valid_job_id
+from storage.base import Storage, Stored, scratch_file, stored_name, valid_job_id, valid_name
 
 MB = 1024**2
 # Parts of 8 MB (boto3's default), 4 in flight per upload or download.
@@ -126,9 +126,11 @@ class S3Storage(Storage):
 
     def discard(self, job_id: str) -> None:
         """Delete the job's objects and abort its unfinished multipart uploads."""
-        if not valid_job_id(job_id):
-            return
-        prefix = self.object_key(job_id) + "/"
+        if valid_job_id(job_id):
+            self._delete_prefix(self.object_key(job_id) + "/")
+
+    def _delete_prefix(self, prefix: str) -> None:
+        """Delete every object under ``prefix`` and abort its unfinished multipart uploads."""
         keys = [obj["Key"] for obj in self._list("list_objects_v2", "Contents", prefix)]
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start : start + 1000]]
@@ -141,6 +143,31 @@ class S3Storage(Storage):
             self.client.abort_multipart_upload(
                 Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
             )
+
+    def drop_upload(self, job_id: str) -> None:
+        """Delete ``<job>/upload*`` and abort unfinished multipart uploads of it."""
+        if valid_job_id(job_id):
+            self._delete_prefix(self.object_key(job_id) + "/upload")
+
+    def put(self, job_id: str, name: str, data: bytes) -> None:
+        if not (valid_job_id(job_id) and valid_name(name)):
+            raise ValueError(f"not a derived file of a job: {name!r}")
+        self.client.put_object(
+            Bucket=self.bucket, Key=self.object_key(f"{job_id}/{name}"), Body=data
+        )
+
+    def get(self, job_id: str, name: str) -> bytes | None:
+        if not (valid_job_id(job_id) and valid_name(name)):
+            return None
+        try:
+            answer = self.client.get_object(
+                Bucket=self.bucket, Key=self.object_key(f"{job_id}/{name}")
+            )
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise
+        return answer["Body"].read()
 
     def job_ids(self, older_than_s: float) -> Iterator[str]:
         """Job prefixes whose newest object or open multipart upload is older than ``older_than_s``.

@@ -197,3 +197,40 @@ def test_metrics_of_the_api_and_the_worker(stack: Stack, api) -> None:  # type: 
     assert predicted and float(predicted[0].split()[-1]) >= 5
     assert "lungct_worker_inference_seconds_bucket" in worker
     assert "lungct_worker_model_load_seconds" in worker
+
+
+def test_slice_images_and_heatmaps_are_served_to_their_owner_only(stack: Stack, api) -> None:  # type: ignore[no-untyped-def]
+    import io as _io
+
+    from PIL import Image
+
+    from tests.conftest import authed, new_key
+
+    members = {f"h{i}.png": png_bytes(400 + i, size=64) for i in range(6)}
+    job = wait_done(api, submit(api, zip_bytes(members), "h.zip")["id"])
+    assert job["status"] == "succeeded", job
+    base = f"/api/v1/jobs/{job['id']}/slices"
+    size = api.get("/api/v1/models").json["items"]
+    spec = next(m for m in size if m["name"] == job["model"]["name"])["input"]
+    for index in range(6):
+        r = api.get(f"{base}/{index}/image")
+        assert r.status_code == 200 and r.mimetype == "image/png"
+        assert Image.open(_io.BytesIO(r.data)).size == (spec["width"], spec["height"])
+    tops = {t["slice_index"] for s in job["summary"]["series"] for t in s["top_slices"][:3]}
+    for index in range(6):
+        r = api.get(f"{base}/{index}/heatmap")
+        assert r.status_code == (200 if index in tops else 404), index
+        if index in tops:
+            assert Image.open(_io.BytesIO(r.data)).mode == "RGBA"
+    bob = authed(stack.app(), new_key(stack.env["DATABASE_URL"], "bob"))
+    assert bob.get(f"{base}/0/image").status_code == 404
+    assert api.get(f"{base}/99/image").status_code == 404
+    assert api.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
+    assert not (Path(stack.env["STORAGE_DIR"]) / job["id"]).exists()  # images go with the job
+
+
+def test_a_single_image_gets_its_image_but_no_heatmap_by_default(api) -> None:  # type: ignore[no-untyped-def]
+    job = wait_done(api, submit(api, png_bytes(42), "one.png")["id"])
+    base = f"/api/v1/jobs/{job['id']}/slices/0"
+    assert api.get(f"{base}/image").status_code == 200
+    assert api.get(f"{base}/heatmap").status_code == 404  # HEATMAPS_FOR_IMAGES=0

@@ -90,6 +90,24 @@ def test_release_keeps_uploads_when_asked(storage: Storage) -> None:
     assert list(storage.job_ids(older_than_s=-60)) == []
 
 
+def test_derived_files_outlive_the_upload_until_the_job_goes(storage: Storage) -> None:
+    storage.save("j", "s.zip", io.BytesIO(b"zip"))
+    storage.put("j", "images/0.png", b"png0")
+    storage.put("j", "heatmaps/0.png", b"heat0")
+    assert storage.get("j", "images/0.png") == b"png0" and storage.get("j", "images/1.png") is None
+    storage.release("j")  # the job ended: the upload goes, its images stay
+    with pytest.raises(FileNotFoundError), storage.local_file("j/upload.zip") as path:
+        path.read_bytes()
+    assert storage.get("j", "heatmaps/0.png") == b"heat0"
+    for bad in ("../x.png", "images/../../x", "upload.zip", "images/a.png"):
+        assert storage.get("j", bad) is None
+        with pytest.raises(ValueError):
+            storage.put("j", bad, b"x")
+    storage.discard("j")  # the job was deleted: everything goes
+    assert storage.get("j", "images/0.png") is None
+    assert list(storage.job_ids(older_than_s=-60)) == []
+
+
 def test_job_ids_by_age(storage: Storage) -> None:
     storage.save("fresh", "s.png", io.BytesIO(b"png"))
     assert list(storage.job_ids(older_than_s=3600)) == []

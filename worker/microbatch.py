@@ -34,6 +34,7 @@ from db.session import session_scope
 from ingest import InvalidUpload, plan_upload
 from storage import Storage, open_storage
 from worker import metrics
+from worker.images import store_heatmaps, store_images
 from worker.inference import Predictor, get_predictor
 from worker.pipeline import Decoded, JobFailed, _insert_ignore, _load, _predict
 from worker.summary import SeriesName, series_names, summarize
@@ -62,11 +63,19 @@ def run_group(first: lifecycle.Started, settings: Settings, storage: Storage) ->
     with ExitStack() as plans:
         _decode(members, predictor, settings, storage, plans)
         _predict_all(members, predictor, settings)
+    if settings.store_slice_images:
+        for m in members:
+            store_images(storage, m.started.job_id, m.decoded)
     outcomes = _store(members, predictor, settings)
-    for member, (ended, error) in zip(members, outcomes, strict=True):
+    summaries = {}
+    for member, (ended, error, summary) in zip(members, outcomes, strict=True):
         if ended:
             storage.release(member.started.job_id)
             metrics.JOBS.labels("failed" if error else "succeeded").inc()
+            if summary is not None:
+                summaries[member.started.job_id] = summary
+    if summaries and settings.heatmaps_for_images and settings.heatmap_slices_per_series:
+        store_heatmaps(summaries, predictor, storage, settings)
     first_error = outcomes[0][1]
     if first_error is not None:
         raise JobFailed(first_error)
@@ -148,8 +157,11 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 def _store(
     members: list[Member], predictor: Predictor, settings: Settings
-) -> list[tuple[bool, str | None]]:
-    """Every member's rows, progress and verdict in one transaction: (ended, error) each."""
+) -> list[tuple[bool, str | None, dict | None]]:
+    """Every member's rows, progress and verdict in one transaction.
+
+    One (ended, error, summary) per member.
+    """
     outcomes = []
     with session_scope() as s:
         for m in members:
@@ -161,11 +173,12 @@ def _store(
             job.done, job.failed_slices = len(m.rows), sum(1 for r in m.rows if r["error"])
             error = m.error or _all_failed(m)
             if error is not None:
-                outcomes.append((lifecycle.fail(s, job_id, error, running_only=True), error))
+                ended = lifecycle.fail(s, job_id, error, running_only=True)
+                outcomes.append((ended, error, None))
                 continue
             rows = [SlicePrediction(job_id=job_id, **r) for r in m.rows]
             summary = summarize(rows, predictor.card, settings, len(m.warnings), m.names)
-            outcomes.append((lifecycle.succeed(s, job_id, summary), None))
+            outcomes.append((lifecycle.succeed(s, job_id, summary), None, summary))
     return outcomes
 
 

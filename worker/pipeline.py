@@ -38,6 +38,7 @@ from ingest import InvalidUpload, SliceError, SliceSource, UploadPlan, plan_uplo
 from models.preprocessing import preprocess
 from storage import Storage, open_storage
 from worker import metrics
+from worker.images import store_heatmaps, store_images
 from worker.inference import Predictor, get_predictor
 from worker.summary import SeriesName, series_names, summarize
 
@@ -185,10 +186,13 @@ def _run_started(
             _record_plan(job_id, plan)
             done = _done_indexes(job_id)
             todo = [s for s in plan.slices if s.index not in done]
-            stop = _predict_and_store(job_id, todo, predictor, settings, beat)
+            stop = _predict_and_store(job_id, todo, predictor, settings, beat, storage)
             names = series_names(plan.series)
     if stop is None:
-        _finish(job_id, predictor, settings, storage, names)
+        heatmaps = bool(settings.heatmap_slices_per_series) and (
+            started.kind == JobKind.STUDY or settings.heatmaps_for_images
+        )
+        _finish(job_id, predictor, settings, storage, names, heatmaps)
     return stop
 
 
@@ -218,7 +222,12 @@ def _after_stop(
 
 
 def _predict_and_store(
-    job_id: str, todo: list[SliceSource], predictor: Predictor, settings: Settings, beat: Heartbeat
+    job_id: str,
+    todo: list[SliceSource],
+    predictor: Predictor,
+    settings: Settings,
+    beat: Heartbeat,
+    storage: Storage,
 ) -> Stop | None:
     """Predict batch after batch while a writer thread stores the previous batch.
 
@@ -237,7 +246,8 @@ def _predict_and_store(
             metrics.observe_batch(len(batch), failed, time.perf_counter() - started)
             if pending is not None:
                 pending.result()
-            pending = writer.submit(_store_batch, job_id, rows, beat)
+            images = batch if settings.store_slice_images else []
+            pending = writer.submit(_store_batch, job_id, rows, beat, storage, images)
             if (stop := beat.stop_reason()) is not None:
                 break
         if pending is not None:
@@ -347,8 +357,14 @@ def _insert_ignore(session: Session, job_id: str, rows: list[dict]) -> None:
     session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "slice_index"]))
 
 
-def _store_batch(job_id: str, rows: list[dict], beat: Heartbeat) -> None:
-    """Store one batch's rows, the new progress and a heartbeat in one transaction."""
+def _store_batch(
+    job_id: str, rows: list[dict], beat: Heartbeat, storage: Storage, images: list[Decoded]
+) -> None:
+    """Store one batch's slice images, then its rows, progress and a heartbeat in one transaction.
+
+    Images first: a slice counted as done has its image.
+    """
+    store_images(storage, job_id, images)
     with session_scope() as s:
         _insert_ignore(s, job_id, rows)
         done, failed = _counts(s, job_id)
@@ -370,21 +386,30 @@ def _finish(
     settings: Settings,
     storage: Storage,
     names: dict[str, SeriesName],
+    heatmaps: bool,
 ) -> None:
-    """Compute the study summary from the stored rows and close the job."""
+    """Summarise the stored rows, store the top slices' heat maps, then close the job.
+
+    Heat maps come before the job reads ``succeeded``, so a client that sees the
+    verdict finds them too.
+    """
     with session_scope() as s:
-        job = s.get_one(Job, job_id)
+        skipped = len(s.get_one(Job, job_id).warnings)
         rows = s.scalars(
             select(SlicePrediction)
             .where(SlicePrediction.job_id == job_id)
             .order_by(SlicePrediction.slice_index)
         ).all()
-        if rows and all(r.error for r in rows):
-            error = f"no slice could be decoded: {rows[0].error}"
+    if rows and all(r.error for r in rows):
+        error = f"no slice could be decoded: {rows[0].error}"
+        with session_scope() as s:
             ended = lifecycle.fail(s, job_id, error, running_only=True)
-        else:
-            error = None
-            summary = summarize(rows, predictor.card, settings, len(job.warnings), names)
+    else:
+        error = None
+        summary = summarize(rows, predictor.card, settings, skipped, names)
+        if heatmaps:
+            store_heatmaps({job_id: summary}, predictor, storage, settings)
+        with session_scope() as s:
             ended = lifecycle.succeed(s, job_id, summary)
     if ended:
         storage.release(job_id)
