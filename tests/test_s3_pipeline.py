@@ -2,7 +2,9 @@
 
 The API process (in-process test client) and the worker subprocess each get an
 empty temporary folder (TMPDIR): after the jobs, it is still empty, the local
-storage folder (STORAGE_DIR) was never created, and the bucket is empty again.
+storage folder (STORAGE_DIR) was never created, the bucket holds no upload once
+a job has ended (only its slice images and heat maps), and nothing at all once
+the job is deleted.
 """
 
 from __future__ import annotations
@@ -60,7 +62,14 @@ def s3_stack(
     bucket = new_bucket(s3_endpoint, prefix="lungct/uploads")
     scratch = tmp / "scratch"
     scratch.mkdir()
-    env = {**base_env(tmp, tiny_models_dir, db.url), **bucket.env, "TMPDIR": str(scratch)}
+    metrics = tmp / "metrics"  # the worker's Prometheus files: not uploads, kept apart
+    metrics.mkdir()
+    env = {
+        **base_env(tmp, tiny_models_dir, db.url),
+        **bucket.env,
+        "TMPDIR": str(scratch),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics),
+    }
     log = tmp / "worker.log"
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
@@ -99,12 +108,25 @@ def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return spawn(argv, {**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "2"}, log)
 
 
-def _released(stack: S3Stack, timeout_s: float = 10) -> list[str]:
-    """The bucket's keys once the worker has released the upload (it does so after closing)."""
+def _uploads(stack: S3Stack, timeout_s: float = 10) -> list[str]:
+    """Upload objects left once the worker has released them (it does so after closing)."""
+
+    def uploads() -> list[str]:
+        listed = stack.bucket.keys()
+        return [k for k in listed if k.rsplit("/", 1)[-1].startswith("upload")]
+
     deadline = time.monotonic() + timeout_s
-    while (keys := stack.bucket.keys()) and time.monotonic() < deadline:
+    while (keys := uploads()) and time.monotonic() < deadline:
         time.sleep(0.1)
     return keys
+
+
+def _deleted_leaves_nothing(stack: S3Stack, api, job_id: str) -> None:  # type: ignore[no-untyped-def]
+    """The job's images and heat maps live in the bucket until the job is deleted."""
+    listed = stack.bucket.keys()
+    assert any(f"/{job_id}/images/" in k for k in listed)
+    assert api.delete(f"/api/v1/jobs/{job_id}").status_code == 204
+    assert stack.bucket.keys() == []
 
 
 def _nothing_local(stack: S3Stack) -> None:
@@ -126,9 +148,9 @@ def test_study_through_s3_leaves_nothing_behind(s3_stack: S3Stack) -> None:
         row = s.get_one(Job, job["id"])
         assert (row.upload_key, row.upload_bytes) == (f"{job['id']}/upload.zip", len(archive))
     assert [i["slice_index"] for i in all_results(api, job["id"])] == list(range(12))
-    assert _released(s3_stack) == []
+    assert _uploads(s3_stack) == []
     _nothing_local(s3_stack)
-    assert api.delete(f"/api/v1/jobs/{job['id']}").status_code == 204
+    _deleted_leaves_nothing(s3_stack, api, job["id"])
 
 
 def test_rejected_upload_never_reaches_the_bucket(s3_stack: S3Stack) -> None:
@@ -152,5 +174,6 @@ def test_real_dicom_study_through_s3(s3_stack: S3Stack, tmp_path: Path) -> None:
     job = wait_done(api, submit(api, buf.getvalue(), "study.zip")["id"], timeout_s=300)
     assert job["status"] == "succeeded", job
     assert job["progress"]["done"] == 128
-    assert _released(s3_stack) == []
+    assert _uploads(s3_stack) == []
     _nothing_local(s3_stack)
+    _deleted_leaves_nothing(s3_stack, api, job["id"])
