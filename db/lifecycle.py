@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import ACTIVE_STATUSES, Job, JobStatus, utcnow
+from db.models import ACTIVE_STATUSES, Job, JobStatus, as_utc, utcnow
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,8 @@ def start(s: Session, job_id: str, stale_after_s: float) -> Started | None:
     """
     now = utcnow()
     stale = now - timedelta(seconds=stale_after_s)
+    if not _startable(s, job_id, stale):
+        return None  # decided by a read: no write lock for the many no-op deliveries
     moved = _move(
         s,
         job_id,
@@ -79,6 +81,15 @@ def start(s: Session, job_id: str, stale_after_s: float) -> Started | None:
     job = s.get_one(Job, job_id)
     s.refresh(job)
     return Started(job.id, job.model_name, job.upload_key, job.attempts, job.kind)
+
+
+def _startable(s: Session, job_id: str, stale: datetime) -> bool:
+    """Whether :func:`start` could move the job (the UPDATE decides for certain)."""
+    row = s.execute(select(Job.status, Job.heartbeat_at).where(Job.id == job_id)).one_or_none()
+    if row is None or row.status not in ACTIVE_STATUSES:
+        return False
+    beat = row.heartbeat_at
+    return row.status == JobStatus.QUEUED or beat is None or as_utc(beat) < stale
 
 
 def heartbeat(s: Session, job_id: str, **progress: Any) -> bool:

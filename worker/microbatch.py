@@ -4,7 +4,8 @@ A single image costs one task, a few transactions and, above all, a forward
 pass of its own; on a burst of uploads the model then runs on batches of one.
 When a worker starts a single-image job it therefore also claims the other
 single-image jobs for the same model that are waiting in the database (up to
-``MICROBATCH_MAX_JOBS``, gathering for at most ``MICROBATCH_WAIT_MS``), runs
+``MICROBATCH_MAX_JOBS``; when others are waiting it gathers for at most
+``MICROBATCH_WAIT_MS`` more, when none are it starts at once), runs
 them through the model together, and ends each with its own result.
 
 Every claimed job goes through the same state machine as any job
@@ -92,7 +93,8 @@ def claim(model_name: str, settings: Settings) -> list[lifecycle.Started]:
                 started = lifecycle.start(s, job_id, settings.stale_after_s)
                 if started is not None:
                     claimed.append(started)
-        if time.monotonic() >= deadline:
+        # Wait for more only during a burst: alone, a job goes at once (no latency cost).
+        if not claimed or time.monotonic() >= deadline:
             break
         time.sleep(CLAIM_POLL_S)
     over = [c for c in claimed if c.attempts > settings.max_attempts]
