@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import APIBlueprint
+from flask import url_for
 
 from api import context
 from api.auth import auth
@@ -25,5 +26,6 @@ def list_models() -> dict[str, Any]:
     for card in Registry(settings.models_dirs).cards():
         public = card.to_public()
         public["default"] = card.name == settings.default_model
+        public["card_url"] = url_for("ui.model_card", name=card.name)
         items.append(public)
     return {"items": items, "default": settings.default_model}

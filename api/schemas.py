@@ -187,6 +187,7 @@ class ModelOut(Schema):
     metrics = Dict(metadata={"description": "Test-split accuracy, macro_f1 and the split method"})
     intended_use = String(allow_none=True)
     default = Boolean()
+    card_url = String(metadata={"description": "the model card, readable without a key"})
 
 
 class ModelsOut(Schema):

@@ -8,7 +8,7 @@ import sys
 
 from sqlalchemy import func, select
 
-from tests.conftest import ROOT, TINY_MODEL, png_bytes, zip_bytes
+from tests.conftest import ROOT, TINY_MODEL, default_model, png_bytes, zip_bytes
 
 
 def _job_count() -> int:
@@ -227,3 +227,12 @@ def test_web_ui_shell_serves_every_app_url_from_local_assets(app) -> None:  # ty
         with anonymous.get(f"/static/{path.relative_to(static).as_posix()}") as r:
             assert r.status_code == 200, path
             assert b"http://" not in r.data and b"https://" not in r.data, path  # no CDN
+
+
+def test_each_model_links_its_card_which_opens_without_a_key(app, client) -> None:  # type: ignore[no-untyped-def]
+    models = {m["name"]: m for m in client.get("/api/v1/models").json["items"]}
+    url = models[default_model()]["card_url"]
+    assert url == f"/models/{default_model()}/card"
+    r = app.test_client().get(url)
+    assert r.status_code == 200 and r.mimetype == "text/plain" and "#" in r.get_data(as_text=True)
+    assert app.test_client().get("/models/no-such-model/card").status_code == 404
