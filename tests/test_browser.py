@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Locator, Page, Route, expect
 
-from tests.conftest import Stack, png_bytes
+from tests.conftest import Stack, png_bytes, served
 
 CHROMIUM = Path("/usr/bin/chromium")
 JOB_TIMEOUT_MS = 90_000
@@ -53,16 +52,10 @@ def base_url() -> None:
 @pytest.fixture(scope="module")
 def server_url(stack: Stack) -> Iterator[str]:
     """The stack's app (API + UI) served over real HTTP on a loopback port."""
-    from werkzeug.serving import make_server
-
     if stack.env["DATABASE_URL"].startswith("postgresql"):
         pytest.skip("the UI does not depend on the database; it runs once, on SQLite")
-    server = make_server("127.0.0.1", 0, stack.app(), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.port}"
-    server.shutdown()
-    thread.join()
+    with served(stack.app()) as url:
+        yield url
 
 
 @pytest.fixture

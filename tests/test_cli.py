@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, TINY_MODEL, Stack, new_key, png_bytes, zip_bytes
+from tests.conftest import ROOT, TINY_MODEL, Stack, new_key, png_bytes, served, zip_bytes
 from tests.fixtures_dicom import ct_slice, to_bytes
 
 pytestmark = pytest.mark.integration
@@ -33,14 +32,8 @@ KEY_MESSAGE = "lungct: error: invalid or missing API key: set LUNGCT_API_KEY"
 @pytest.fixture(scope="module")
 def base_url(stack: Stack) -> Iterator[str]:
     """The stack's API served over real HTTP on a loopback port."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, stack.app(), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.port}"
-    server.shutdown()
-    thread.join()
+    with served(stack.app()) as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import DATA_DIR, Stack
+from tests.conftest import DATA_DIR, Stack, served
 
 pytestmark = [
     pytest.mark.integration,
@@ -36,14 +35,8 @@ def http(stack: Stack) -> requests.Session:
 @pytest.fixture(scope="module")
 def base_url(stack: Stack) -> Iterator[str]:
     """The stack's API served over real HTTP on a loopback port."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, stack.app(), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.port}"
-    server.shutdown()
-    thread.join()
+    with served(stack.app()) as url:
+        yield url
 
 
 def zip_folder(files: list[Path], root: Path) -> bytes:
