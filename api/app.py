@@ -11,7 +11,7 @@ from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api import context
-from api.auth import hash_key
+from api.auth import bearer_token, hash_key
 from api.docs import docs_config
 from api.schemas import ERROR_SCHEMA
 from config import Settings, get_settings
@@ -71,10 +71,8 @@ def _too_large(error: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
 
 def rate_limit_key() -> str:
     """Rate limits count per API key (its hash), or per address without one."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return "key:" + hash_key(token.strip())[:32]
-    return "ip:" + get_remote_address()
+    token = bearer_token()
+    return "key:" + hash_key(token)[:32] if token else "ip:" + get_remote_address()
 
 
 def _limiter(app: APIFlask, settings: Settings) -> Limiter:

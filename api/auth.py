@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from apiflask import HTTPTokenAuth
+from flask import request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -51,6 +52,15 @@ def create_key(s: Session, owner: str, admin: bool = False) -> tuple[ApiKey, str
     s.add(row)
     s.flush()
     return row, key
+
+
+def bearer_token() -> str | None:
+    """The key in this request's ``Authorization: Bearer`` header, if any.
+
+    For code that runs outside :data:`auth` (rate-limit keys, the open /readyz).
+    """
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def find_key(s: Session, key: str) -> ApiKey | None:

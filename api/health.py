@@ -14,11 +14,10 @@ import time
 from typing import Any
 
 from apiflask import APIBlueprint
-from flask import request
 from sqlalchemy import text
 
 from api import context
-from api.auth import find_key
+from api.auth import bearer_token, find_key
 from api.queue import redis_client, workers_consuming
 from config import Settings
 from db.session import get_engine
@@ -78,12 +77,12 @@ def _checks(settings: Settings) -> dict[str, tuple[bool, str]]:
 
 def _is_operator() -> bool:
     """An admin API key in the Authorization header (optional on this route)."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token()
+    if token is None:
         return False
     try:
         with context.session() as s:
-            row = find_key(s, token.strip())
+            row = find_key(s, token)
             return bool(row is not None and row.admin)
     except Exception:  # database down: the caller is nobody in particular
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from config import Settings
@@ -100,15 +101,7 @@ def test_ood_fraction_and_rule_per_series_and_study() -> None:
 
 
 def test_ood_rule_reads_the_card_fraction_and_ignores_failed_slices() -> None:
-    card = ModelCard(
-        name="m",
-        version="1",
-        classes=CLASSES,
-        input=InputSpec(8, 8, 1),
-        severity=["normal", "benign", "malignant"],
-        path=Path("."),
-        raw={"ood": {"study_rule": {"min_fraction": 0.5}}},
-    )
+    card = replace(CARD, raw={"ood": {"study_rule": {"min_fraction": 0.5}}})
     rows = [_flagged(_row(0, "normal"), True), _flagged(_row(1, "normal"), False), _row(2, None)]
     s = summarize(rows, card, Settings())
     assert s["ood_fraction"] == 0.5 and s["out_of_distribution"] is True

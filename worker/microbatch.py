@@ -33,11 +33,11 @@ from db import lifecycle
 from db.models import Job, SlicePrediction
 from db.session import session_scope
 from ingest import InvalidUpload, plan_upload
-from storage import Storage, open_storage
+from storage import Storage
 from worker import metrics
 from worker.images import store_heatmaps, store_images
 from worker.inference import Predictor, get_predictor
-from worker.pipeline import Decoded, JobFailed, _insert_ignore, _load, _predict
+from worker.pipeline import Decoded, JobFailed, _insert_ignore, _load, _predict, fail_job
 from worker.summary import SeriesName, series_names, summarize
 
 log = logging.getLogger(__name__)
@@ -99,15 +99,8 @@ def claim(model_name: str, settings: Settings) -> list[lifecycle.Started]:
         time.sleep(CLAIM_POLL_S)
     over = [c for c in claimed if c.attempts > settings.max_attempts]
     for c in over:
-        _end_failed_quietly(c.job_id, settings, f"started {settings.max_attempts} times")
+        fail_job(c.job_id, f"started {settings.max_attempts} times", settings)
     return [c for c in claimed if c not in over]
-
-
-def _end_failed_quietly(job_id: str, settings: Settings, message: str) -> None:
-    with session_scope() as s:
-        ended = lifecycle.fail(s, job_id, message, running_only=True)
-    if ended:
-        open_storage(settings).release(job_id)
 
 
 def _decode(

@@ -418,8 +418,8 @@ def _finish(
         raise JobFailed(error) from None
 
 
-def end_failed(job_id: str, message: str) -> NoReturn:
-    """Close this worker's running job as failed, release its upload, raise JobFailed.
+def fail_job(job_id: str, message: str, settings: Settings) -> bool:
+    """Close this worker's running job as failed and release its upload; True if it moved.
 
     Only a running job: one this worker handed back (queued) or that another
     worker took over is not this worker's to fail.
@@ -427,6 +427,12 @@ def end_failed(job_id: str, message: str) -> NoReturn:
     with session_scope() as s:
         ended = lifecycle.fail(s, job_id, message, running_only=True)
     if ended:
-        open_storage(get_settings()).release(job_id)
+        open_storage(settings).release(job_id)
         metrics.JOBS.labels("failed").inc()
+    return ended
+
+
+def end_failed(job_id: str, message: str) -> NoReturn:
+    """:func:`fail_job`, then raise JobFailed so Celery records the task as FAILURE."""
+    fail_job(job_id, message, get_settings())
     raise JobFailed(message) from None

@@ -40,7 +40,6 @@ from config.celery import RUN_JOB_TASK, publish_job
 from config.metrics import mark_process_dead
 from db import lifecycle
 from db.session import dispose_after_fork, session_scope
-from storage import open_storage
 from worker import metrics, pipeline
 
 log = logging.getLogger(__name__)
@@ -114,7 +113,8 @@ def _child_lost(
     job_id = str(args[0])
     try:
         if isinstance(exception, TimeLimitExceeded):
-            _end_failed(job_id, "the job exceeded its time limit (JOB_TIME_LIMIT_S)")
+            message = "the job exceeded its time limit (JOB_TIME_LIMIT_S)"
+            pipeline.fail_job(job_id, message, get_settings())
         elif isinstance(exception, WorkerLostError):
             with session_scope() as s:
                 requeued = lifecycle.requeue(s, job_id)
@@ -123,10 +123,3 @@ def _child_lost(
                 publish_job(sender.app, job_id)
     except Exception:  # the sweeper recovers it later
         log.exception("job %s: could not recover after %r", job_id, exception)
-
-
-def _end_failed(job_id: str, message: str) -> None:
-    with session_scope() as s:
-        ended = lifecycle.fail(s, job_id, message, running_only=True)
-    if ended:
-        open_storage(get_settings()).release(job_id)
