@@ -56,6 +56,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=4)
     p.add_argument("--skip-existing", action="store_true", help="reuse finished folds")
     p.add_argument(
+        "--members",
+        type=int,
+        default=1,
+        help="models per fold with different seeds, scored as one ensemble (mean probabilities)",
+    )
+    p.add_argument(
         "--only-folds",
         type=int,
         nargs="+",
@@ -107,7 +113,6 @@ def summarize(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train and score every fold; writes ``cv.json`` and ``cv.md`` into ``args.out``."""
-    import keras
 
     set_seeds(args.seed)
     channels = args.channels or (3 if args.arch in THREE_CHANNEL else 1)
@@ -127,48 +132,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fold_info = []
     scored = sorted(set(args.only_folds)) if args.only_folds else list(range(args.folds))
     for f in scored:
-        out = args.out / f"fold{f}"
-        out.mkdir(parents=True, exist_ok=True)
         idx = fold_indices(folds, f)
-        result = out / "result.npz"
-        if not (args.skip_existing and result.is_file()):
-            keras.backend.clear_session()
-            set_seeds(args.seed + f)
-            data = {"train": Arrays(x[idx["train"]], y[idx["train"]])}
-            print(
-                f"== fold {f}: train {len(idx['train'])}, held out {len(idx['held'])}", flush=True
+        members = [
+            _fold_member(
+                args, spec, x, y, idx, _member_dir(args.out, f, k), args.seed + f + 1000 * k
             )
-            model, history, best_epoch, seconds = fit(
-                args, spec, data, num_classes, out / "best.weights.h5"
-            )
-            held_x = x[idx["held"]]
-            np.savez(
-                result,
-                held=idx["held"],
-                probs=model.predict(held_x, verbose=0, batch_size=64),
-                probs_tta=tta_predict(model, held_x),
-                best_epoch=best_epoch,
-                epochs_run=len(history["loss"]),
-                seconds=seconds,
-            )
-            save_inference_model(model, out / "model.keras")
-            (out / "best.weights.h5").unlink(missing_ok=True)
-        saved = np.load(result)
-        if not np.array_equal(saved["held"], idx["held"]):
-            raise RuntimeError(f"{result} was made with other folds; rerun without --skip-existing")
-        probs[idx["held"]] = saved["probs"]
-        probs_tta[idx["held"]] = saved["probs_tta"]
+            for k in range(args.members)
+        ]
+        probs[idx["held"]] = np.mean([m["probs"] for m in members], axis=0)
+        probs_tta[idx["held"]] = np.mean([m["probs_tta"] for m in members], axis=0)
         fold_info.append(
             {
                 "held_out": len(idx["held"]),
                 "held_out_per_class": np.bincount(y[idx["held"]], minlength=num_classes).tolist(),
-                "best_epoch": int(saved["best_epoch"]),
-                "epochs_run": int(saved["epochs_run"]),
-                "train_seconds": round(float(saved["seconds"]), 1),
+                "members": len(members),
+                "best_epoch": [m["best_epoch"] for m in members],
+                "epochs_run": [m["epochs_run"] for m in members],
+                "train_seconds": [m["train_seconds"] for m in members],
             }
         )
     keep = np.isin(folds, scored)
     suffix = "" if len(scored) == args.folds else "_folds" + "-".join(map(str, scored))
+    if args.members > 1:
+        suffix += f"_ensemble{args.members}"
     np.savez(
         args.out / f"oof{suffix}.npz",
         pool=pool[keep],
@@ -198,12 +184,65 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _member_dir(out: Path, fold: int, member: int) -> Path:
+    """Member 0 is the plain run's fold folder, so ``--members 1`` reuses it."""
+    return out / f"fold{fold}" if member == 0 else out / f"fold{fold}" / f"member{member}"
+
+
+def _fold_member(
+    args: argparse.Namespace,
+    spec: InputSpec,
+    x: np.ndarray,
+    y: np.ndarray,
+    idx: dict[str, np.ndarray],
+    out: Path,
+    seed: int,
+) -> dict[str, Any]:
+    """Train one model on the training folds (or reuse it) and score the held-out fold."""
+    import keras
+
+    out.mkdir(parents=True, exist_ok=True)
+    result = out / "result.npz"
+    if not (args.skip_existing and result.is_file()):
+        keras.backend.clear_session()
+        set_seeds(seed)
+        data = {"train": Arrays(x[idx["train"]], y[idx["train"]])}
+        print(f"== {out}: train {len(idx['train'])}, held out {len(idx['held'])}", flush=True)
+        model, history, best_epoch, seconds = fit(
+            args, spec, data, int(y.max()) + 1, out / "best.weights.h5"
+        )
+        held_x = x[idx["held"]]
+        np.savez(
+            result,
+            held=idx["held"],
+            probs=model.predict(held_x, verbose=0, batch_size=64),
+            probs_tta=tta_predict(model, held_x),
+            best_epoch=best_epoch,
+            epochs_run=len(history["loss"]),
+            seconds=seconds,
+        )
+        save_inference_model(model, out / "model.keras")
+        (out / "best.weights.h5").unlink(missing_ok=True)
+    saved = np.load(result)
+    if not np.array_equal(saved["held"], idx["held"]):
+        raise RuntimeError(f"{result} was made with other folds; rerun without --skip-existing")
+    return {
+        "probs": saved["probs"],
+        "probs_tta": saved["probs_tta"],
+        "best_epoch": int(saved["best_epoch"]),
+        "epochs_run": int(saved["epochs_run"]),
+        "train_seconds": round(float(saved["seconds"]), 1),
+    }
+
+
 def recipe(args: argparse.Namespace, spec: InputSpec) -> str:
     """The training recipe in a few words (a table row label)."""
     text = (
         f"{args.arch} {spec.height}px, {loss_description(args)}, "
         f"augment {augment_strength(args)}, lr {args.lr}, {args.epochs} epochs"
     )
+    if args.members > 1:
+        text = f"mean of {args.members} models per fold (seeds differ), each " + text
     if args.only_folds and len(set(args.only_folds)) != args.folds:
         text += f" (folds {', '.join(map(str, sorted(set(args.only_folds))))} of {args.folds} only)"
     return text

@@ -69,6 +69,15 @@ def test_cv_cli_writes_fold_models_and_a_table(tmp_path: Path) -> None:
     part = json.loads((out / "cv_folds0-2.json").read_text(encoding="utf-8"))
     assert part["folds_scored"] == [0, 2] and part["plain"]["folds"] == 2
     assert part["recipe"].endswith("(folds 0, 2 of 3 only)")
+    main([*args, "--verbose", "0", "--skip-existing", "--members", "2"])  # one new model per fold
+    ens = json.loads((out / "cv_ensemble2.json").read_text(encoding="utf-8"))
+    assert all(fi["members"] == 2 for fi in ens["fold_info"])
+    assert ens["recipe"].startswith("mean of 2 models per fold")
+    single = np.load(out / "fold0" / "result.npz")["probs"]
+    second = np.load(out / "fold0" / "member1" / "result.npz")["probs"]
+    held = np.load(out / "fold0" / "result.npz")["held"]  # positions in the pool's order
+    ensemble = np.load(out / "oof_ensemble2.npz")["probs"][held]
+    assert np.allclose(ensemble, (single + second) / 2, atol=1e-6)
     _attach_to_a_card(tmp_path, out)
 
 
