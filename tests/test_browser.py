@@ -1,8 +1,9 @@
 """The web UI in a real browser (Debian's Chromium driven by Playwright) against the real stack.
 
 The stack's API is served over real HTTP on a loopback port; the browser
-enters a key, uploads studies, follows jobs to their results, reloads a job's
-page, downloads the CSV and deletes a job. Every request the page makes is
+enters a key, uploads studies, follows jobs to their results (with the slice
+images and heatmaps the worker stored), reloads a job's page, downloads the
+CSV, cancels a running job and deletes a job. Every request the page makes is
 recorded: none may leave 127.0.0.1 (no CDN, no fonts, no analytics).
 Skipped when /usr/bin/chromium is missing (``apt-get install chromium``);
 Playwright's own browser downloads are never used.
@@ -20,8 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from PIL import Image
-from playwright.sync_api import Locator, Page, Route, expect
+from playwright.sync_api import Locator, Page, Response, expect
 
 from tests.conftest import Stack, png_bytes, served
 
@@ -106,29 +106,24 @@ def finished_card(page: Page, upload_name: str) -> Locator:
     return card
 
 
-def rgba_png(size: int = 128) -> bytes:
-    """A translucent red square, standing in for a heatmap."""
-    buf = io.BytesIO()
-    Image.new("RGBA", (size, size), (255, 0, 0, 96)).save(buf, "PNG")
-    return buf.getvalue()
+IMAGE_ROUTE = re.compile(r"/api/v1/jobs/[^/]+/slices/\d+/(image|heatmap)$")
 
 
-def serve_images(page: Page) -> list[str | None]:
-    """Answer the slice image and heatmap routes in the browser; returns the auth headers seen.
+def image_answers(page: Page) -> list[tuple[str, int, str | None]]:
+    """(kind, status, Authorization header) of every slice image or heatmap the page fetched.
 
-    The image routes may not exist on this server (404 shows a placeholder, as the
-    other tests see); here the page gets pictures, to check it shows them.
+    These are the real routes of the stack: the worker stored each slice's
+    image and the heatmaps of the top slices while it ran the job.
     """
-    pictures = {"image": png_bytes(1, 128), "heatmap": rgba_png()}
-    auth: list[str | None] = []
+    answers: list[tuple[str, int, str | None]] = []
 
-    def fulfill(route: Route) -> None:
-        auth.append(route.request.headers.get("authorization"))
-        kind = route.request.url.rsplit("/", 1)[1]
-        route.fulfill(status=200, content_type="image/png", body=pictures[kind])
+    def record(response: Response) -> None:
+        if match := IMAGE_ROUTE.search(response.url):
+            auth = response.request.headers.get("authorization")
+            answers.append((match.group(1), response.status, auth))
 
-    page.route(re.compile(r"/api/v1/jobs/[^/]+/slices/\d+/(image|heatmap)$"), fulfill)
-    return auth
+    page.on("response", record)
+    return answers
 
 
 def api_results(stack: Stack, url: str, job_id: str) -> list[dict[str, Any]]:
@@ -139,7 +134,7 @@ def api_results(stack: Stack, url: str, job_id: str) -> list[dict[str, Any]]:
 def test_upload_progress_results_reload_csv_and_delete(
     page: Page, seen: list[str], server_url: str, stack: Stack, tmp_path: Path
 ) -> None:
-    auth = serve_images(page)
+    images = image_answers(page)
     use_key(page, server_url + "/", stack.key)
     submit(page, study(tmp_path, "twelve.zip", 12, seed=100))
 
@@ -161,7 +156,10 @@ def test_upload_progress_results_reload_csv_and_delete(
     expect(top.locator("img.heat")).to_be_hidden()
     card.locator(".thumb").first.scroll_into_view_if_needed()
     expect(card.locator(".thumb img").first).to_be_visible()
-    assert auth and set(auth) == {f"Bearer {stack.key}"}  # images are fetched with the key
+    assert {status for kind, status, _ in images if kind == "image"} == {200}
+    # heatmaps exist for the top HEATMAP_SLICES_PER_SERIES slices; others answer 404
+    assert 200 in {status for kind, status, _ in images if kind == "heatmap"}
+    assert {auth for _, _, auth in images} == {f"Bearer {stack.key}"}  # fetched with the key
 
     card.get_by_role("link", name=job_id).click()
     expect(page).to_have_url(f"{server_url}/jobs/{job_id}")
@@ -238,3 +236,22 @@ def test_refused_key_and_unknown_job(
     page.get_by_role("button", name="Use key").click()
     expect(page.get_by_role("alert").filter(has_text="No job no-such-job")).to_be_visible()
     expect(page.get_by_role("alert").filter(has_text="refused")).to_have_count(0)
+
+
+def test_a_running_job_is_cancelled_from_its_page(
+    page: Page, seen: list[str], server_url: str, stack: Stack, tmp_path: Path
+) -> None:
+    archive = tmp_path / "long.zip"
+    with zipfile.ZipFile(archive, "w") as zf:  # many tiny slices: long enough to catch running
+        for i in range(1500):
+            zf.writestr(f"s{i:04}.png", png_bytes(i, size=8))
+    use_key(page, server_url + "/", stack.key)
+    submit(page, archive)
+    card = page.locator("article.submission", has=page.locator("h3", has_text="long.zip"))
+    expect(card.locator(".job-title .badge")).to_have_text("running", timeout=JOB_TIMEOUT_MS)
+    page.once("dialog", lambda d: d.accept())
+    card.get_by_role("button", name="Cancel job").click()
+    expect(card.locator(".job-title .badge")).to_have_text("cancelled", timeout=JOB_TIMEOUT_MS)
+    job_id = card.locator(".job").get_attribute("data-job-id")
+    job = stack.http().get(f"{server_url}/api/v1/jobs/{job_id}", timeout=10).json()
+    assert job["status"] == "cancelled" and 0 < job["progress"]["done"] < 1500
