@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from apiflask import APIFlask, HTTPError
@@ -131,4 +132,6 @@ def create_app(settings: Settings | None = None) -> APIFlask:
         app.register_blueprint(module.bp)
     metrics.init_app(app)
     app.extensions["lungct_limiter"] = _limiter(app, settings)
+    # requests held by GET /api/v1/jobs/<id>?wait=S (api/jobs.py), per process
+    app.extensions["lungct_waiters"] = threading.BoundedSemaphore(settings.job_waiters_per_process)
     return app

@@ -18,8 +18,9 @@ from sqlalchemy import text
 
 from api import context
 from api.auth import bearer_token, find_key
-from api.queue import redis_client, workers_consuming
+from api.queue import workers_consuming
 from config import Settings
+from config.notices import redis_client
 from db.session import get_engine
 
 bp = APIBlueprint("health", __name__, tag="Health")

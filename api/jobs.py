@@ -8,6 +8,7 @@ that it does). Status changes go through :mod:`db.lifecycle`.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -15,7 +16,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from apiflask import APIBlueprint, abort
-from flask import Response, request, url_for
+from flask import Response, current_app, request, url_for
 from redis.exceptions import LockError, RedisError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -24,9 +25,19 @@ from werkzeug.datastructures import FileStorage
 
 from api import context
 from api.auth import Caller, auth, caller
-from api.queue import enqueue_job, redis_client
-from api.schemas import CancelOut, JobIn, JobList, JobListQuery, JobOut, ResultsOut, ResultsQuery
+from api.queue import enqueue_job
+from api.schemas import (
+    CancelOut,
+    JobIn,
+    JobList,
+    JobListQuery,
+    JobOut,
+    JobWaitQuery,
+    ResultsOut,
+    ResultsQuery,
+)
 from api.serializers import job_to_dict, prediction_to_dict
+from config.notices import announce_ended, redis_client, wait_until
 from db import lifecycle
 from db.models import (
     ACTIVE_STATUSES,
@@ -250,6 +261,7 @@ def _unqueued(job_id: str, reason: str) -> NoReturn:
         s.execute(update(Job).where(Job.id == job_id).values(idempotency_key=None))
     if ended:
         context.storage().release(job_id)
+        announce_ended(context.settings(), [job_id])
     abort(503, f"the job queue is unavailable ({reason}); please resubmit")
 
 
@@ -288,12 +300,49 @@ def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/jobs/<job_id>")
 @bp.auth_required(auth)
+@bp.input(JobWaitQuery, location="query", arg_name="query")
 @bp.output(JobOut)
-@bp.doc(summary="Poll a job", responses=[200, 401, 404, 429])
-def get_job(job_id: str) -> dict[str, Any]:
+@bp.doc(
+    summary="Poll a job",
+    description=(
+        "With `wait=S` the answer is held until the job has ended (or S seconds, at most "
+        "JOB_WAIT_MAX_S, have passed) and then gives the job as it is: one request instead "
+        "of many polls, and the end is seen at once. When the server already holds "
+        "JOB_WAITERS_PER_PROCESS waiting requests it answers at once."
+    ),
+    responses=[200, 400, 401, 404, 429],
+)
+def get_job(job_id: str, query: dict[str, Any]) -> dict[str, Any]:
     """Status, progress, and the study summary once the job has succeeded."""
+    who = caller()
     with context.session() as s:
-        return job_to_dict(_owned(s, job_id, caller()))
+        job = _owned(s, job_id, who)
+        if job.status not in ACTIVE_STATUSES or query["wait"] <= 0:
+            return job_to_dict(job)
+    _wait_for_end(job_id, min(query["wait"], context.settings().job_wait_max_s))
+    with context.session() as s:
+        return job_to_dict(_owned(s, job_id, who))
+
+
+def _wait_for_end(job_id: str, timeout_s: float) -> None:
+    """Hold this request until the job has ended or ``timeout_s`` passed (config/notices.py).
+
+    Holds no database connection while waiting. Returns at once when this
+    process already has JOB_WAITERS_PER_PROCESS waiting requests.
+    """
+    waiters: threading.BoundedSemaphore = current_app.extensions["lungct_waiters"]
+    if timeout_s <= 0 or not waiters.acquire(blocking=False):
+        return
+
+    def ended() -> bool:
+        with context.session() as s:
+            status = s.scalar(select(Job.status).where(Job.id == job_id))
+        return status is None or status not in ACTIVE_STATUSES
+
+    try:
+        wait_until(context.settings(), job_id, ended, timeout_s)
+    finally:
+        waiters.release()
 
 
 @bp.get("/jobs/<job_id>/results")
@@ -354,6 +403,7 @@ def cancel_job(job_id: str) -> dict[str, Any]:
         body = job_to_dict(job)
     if outcome == JobStatus.CANCELLED:
         context.storage().release(job_id)
+        announce_ended(context.settings(), [job_id])
     return body
 
 

@@ -25,9 +25,9 @@ from sqlalchemy import func, select
 
 from api import context
 from api.auth import auth, caller
-from api.queue import redis_client
 from config import Settings
 from config.metrics import registry
+from config.notices import redis_client
 from db.models import Job, JobStatus
 from db.session import session_scope
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 from celery import Celery
-from redis import Redis
 
 from config import Settings
 from config.celery import celery_config, publish_job
@@ -31,14 +30,4 @@ def workers_consuming(settings: Settings, timeout_s: float = 1.0) -> list[str]:
         name
         for name, queues in replies.items()
         if any(q["name"] == settings.celery_queue for q in queues)
-    )
-
-
-@lru_cache(maxsize=8)
-def redis_client(settings: Settings) -> Redis:
-    """A Redis client with the same short timeouts as publishing (locks, readiness)."""
-    return Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.broker_timeout_s,
-        socket_connect_timeout=settings.broker_timeout_s,
     )

@@ -142,6 +142,17 @@ class ResultsQuery(Page):
     pass
 
 
+class JobWaitQuery(Schema):
+    wait = Float(
+        load_default=0.0,
+        validate=Range(min=0, max=60),
+        metadata={
+            "description": "Seconds to hold the answer until the job has ended (long poll); "
+            "capped at JOB_WAIT_MAX_S. 0 (default): answer at once."
+        },
+    )
+
+
 class JobListQuery(Page):
     status = String(validate=OneOf(JOB_STATUSES))
     model = String(validate=Length(max=128))

@@ -31,6 +31,8 @@ import requests.adapters
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 CHUNK = 1 << 20
+LONG_POLL_S = 10.0
+"""How long one ``wait`` request asks the server to hold its answer (JOB_WAIT_MAX_S caps it)."""
 
 ProgressCallback = Callable[[int], None]  # called with the number of bytes just sent
 
@@ -347,8 +349,10 @@ class LungCTClient:
                 fh.close()
         return Job.from_dict(resp.json(), replayed=resp.status_code == 200)
 
-    def job(self, job_id: str) -> Job:
-        return Job.from_dict(self._request("GET", f"/api/v1/jobs/{job_id}").json())
+    def job(self, job_id: str, *, wait: float = 0.0) -> Job:
+        """The job as it is; with ``wait`` > 0 the server answers when it ends (or after wait s)."""
+        path = f"/api/v1/jobs/{job_id}" + (f"?wait={wait:g}" if wait > 0 else "")
+        return Job.from_dict(self._request("GET", path).json())
 
     def jobs(
         self,
@@ -390,17 +394,26 @@ class LungCTClient:
         timeout: float | None = None,
         on_update: Callable[[Job], None] | None = None,
     ) -> Job:
-        """Poll until the job has ended; ``TimeoutError`` after ``timeout`` seconds."""
+        """Wait until the job has ended; ``TimeoutError`` after ``timeout`` seconds.
+
+        Long polls: each request is held by the server until the job ends, or
+        :data:`LONG_POLL_S` at most, so the end is seen at once. A server that
+        answers early (it holds too many waiting requests) is asked again every
+        ``poll`` seconds.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            job = self.job(job_id)
+            asked = time.monotonic()
+            hold = LONG_POLL_S if deadline is None else min(LONG_POLL_S, deadline - asked)
+            job = self.job(job_id, wait=max(0.0, hold))
             if on_update:
                 on_update(job)
             if job.finished:
                 return job
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
-            self._sleep(poll)
+            if (left := poll - (time.monotonic() - asked)) > 0:
+                self._sleep(left)
 
     def models(self) -> list[dict[str, Any]]:
         """The installed models (name, version, classes, ...), as the API describes them."""

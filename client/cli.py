@@ -194,20 +194,28 @@ def _wait_all(
     progress: Progress,
     poll: float,
 ) -> None:
-    """Poll every unfinished job until all have ended, showing slices done/total."""
+    """Poll every unfinished job until all have ended, showing slices done/total.
+
+    The first unfinished job is a long poll of up to ``poll`` seconds (the
+    server answers the moment it ends), which paces the rounds; a round that
+    came back early without news waits out the rest of ``poll``.
+    """
     jobs = {o.job.id: o for o in outcomes if o.job}
     while True:
-        for jid, o in jobs.items():
-            if o.job and not o.job.finished:
-                o.job = api.job(jid)
-                if o.job.finished:
-                    state.put(o.item.path, Entry(o.sha256, model, jid, o.job.status))
-                    progress.log(f"{o.job.status:<9} {o.item.path} -> job {jid}{_detail(o.job)}")
+        started, ended = time.monotonic(), False
+        waiting = [(jid, o) for jid, o in jobs.items() if o.job and not o.job.finished]
+        for i, (jid, o) in enumerate(waiting):
+            o.job = api.job(jid, wait=poll if i == 0 else 0)
+            if o.job.finished:
+                ended = True
+                state.put(o.item.path, Entry(o.sha256, model, jid, o.job.status))
+                progress.log(f"{o.job.status:<9} {o.item.path} -> job {jid}{_detail(o.job)}")
         current = [o.job for o in jobs.values() if o.job]
         progress.slices(sum(j.done for j in current), sum(j.total for j in current))
         if all(j.finished for j in current):
             return
-        time.sleep(poll)
+        if not ended and (left := poll - (time.monotonic() - started)) > 0:
+            time.sleep(left)
 
 
 def _detail(job: Job) -> str:

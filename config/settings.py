@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     web_concurrency: PositiveInt = 2
     web_threads: PositiveInt = 8
     web_timeout_s: PositiveInt = 30
+    # GET /api/v1/jobs/<id>?wait=S holds a request until the job ends (config/notices.py):
+    # at most this many seconds, and at most this many waiting requests per API process
+    # (each holds a thread; beyond it a wait answers at once, like a plain poll).
+    job_wait_max_s: float = Field(20.0, ge=0, le=60)
+    job_waiters_per_process: int = Field(4, ge=0)
 
     # --- worker metrics (worker/metrics.py); 0 disables the endpoint ---
     worker_metrics_host: str = "127.0.0.1"

@@ -62,25 +62,52 @@ def start(s: Session, job_id: str, stale_after_s: float) -> Started | None:
     stale = now - timedelta(seconds=stale_after_s)
     if not _startable(s, job_id, stale):
         return None  # decided by a read: no write lock for the many no-op deliveries
-    moved = _move(
-        s,
-        job_id,
-        ACTIVE_STATUSES,
-        or_(
-            Job.status == JobStatus.QUEUED,
-            Job.heartbeat_at.is_(None),
-            Job.heartbeat_at < stale,
-        ),
-        status=JobStatus.RUNNING,
-        attempts=Job.attempts + 1,
-        heartbeat_at=now,
-        started_at=func.coalesce(Job.started_at, now),
+    row = s.execute(
+        _start_update(now).where(
+            Job.id == job_id,
+            Job.status.in_([str(a) for a in ACTIVE_STATUSES]),
+            or_(
+                Job.status == JobStatus.QUEUED,
+                Job.heartbeat_at.is_(None),
+                Job.heartbeat_at < stale,
+            ),
+        )
+    ).one_or_none()
+    return None if row is None else Started(*row)
+
+
+def start_queued_images(s: Session, model_name: str, limit: int) -> list[Started]:
+    """queued -> running for the oldest queued single-image jobs of ``model_name``.
+
+    The micro-batch claim (worker/microbatch.py): one UPDATE for all of them,
+    atomic per job like :func:`start`, so two workers never claim one job.
+    """
+    oldest = (
+        select(Job.id)
+        .where(Job.status == JobStatus.QUEUED, Job.kind == "image", Job.model_name == model_name)
+        .order_by(Job.created_at)
+        .limit(limit)
     )
-    if not moved:
-        return None
-    job = s.get_one(Job, job_id)
-    s.refresh(job)
-    return Started(job.id, job.model_name, job.upload_key, job.attempts, job.kind)
+    rows = s.execute(
+        _start_update(utcnow()).where(Job.id.in_(oldest), Job.status == JobStatus.QUEUED)
+    ).all()
+    return [Started(*row) for row in rows]
+
+
+def _start_update(now: datetime) -> Any:
+    """The UPDATE that starts jobs, returning what the worker needs (one statement)."""
+    return (
+        update(Job)
+        .values(
+            status=JobStatus.RUNNING,
+            attempts=Job.attempts + 1,
+            heartbeat_at=now,
+            started_at=func.coalesce(Job.started_at, now),
+            updated_at=now,
+        )
+        .returning(Job.id, Job.model_name, Job.upload_key, Job.attempts, Job.kind)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def _startable(s: Session, job_id: str, stale: datetime) -> bool:
@@ -103,8 +130,8 @@ def heartbeat(s: Session, job_id: str, **progress: Any) -> bool:
     return not s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
 
 
-def succeed(s: Session, job_id: str, summary: dict[str, Any]) -> bool:
-    """running -> succeeded with the study summary."""
+def succeed(s: Session, job_id: str, summary: dict[str, Any], **progress: Any) -> bool:
+    """running -> succeeded with the study summary (and final ``progress`` columns, if given)."""
     return _move(
         s,
         job_id,
@@ -113,16 +140,27 @@ def succeed(s: Session, job_id: str, summary: dict[str, Any]) -> bool:
         summary=summary,
         error=None,
         finished_at=utcnow(),
+        **progress,
     )
 
 
-def fail(s: Session, job_id: str, message: str, *, running_only: bool = False) -> bool:
+def fail(
+    s: Session, job_id: str, message: str, *, running_only: bool = False, **progress: Any
+) -> bool:
     """queued|running -> failed, with a message the client can read.
 
     Workers pass ``running_only``: a job they handed back or lost is not theirs to fail.
     """
     allowed = (JobStatus.RUNNING,) if running_only else ACTIVE_STATUSES
-    return _move(s, job_id, allowed, status=JobStatus.FAILED, error=message, finished_at=utcnow())
+    return _move(
+        s,
+        job_id,
+        allowed,
+        status=JobStatus.FAILED,
+        error=message,
+        finished_at=utcnow(),
+        **progress,
+    )
 
 
 def requeue(s: Session, job_id: str, stale_before: datetime | None = None) -> bool:
@@ -181,17 +219,6 @@ def cancelled(s: Session, job_id: str) -> bool:
         status=JobStatus.CANCELLED,
         finished_at=utcnow(),
     )
-
-
-def queued_images(s: Session, model_name: str, limit: int) -> list[str]:
-    """The oldest queued single-image jobs for ``model_name`` (micro-batching candidates)."""
-    q = (
-        select(Job.id)
-        .where(Job.status == JobStatus.QUEUED, Job.kind == "image", Job.model_name == model_name)
-        .order_by(Job.created_at)
-        .limit(limit)
-    )
-    return list(s.scalars(q))
 
 
 def stale_running(s: Session, stale_before: datetime) -> list[str]:

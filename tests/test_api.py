@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import threading
+import time
 
 from sqlalchemy import func, select
 
@@ -236,3 +238,62 @@ def test_each_model_links_its_card_which_opens_without_a_key(app, client) -> Non
     r = app.test_client().get(url)
     assert r.status_code == 200 and r.mimetype == "text/plain" and "#" in r.get_data(as_text=True)
     assert app.test_client().get("/models/no-such-model/card").status_code == 404
+
+
+def _end_later(job_id: str, delay_s: float, announce: bool) -> threading.Thread:
+    """End a queued job from another thread, as a worker would (with or without a notice)."""
+    from config import get_settings
+    from config.notices import announce_ended
+    from db import lifecycle
+    from db.session import session_scope
+
+    def end() -> None:
+        time.sleep(delay_s)
+        with session_scope() as s:
+            assert lifecycle.fail(s, job_id, "ended by the test")
+        if announce:
+            announce_ended(get_settings(), [job_id])
+
+    thread = threading.Thread(target=end)
+    thread.start()
+    return thread
+
+
+def test_a_long_poll_answers_when_the_job_ends(client) -> None:  # type: ignore[no-untyped-def]
+    job_id = _submit(client, png_bytes(), "slice.png").json["id"]
+    for announce in (True, False):  # without a notice, the once-a-second re-read finds it
+        if not announce:
+            job_id = _submit(client, png_bytes(1), "slice.png").json["id"]
+        ender = _end_later(job_id, 0.3, announce)
+        started = time.monotonic()
+        job = client.get(f"/api/v1/jobs/{job_id}?wait=20").json
+        ender.join()
+        assert job["status"] == "failed" and job["error"] == "ended by the test"
+        assert time.monotonic() - started < 10  # answered by the end, not by the 20 s
+    ended = time.monotonic()
+    assert client.get(f"/api/v1/jobs/{job_id}?wait=20").json["status"] == "failed"
+    assert time.monotonic() - ended < 5  # an ended job is answered at once
+
+
+def test_a_long_poll_gives_the_job_as_it_is_after_the_wait(client) -> None:  # type: ignore[no-untyped-def]
+    job_id = _submit(client, png_bytes(), "slice.png").json["id"]
+    started = time.monotonic()
+    assert client.get(f"/api/v1/jobs/{job_id}?wait=0.5").json["status"] == "queued"
+    assert time.monotonic() - started >= 0.5
+    assert client.get(f"/api/v1/jobs/{job_id}?wait=61").status_code == 400
+    assert client.get(f"/api/v1/jobs/{job_id}?wait=-1").status_code == 400
+    assert client.get(f"/api/v1/jobs/{job_id}?wait=soon").status_code == 400
+
+
+def test_long_polls_beyond_the_per_process_limit_answer_at_once(api_env) -> None:  # type: ignore[no-untyped-def]
+    from api import create_app
+    from config import Settings
+    from tests.conftest import authed, new_key
+
+    app = create_app(Settings(job_waiters_per_process=0))
+    app.config["TESTING"] = True
+    client = authed(app, new_key(api_env["DATABASE_URL"], "bob"))
+    job_id = _submit(client, png_bytes(), "slice.png").json["id"]
+    started = time.monotonic()
+    assert client.get(f"/api/v1/jobs/{job_id}?wait=20").json["status"] == "queued"
+    assert time.monotonic() - started < 10

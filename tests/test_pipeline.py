@@ -234,3 +234,33 @@ def test_a_single_image_gets_its_image_but_no_heatmap_by_default(api) -> None:  
     base = f"/api/v1/jobs/{job['id']}/slices/0"
     assert api.get(f"{base}/image").status_code == 200
     assert api.get(f"{base}/heatmap").status_code == 404  # HEATMAPS_FOR_IMAGES=0
+
+
+def test_the_worker_announces_every_end_and_a_long_poll_sees_it(stack: Stack, api) -> None:  # type: ignore[no-untyped-def]
+    """Succeeded, failed (single image and study paths) and cancelled ends are all announced."""
+    from redis import Redis
+
+    from config import Settings
+    from config.notices import channel
+
+    settings = Settings()
+    listener = Redis.from_url(settings.redis_url).pubsub(ignore_subscribe_messages=True)
+    listener.psubscribe(channel(settings, "*"))
+    try:
+        ok = submit(api, png_bytes(77), "one.png")["id"]
+        assert api.get(f"/api/v1/jobs/{ok}?wait=60").json["status"] == "succeeded"
+        bad = png_bytes(5)[:60]
+        failed = submit(api, zip_bytes({"a.png": bad}), "s.zip")["id"]
+        assert api.get(f"/api/v1/jobs/{failed}?wait=60").json["status"] == "failed"
+        big = {f"s{i:04}.png": png_bytes(i, size=8) for i in range(1200)}
+        cancelled = submit(api, zip_bytes(big), "big.zip")["id"]
+        api.post(f"/api/v1/jobs/{cancelled}/cancel")
+        assert api.get(f"/api/v1/jobs/{cancelled}?wait=60").json["status"] == "cancelled"
+        heard: set[str] = set()
+        deadline = time.monotonic() + 10
+        while {ok, failed, cancelled} - heard and time.monotonic() < deadline:
+            if (msg := listener.get_message(timeout=1)) is not None:
+                heard.add(msg["channel"].decode().rsplit(":", 1)[-1])
+        assert {ok, failed, cancelled} <= heard
+    finally:
+        listener.close()

@@ -30,14 +30,22 @@ from pathlib import PurePath
 
 from config import Settings
 from db import lifecycle
-from db.models import Job, SlicePrediction
+from db.models import SlicePrediction
 from db.session import session_scope
 from ingest import InvalidUpload, plan_upload
 from storage import Storage
 from worker import metrics
 from worker.images import store_heatmaps, store_images
 from worker.inference import Predictor, get_predictor
-from worker.pipeline import Decoded, JobFailed, _insert_ignore, _load, _predict, fail_job
+from worker.pipeline import (
+    Decoded,
+    JobFailed,
+    _insert_ignore,
+    _load,
+    _predict,
+    closed,
+    fail_job,
+)
 from worker.summary import SeriesName, series_names, summarize
 
 log = logging.getLogger(__name__)
@@ -71,8 +79,7 @@ def run_group(first: lifecycle.Started, settings: Settings, storage: Storage) ->
     summaries = {}
     for member, (ended, error, summary) in zip(members, outcomes, strict=True):
         if ended:
-            storage.release(member.started.job_id)
-            metrics.JOBS.labels("failed" if error else "succeeded").inc()
+            closed(member.started.job_id, "failed" if error else "succeeded", storage, settings)
             if summary is not None:
                 summaries[member.started.job_id] = summary
     if summaries and settings.heatmaps_for_images and settings.heatmap_slices_per_series:
@@ -89,10 +96,7 @@ def claim(model_name: str, settings: Settings) -> list[lifecycle.Started]:
     deadline = time.monotonic() + settings.microbatch_wait_ms / 1000
     while room > len(claimed):
         with session_scope() as s:
-            for job_id in lifecycle.queued_images(s, model_name, room - len(claimed)):
-                started = lifecycle.start(s, job_id, settings.stale_after_s)
-                if started is not None:
-                    claimed.append(started)
+            claimed += lifecycle.start_queued_images(s, model_name, room - len(claimed))
         # Wait for more only during a burst: alone, a job goes at once (no latency cost).
         if not claimed or time.monotonic() >= deadline:
             break
@@ -159,21 +163,25 @@ def _store(
     """
     outcomes = []
     with session_scope() as s:
+        rows = [{"job_id": m.started.job_id, **r} for m in members for r in m.rows]
+        if rows:
+            _insert_ignore(s, rows)
         for m in members:
             job_id = m.started.job_id
-            if m.rows:
-                _insert_ignore(s, job_id, m.rows)
-            job = s.get_one(Job, job_id)
-            job.total, job.warnings = len(m.rows), m.warnings
-            job.done, job.failed_slices = len(m.rows), sum(1 for r in m.rows if r["error"])
+            progress = {
+                "total": len(m.rows),
+                "done": len(m.rows),
+                "failed_slices": sum(1 for r in m.rows if r["error"]),
+                "warnings": m.warnings,
+            }
             error = m.error or _all_failed(m)
             if error is not None:
-                ended = lifecycle.fail(s, job_id, error, running_only=True)
+                ended = lifecycle.fail(s, job_id, error, running_only=True, **progress)
                 outcomes.append((ended, error, None))
                 continue
-            rows = [SlicePrediction(job_id=job_id, **r) for r in m.rows]
-            summary = summarize(rows, predictor.card, settings, len(m.warnings), m.names)
-            outcomes.append((lifecycle.succeed(s, job_id, summary), None, summary))
+            slices = [SlicePrediction(job_id=job_id, **r) for r in m.rows]
+            summary = summarize(slices, predictor.card, settings, len(m.warnings), m.names)
+            outcomes.append((lifecycle.succeed(s, job_id, summary, **progress), None, summary))
     return outcomes
 
 

@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from config import Settings, get_settings
+from config.notices import announce_ended
 from db import lifecycle
 from db.models import Job, JobKind, JobStatus, SlicePrediction
 from db.session import session_scope
@@ -204,8 +205,7 @@ def _after_stop(
         with session_scope() as s:
             ended = lifecycle.cancelled(s, job_id)
         if ended:
-            storage.release(job_id)
-            metrics.JOBS.labels("cancelled").inc()
+            closed(job_id, "cancelled", storage, get_settings())
         log.info("job %s cancelled after its current batch", job_id)
     elif stop is Stop.SHUTDOWN:
         with session_scope() as s:
@@ -349,11 +349,11 @@ def _row(
     }
 
 
-def _insert_ignore(session: Session, job_id: str, rows: list[dict]) -> None:
-    """Insert rows, skipping slice indexes that a previous delivery stored."""
+def _insert_ignore(session: Session, rows: list[dict]) -> None:
+    """Insert rows (each with its ``job_id``), skipping slices a previous delivery stored."""
     dialect = session.get_bind().dialect.name
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    stmt = insert(SlicePrediction).values([{"job_id": job_id, **r} for r in rows])
+    stmt = insert(SlicePrediction).values(rows)
     session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "slice_index"]))
 
 
@@ -366,7 +366,7 @@ def _store_batch(
     """
     store_images(storage, job_id, images)
     with session_scope() as s:
-        _insert_ignore(s, job_id, rows)
+        _insert_ignore(s, [{"job_id": job_id, **r} for r in rows])
         done, failed = _counts(s, job_id)
         beat.record(lifecycle.heartbeat(s, job_id, done=done, failed_slices=failed), s)
 
@@ -412,8 +412,7 @@ def _finish(
         with session_scope() as s:
             ended = lifecycle.succeed(s, job_id, summary)
     if ended:
-        storage.release(job_id)
-        metrics.JOBS.labels("failed" if error else "succeeded").inc()
+        closed(job_id, "failed" if error else "succeeded", storage, settings)
     if error is not None:
         raise JobFailed(error) from None
 
@@ -427,9 +426,15 @@ def fail_job(job_id: str, message: str, settings: Settings) -> bool:
     with session_scope() as s:
         ended = lifecycle.fail(s, job_id, message, running_only=True)
     if ended:
-        open_storage(settings).release(job_id)
-        metrics.JOBS.labels("failed").inc()
+        closed(job_id, "failed", open_storage(settings), settings)
     return ended
+
+
+def closed(job_id: str, outcome: str, storage: Storage, settings: Settings) -> None:
+    """After a job's terminal move was committed: free its upload, count it, tell waiting polls."""
+    storage.release(job_id)
+    metrics.JOBS.labels(outcome).inc()
+    announce_ended(settings, [job_id])
 
 
 def end_failed(job_id: str, message: str) -> NoReturn:

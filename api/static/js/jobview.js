@@ -10,6 +10,9 @@ import { el, fill, localTime, percent, probabilityBars, progressBar } from "./do
 
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 const POLL_MS = 1000;
+// Each poll asks the server to hold its answer until the job ends (long poll), so the
+// verdict shows the moment it exists; progress still refreshes at least this often.
+const WAIT_S = 2;
 const RETRY_MS = 3000;
 const PAGE_ROWS = 50;
 // After this many missing images and none found, the job is taken to have none.
@@ -101,8 +104,9 @@ export class JobView {
     clearTimeout(this.timer);
     if (this.stopped) return;
     let job;
+    const asked = Date.now();
     try {
-      job = await getJson(jobUrl(this.jobId));
+      job = await getJson(`${jobUrl(this.jobId)}?wait=${WAIT_S}`);
     } catch (err) {
       this.#pollFailed(err);
       return;
@@ -113,7 +117,8 @@ export class JobView {
     this.error.textContent = job.error ? `Job failed: ${job.error}` : "";
     this.#renderStatus();
     if (!ENDED.has(job.status)) {
-      this.timer = setTimeout(() => this.poll(), POLL_MS);
+      // a server that answered early (too many waiting requests) is not asked again at once
+      this.timer = setTimeout(() => this.poll(), Math.max(0, POLL_MS - (Date.now() - asked)));
       return;
     }
     if (wasActive || this.results === null) await this.#loadResults();

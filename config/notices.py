@@ -1,0 +1,99 @@
+"""Job-ended notices over Redis pub/sub, so a waiting poll answers the moment its job ends.
+
+``GET /api/v1/jobs/<id>?wait=S`` (api/jobs.py) holds the request until the job
+has ended or ``S`` seconds have passed. Polling every few milliseconds instead
+costs a request, a key lookup and a query per poll and still adds half an
+interval of delay; a waiting request costs one Redis subscription and nothing
+while it waits.
+
+Notices are a shortcut, never the source of truth: whoever ends a job (the
+worker, the API's cancel) announces it after the commit, best effort; a waiter
+subscribes first, then reads the database, and reads it again on every notice
+and every :data:`RECHECK_S`, so a notice lost to a Redis hiccup (or a path that
+does not announce) costs at most that much delay, and a notice sent between
+the subscribe and the first read is not missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+
+from redis import Redis, RedisError
+
+from config.settings import Settings
+
+log = logging.getLogger(__name__)
+RECHECK_S = 1.0
+
+
+@lru_cache(maxsize=8)
+def redis_client(settings: Settings) -> Redis:
+    """A Redis client with the same short timeouts as publishing (locks, readiness, notices)."""
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.broker_timeout_s,
+        socket_connect_timeout=settings.broker_timeout_s,
+    )
+
+
+def channel(settings: Settings, job_id: str) -> str:
+    """The job's pub/sub channel (per queue, so test and bench services never cross)."""
+    return f"lungct:ended:{settings.celery_queue}:{job_id}"
+
+
+def announce_ended(settings: Settings, job_ids: Iterable[str]) -> None:
+    """Tell waiting polls that these jobs have ended (call after the commit; never raises)."""
+    ids = list(job_ids)
+    if not ids:
+        return
+    try:
+        pipe = redis_client(settings).pipeline(transaction=False)
+        for job_id in ids:
+            pipe.publish(channel(settings, job_id), "ended")
+        pipe.execute()
+    except RedisError as exc:  # waiters re-read the database every RECHECK_S anyway
+        log.debug("job-ended notice not sent: %s", type(exc).__name__)
+
+
+def wait_until(
+    settings: Settings, job_id: str, ended: Callable[[], bool], timeout_s: float
+) -> bool:
+    """Block until ``ended()`` is true or ``timeout_s`` has passed; returns its last answer.
+
+    ``ended`` reads the database; it runs once after subscribing, after every
+    notice and at least every :data:`RECHECK_S`. Without Redis it falls back to
+    reading every :data:`RECHECK_S`.
+    """
+    deadline = time.monotonic() + timeout_s
+    try:
+        pubsub = redis_client(settings).pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(channel(settings, job_id))
+    except RedisError as exc:
+        log.debug("job-ended notices unavailable: %s", type(exc).__name__)
+        return _poll(ended, deadline)
+    try:
+        while not (done := ended()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            pubsub.get_message(timeout=min(left, RECHECK_S))
+        return done
+    except RedisError:
+        return _poll(ended, deadline)
+    finally:
+        try:
+            pubsub.close()
+        except RedisError:
+            log.debug("pubsub close failed")
+
+
+def _poll(ended: Callable[[], bool], deadline: float) -> bool:
+    while not (done := ended()):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(left, RECHECK_S))
+    return done
