@@ -316,31 +316,34 @@ def get_job(job_id: str, query: dict[str, Any]) -> dict[str, Any]:
     """Status, progress, and the study summary once the job has succeeded."""
     who = caller()
     with context.session() as s:
-        job = _owned(s, job_id, who)
-        if job.status not in ACTIVE_STATUSES or query["wait"] <= 0:
-            return job_to_dict(job)
-    _wait_for_end(job_id, min(query["wait"], context.settings().job_wait_max_s))
+        job = job_to_dict(_owned(s, job_id, who))
+    if job["status"] in ACTIVE_STATUSES and query["wait"] > 0:
+        wait_s = min(query["wait"], context.settings().job_wait_max_s)
+        job = _wait_for_end(job_id, who, wait_s) or _job_now(job_id, who)
+    return job
+
+
+def _job_now(job_id: str, who: Caller) -> dict[str, Any]:
     with context.session() as s:
         return job_to_dict(_owned(s, job_id, who))
 
 
-def _wait_for_end(job_id: str, timeout_s: float) -> None:
-    """Hold this request until the job has ended or ``timeout_s`` passed (config/notices.py).
+def _wait_for_end(job_id: str, who: Caller, timeout_s: float) -> dict[str, Any] | None:
+    """The job once it has ended, if that happens within ``timeout_s`` (config/notices.py).
 
-    Holds no database connection while waiting. Returns at once when this
-    process already has JOB_WAITERS_PER_PROCESS waiting requests.
+    Holds no database connection while waiting. None at once when this process
+    already has JOB_WAITERS_PER_PROCESS waiting requests.
     """
     waiters: threading.BoundedSemaphore = current_app.extensions["lungct_waiters"]
     if timeout_s <= 0 or not waiters.acquire(blocking=False):
-        return
+        return None
 
-    def ended() -> bool:
-        with context.session() as s:
-            status = s.scalar(select(Job.status).where(Job.id == job_id))
-        return status is None or status not in ACTIVE_STATUSES
+    def ended() -> dict[str, Any] | None:
+        job = _job_now(job_id, who)
+        return None if job["status"] in ACTIVE_STATUSES else job
 
     try:
-        wait_until(context.settings(), job_id, ended, timeout_s)
+        return wait_until(context.settings(), job_id, ended, timeout_s)
     finally:
         waiters.release()
 

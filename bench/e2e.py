@@ -53,6 +53,28 @@ class Service:
     http: requests.Session
     folder: Path
     workers: list[subprocess.Popen[bytes]]
+    api: subprocess.Popen[bytes] | None = None
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by the workers' and the API's process groups (all processes)."""
+        groups = {"worker": [p.pid for p in self.workers]}
+        if self.api is not None:
+            groups["api"] = [self.api.pid]
+        return {name: sum(group_cpu_seconds(pid) for pid in pids) for name, pids in groups.items()}
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in process group ``pgid`` (/proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == pgid:  # fields after "(comm)": state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
 
 
 def _wait_ready(base: str, timeout_s: float = 180) -> None:
@@ -116,7 +138,7 @@ def service(
         _wait_ready(base)
         http = requests.Session()
         http.headers["Authorization"] = f"Bearer {api_key(env)}"
-        yield Service(base, http, tmp, procs[:workers])
+        yield Service(base, http, tmp, procs[:workers], procs[-1])
     finally:
         for p in procs:
             stop(p)

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from functools import lru_cache
+from typing import TypeVar
 
 from redis import Redis, RedisError
 
@@ -27,6 +28,7 @@ from config.settings import Settings
 
 log = logging.getLogger(__name__)
 RECHECK_S = 1.0
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=8)
@@ -59,13 +61,14 @@ def announce_ended(settings: Settings, job_ids: Iterable[str]) -> None:
 
 
 def wait_until(
-    settings: Settings, job_id: str, ended: Callable[[], bool], timeout_s: float
-) -> bool:
-    """Block until ``ended()`` is true or ``timeout_s`` has passed; returns its last answer.
+    settings: Settings, job_id: str, check: Callable[[], T | None], timeout_s: float
+) -> T | None:
+    """Block until ``check()`` gives an answer (not None) or ``timeout_s`` has passed.
 
-    ``ended`` reads the database; it runs once after subscribing, after every
-    notice and at least every :data:`RECHECK_S`. Without Redis it falls back to
-    reading every :data:`RECHECK_S`.
+    ``check`` reads the database and answers once the job has ended; it runs
+    once after subscribing, after every notice and at least every
+    :data:`RECHECK_S`. Returns its answer, or None after ``timeout_s``.
+    Without Redis it falls back to checking every :data:`RECHECK_S`.
     """
     deadline = time.monotonic() + timeout_s
     try:
@@ -73,16 +76,16 @@ def wait_until(
         pubsub.subscribe(channel(settings, job_id))
     except RedisError as exc:
         log.debug("job-ended notices unavailable: %s", type(exc).__name__)
-        return _poll(ended, deadline)
+        return _poll(check, deadline)
     try:
-        while not (done := ended()):
+        while (answer := check()) is None:
             left = deadline - time.monotonic()
             if left <= 0:
-                return False
+                return None
             pubsub.get_message(timeout=min(left, RECHECK_S))
-        return done
+        return answer
     except RedisError:
-        return _poll(ended, deadline)
+        return _poll(check, deadline)
     finally:
         try:
             pubsub.close()
@@ -90,10 +93,10 @@ def wait_until(
             log.debug("pubsub close failed")
 
 
-def _poll(ended: Callable[[], bool], deadline: float) -> bool:
-    while not (done := ended()):
+def _poll(check: Callable[[], T | None], deadline: float) -> T | None:
+    while (answer := check()) is None:
         left = deadline - time.monotonic()
         if left <= 0:
-            return False
+            return None
         time.sleep(min(left, RECHECK_S))
-    return done
+    return answer
