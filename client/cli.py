@@ -358,7 +358,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--concurrency", type=_positive, default=4, help="parallel uploads")
     s.add_argument("--state", metavar="FILE", help=f"resume file (default: {STATE_NAME} "
                    "next to --out, else in the current folder)")  # fmt: skip
-    s.add_argument("--poll", type=float, default=2.0, help="seconds between status polls")
+    s.add_argument(
+        "--poll",
+        type=float,
+        default=2.0,
+        help="seconds per status round (a long poll: a round ends early when a job ends)",
+    )
     s.add_argument(
         "--study-per-path",
         action="store_true",
