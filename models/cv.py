@@ -3,6 +3,7 @@
     python -m models.cv --arch cnn6 --data ../shared/data/iqoth-nccd --out var/cv/base \\
         --folds 4 --epochs 12 --img-size 128 --no-class-weights
     python -m models.cv table var/cv/base var/cv/other      # one table over finished runs
+    python -m models.cv table var/cv/other --card models/store/NAME --append  # add to a card
 
 The pool is the train + validation part of the grouped split that ``models.train`` makes
 with the same seed; its test split is never read here, so choosing a recipe by these
@@ -277,11 +278,18 @@ def render_table(reports: list[dict[str, Any]]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def attach_to_card(reports: list[dict[str, Any]], model_dir: Path, note: str = "") -> None:
-    """Record the cross-validation table (and each recipe's summary) in a model card."""
+def attach_to_card(
+    reports: list[dict[str, Any]], model_dir: Path, note: str = "", append: bool = False
+) -> None:
+    """Record the cross-validation table (and each recipe's summary) in a model card.
+
+    ``append`` keeps the runs already recorded there and adds these after them
+    (their table rows, commands and note), so the card keeps every run made.
+    """
     from models import cards
 
     card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
+    earlier = card.get("cv") if append else None
 
     def brief(s: dict[str, Any]) -> dict[str, Any]:
         pooled = s["pooled"]
@@ -294,16 +302,26 @@ def attach_to_card(reports: list[dict[str, Any]], model_dir: Path, note: str = "
             "pooled_confusion_matrix": pooled["confusion_matrix"],
         }
 
-    card["cv"] = {
-        "method": f"{reports[0]['fold_method']}; pool: {reports[0]['pool']}; mean ± sd over "
-        "folds, and pooled out-of-fold predictions" + (f". {note}" if note else ""),
-        "command": " ; ".join(r["command"] for r in reports),
-        "table": render_table(reports),
-        "runs": [
-            {"recipe": r["recipe"], "plain": brief(r["plain"]), "tta": brief(r["tta"])}
-            for r in reports
-        ],
-    }
+    runs = [
+        {"recipe": r["recipe"], "plain": brief(r["plain"]), "tta": brief(r["tta"])} for r in reports
+    ]
+    command = " ; ".join(r["command"] for r in reports)
+    if earlier:
+        new_rows = render_table(reports).splitlines(keepends=True)[2:]  # without the header
+        card["cv"] = {
+            "method": earlier["method"] + (f" {note}" if note else ""),
+            "command": f"{earlier['command']} ; {command}",
+            "table": earlier["table"] + "".join(new_rows),
+            "runs": earlier["runs"] + runs,
+        }
+    else:
+        card["cv"] = {
+            "method": f"{reports[0]['fold_method']}; pool: {reports[0]['pool']}; mean ± sd "
+            "over folds, and pooled out-of-fold predictions" + (f". {note}" if note else ""),
+            "command": command,
+            "table": render_table(reports),
+            "runs": runs,
+        }
     cards.write_card(card, model_dir)
 
 
@@ -318,13 +336,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         p.add_argument("--card", type=Path, help="also record the table in this model's card")
         p.add_argument("--note", default="", help="a sentence added to the card's method")
+        p.add_argument(
+            "--append", action="store_true", help="keep the runs already in the card, add these"
+        )
         targs = p.parse_args(argv[1:])
         reports = [
             json.loads((d / "cv.json" if d.is_dir() else d).read_text(encoding="utf-8"))
             for d in targs.runs
         ]
         if targs.card:
-            attach_to_card(reports, targs.card, targs.note)
+            attach_to_card(reports, targs.card, targs.note, targs.append)
         print(render_table(reports), end="")
         return
     report = run(parse_args(argv))

@@ -93,3 +93,8 @@ def _attach_to_a_card(tmp_path: Path, run: Path) -> None:
     card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
     assert card["cv"]["method"].endswith("a note") and len(card["cv"]["runs"]) == 1
     assert "## Grouped cross-validation" in (model_dir / "card.md").read_text(encoding="utf-8")
+    main(["table", str(run / "cv_ensemble2.json"), "--card", str(model_dir), "--append"])
+    card = json.loads((model_dir / "card.json").read_text(encoding="utf-8"))
+    assert len(card["cv"]["runs"]) == 2 and card["cv"]["runs"][1]["recipe"].startswith("mean of 2")
+    rows = [r for r in card["cv"]["table"].splitlines() if r.startswith("| ")]
+    assert len(rows) == 1 + 2 * 2  # one header, plain and TTA rows per run
