@@ -57,6 +57,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folds", type=int, default=4)
     p.add_argument("--skip-existing", action="store_true", help="reuse finished folds")
     p.add_argument(
+        "--fold-seed",
+        type=int,
+        help="deal the folds with this seed (default --seed); the train/val/test split keeps "
+        "--seed, so repeated cross-validation never reaches into the test split",
+    )
+    p.add_argument(
         "--members",
         type=int,
         default=1,
@@ -124,7 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     pool = np.sort(np.concatenate([split.indices["train"], split.indices["val"]]))
     y = dataset.labels[pool]
-    folds = grouped_kfold(y, split.groups[pool], args.folds, args.seed)
+    fold_seed = args.seed if args.fold_seed is None else args.fold_seed
+    folds = grouped_kfold(y, split.groups[pool], args.folds, fold_seed)
     print(f"pool {len(pool)} images (test split left out); folds {np.bincount(folds)}", flush=True)
     x = load_arrays(dataset, spec)[pool]
     num_classes = len(dataset.classes)
@@ -173,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "split_method": split.method,
         "fold_method": f"{args.folds} grouped folds over the pool's groups, stratified per "
         f"class by image count; each fold model trains {args.epochs} epochs on the other "
-        f"folds (no early stopping); seed {args.seed}",
+        f"folds (no early stopping); seed {args.seed}, folds dealt with seed {fold_seed}",
         "fold_info": fold_info,
         "folds_scored": scored,
         "plain": summarize(y, folds, probs, list(dataset.classes)),
@@ -244,6 +251,8 @@ def recipe(args: argparse.Namespace, spec: InputSpec) -> str:
     )
     if args.members > 1:
         text = f"mean of {args.members} models per fold (seeds differ), each " + text
+    if args.fold_seed is not None:
+        text += f", folds dealt with seed {args.fold_seed}"
     if args.only_folds and len(set(args.only_folds)) != args.folds:
         text += f" (folds {', '.join(map(str, sorted(set(args.only_folds))))} of {args.folds} only)"
     return text
