@@ -79,6 +79,11 @@ def test_cv_cli_writes_fold_models_and_a_table(tmp_path: Path) -> None:
     ensemble = np.load(out / "oof_ensemble2.npz")["probs"][held]
     assert np.allclose(ensemble, (single + second) / 2, atol=1e-6)
     _attach_to_a_card(tmp_path, out)
+    again = tmp_path / "cv-again"  # repeated CV: other folds, the very same pool (test untouched)
+    main([*args[:5], str(again), *args[6:], "--verbose", "0", "--fold-seed", "5"])
+    repeat = json.loads((again / "cv.json").read_text(encoding="utf-8"))
+    assert repeat["recipe"].endswith("folds dealt with seed 5")
+    assert np.array_equal(np.load(again / "oof.npz")["pool"], oof["pool"])
 
 
 def _attach_to_a_card(tmp_path: Path, run: Path) -> None:
