@@ -315,8 +315,7 @@ def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
 def get_job(job_id: str, query: dict[str, Any]) -> dict[str, Any]:
     """Status, progress, and the study summary once the job has succeeded."""
     who = caller()
-    with context.session() as s:
-        job = job_to_dict(_owned(s, job_id, who))
+    job = _job_now(job_id, who)
     if job["status"] in ACTIVE_STATUSES and query["wait"] > 0:
         wait_s = min(query["wait"], context.settings().job_wait_max_s)
         job = _wait_for_end(job_id, who, wait_s) or _job_now(job_id, who)
