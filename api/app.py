@@ -133,5 +133,7 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     metrics.init_app(app)
     app.extensions["lungct_limiter"] = _limiter(app, settings)
     # requests held by GET /api/v1/jobs/<id>?wait=S (api/jobs.py), per process
-    app.extensions["lungct_waiters"] = threading.BoundedSemaphore(settings.job_waiters_per_process)
+    # (one thread always stays free for other requests)
+    waiters = min(settings.job_waiters_per_process, settings.web_threads - 1)
+    app.extensions["lungct_waiters"] = threading.BoundedSemaphore(waiters)
     return app

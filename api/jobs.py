@@ -259,9 +259,8 @@ def _unqueued(job_id: str, reason: str) -> NoReturn:
     with context.session() as s:
         ended = lifecycle.fail(s, job_id, "could not be queued")
         s.execute(update(Job).where(Job.id == job_id).values(idempotency_key=None))
-    if ended:
+    if ended:  # no notice: Redis just failed, and nobody can be waiting on this new job
         context.storage().release(job_id)
-        announce_ended(context.settings(), [job_id])
     abort(503, f"the job queue is unavailable ({reason}); please resubmit")
 
 

@@ -404,7 +404,9 @@ class LungCTClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             asked = time.monotonic()
-            hold = LONG_POLL_S if deadline is None else min(LONG_POLL_S, deadline - asked)
+            hold = min(LONG_POLL_S, self.timeout / 2)  # the server answers well within timeout
+            if deadline is not None:
+                hold = min(hold, deadline - asked)
             job = self.job(job_id, wait=max(0.0, hold))
             if on_update:
                 on_update(job)

@@ -22,6 +22,7 @@ from pathlib import Path
 import requests
 
 from client.api import (
+    LONG_POLL_S,
     ApiError,
     AuthError,
     ConnectionFailed,
@@ -205,7 +206,7 @@ def _wait_all(
         started, ended = time.monotonic(), False
         waiting = [(jid, o) for jid, o in jobs.items() if o.job and not o.job.finished]
         for i, (jid, o) in enumerate(waiting):
-            o.job = api.job(jid, wait=poll if i == 0 else 0)
+            o.job = api.job(jid, wait=min(poll, LONG_POLL_S) if i == 0 else 0)
             if o.job.finished:
                 ended = True
                 state.put(o.item.path, Entry(o.sha256, model, jid, o.job.status))

@@ -23,6 +23,7 @@ from functools import lru_cache
 from typing import TypeVar
 
 from redis import Redis, RedisError
+from redis.client import PubSub
 
 from config.settings import Settings
 
@@ -71,26 +72,33 @@ def wait_until(
     Without Redis it falls back to checking every :data:`RECHECK_S`.
     """
     deadline = time.monotonic() + timeout_s
+    pubsub = redis_client(settings).pubsub()
     try:
-        pubsub = redis_client(settings).pubsub(ignore_subscribe_messages=True)
         pubsub.subscribe(channel(settings, job_id))
-    except RedisError as exc:
-        log.debug("job-ended notices unavailable: %s", type(exc).__name__)
-        return _poll(check, deadline)
-    try:
+        _confirmed(pubsub, min(timeout_s, settings.broker_timeout_s))
         while (answer := check()) is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
             pubsub.get_message(timeout=min(left, RECHECK_S))
         return answer
-    except RedisError:
+    except RedisError as exc:
+        log.debug("job-ended notices unavailable: %s", type(exc).__name__)
         return _poll(check, deadline)
     finally:
         try:
             pubsub.close()
         except RedisError:
             log.debug("pubsub close failed")
+
+
+def _confirmed(pubsub: PubSub, timeout_s: float) -> None:
+    """Wait until Redis has confirmed the subscription, so no notice after it is missed."""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        message = pubsub.get_message(timeout=left)
+        if message is not None and message["type"] == "subscribe":
+            return
 
 
 def _poll(check: Callable[[], T | None], deadline: float) -> T | None:

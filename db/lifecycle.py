@@ -87,6 +87,7 @@ def start_queued_images(s: Session, model_name: str, limit: int) -> list[Started
         .where(Job.status == JobStatus.QUEUED, Job.kind == "image", Job.model_name == model_name)
         .order_by(Job.created_at)
         .limit(limit)
+        .with_for_update(skip_locked=True)  # PostgreSQL: pass over rows another worker claims
     )
     rows = s.execute(
         _start_update(utcnow()).where(Job.id.in_(oldest), Job.status == JobStatus.QUEUED)

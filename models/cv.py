@@ -143,7 +143,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         idx = fold_indices(folds, f)
         members = [
             _fold_member(
-                args, spec, x, y, idx, _member_dir(args.out, f, k), args.seed + f + 1000 * k
+                args,
+                spec,
+                (x, y, num_classes),
+                idx,
+                _member_dir(args.out, f, k),
+                args.seed + f + 1000 * k,
             )
             for k in range(args.members)
         ]
@@ -200,14 +205,18 @@ def _member_dir(out: Path, fold: int, member: int) -> Path:
 def _fold_member(
     args: argparse.Namespace,
     spec: InputSpec,
-    x: np.ndarray,
-    y: np.ndarray,
+    pool: tuple[np.ndarray, np.ndarray, int],
     idx: dict[str, np.ndarray],
     out: Path,
     seed: int,
 ) -> dict[str, Any]:
-    """Train one model on the training folds (or reuse it) and score the held-out fold."""
+    """Train one model on the training folds (or reuse it) and score the held-out fold.
+
+    ``pool``: the pool's images, labels and the number of classes.
+    """
     import keras
+
+    x, y, num_classes = pool
 
     out.mkdir(parents=True, exist_ok=True)
     result = out / "result.npz"
@@ -217,7 +226,7 @@ def _fold_member(
         data = {"train": Arrays(x[idx["train"]], y[idx["train"]])}
         print(f"== {out}: train {len(idx['train'])}, held out {len(idx['held'])}", flush=True)
         model, history, best_epoch, seconds = fit(
-            args, spec, data, int(y.max()) + 1, out / "best.weights.h5"
+            args, spec, data, num_classes, out / "best.weights.h5"
         )
         held_x = x[idx["held"]]
         np.savez(

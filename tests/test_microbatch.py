@@ -85,3 +85,38 @@ def test_concurrent_clients_all_finish(stack: Stack, api) -> None:  # type: igno
     for t in threads:
         t.join()
     assert ended == ["succeeded"] * 20
+
+
+def test_one_store_of_many_rows_fits_every_database(stack: Stack) -> None:
+    """A micro-batch of multi-frame images can hold thousands of rows: they are inserted in
+    chunks (PostgreSQL takes at most 65,535 values per statement), once each."""
+    from sqlalchemy import func, select
+
+    from db.models import Job, SlicePrediction
+    from db.session import session_scope
+    from worker.pipeline import INSERT_ROWS, _insert_ignore
+
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(2)]
+    per_job = INSERT_ROWS + INSERT_ROWS // 2  # 2 jobs: 3 statements' worth of rows
+    row = {  # every column the worker writes (worker.pipeline._row): 12 values a row
+        "source": "#", "series_uid": "1.2", "instance_number": 1, "slice_position": 0.0,
+        "frame": None, "label": "a", "probabilities": {"a": 1.0}, "ood_score": 0.1,
+        "out_of_distribution": False, "error": None,
+    }  # fmt: skip
+    rows = [{"job_id": j, "slice_index": i, **row} for j in ids for i in range(per_job)]
+    with session_scope() as s:
+        for j in ids:
+            s.add(Job(id=j, kind="image", owner="t", model_name="m", model_version="1",
+                      upload_key=f"{j}/upload.dcm", upload_bytes=1, warnings=[]))  # fmt: skip
+    if stack.env["DATABASE_URL"].startswith("postgresql"):  # what chunks prevent
+        with pytest.raises(Exception, match="65535"), session_scope() as s:
+            _insert_ignore(s, rows, chunk=len(rows))
+    with session_scope() as s:
+        _insert_ignore(s, rows)
+    with session_scope() as s:
+        _insert_ignore(s, rows[:10])  # a redelivery stores nothing twice
+    with session_scope() as s:
+        count = s.scalar(select(func.count()).where(SlicePrediction.job_id.in_(ids)))
+        for j in ids:
+            s.delete(s.get_one(Job, j))
+    assert count == 2 * per_job

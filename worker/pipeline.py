@@ -349,12 +349,17 @@ def _row(
     }
 
 
-def _insert_ignore(session: Session, rows: list[dict]) -> None:
+INSERT_ROWS = 2000
+"""Rows per INSERT: 12 values each stays far below PostgreSQL's 65,535 parameters."""
+
+
+def _insert_ignore(session: Session, rows: list[dict], chunk: int = INSERT_ROWS) -> None:
     """Insert rows (each with its ``job_id``), skipping slices a previous delivery stored."""
     dialect = session.get_bind().dialect.name
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    stmt = insert(SlicePrediction).values(rows)
-    session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "slice_index"]))
+    for start in range(0, len(rows), chunk):
+        stmt = insert(SlicePrediction).values(rows[start : start + chunk])
+        session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "slice_index"]))
 
 
 def _store_batch(

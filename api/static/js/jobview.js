@@ -39,6 +39,9 @@ export class JobView {
     this.page = 0;
     this.timer = null;
     this.stopped = false;
+    // Each poll() call starts a new loop; an older loop whose (held) request comes back
+    // later sees a newer generation and ends, so one view never runs two loops.
+    this.generation = 0;
     this.objectUrls = [];
     this.imagesFound = 0;
     this.imagesMissing = 0;
@@ -103,15 +106,17 @@ export class JobView {
   async poll() {
     clearTimeout(this.timer);
     if (this.stopped) return;
+    const generation = ++this.generation;
+    const superseded = () => this.stopped || generation !== this.generation;
     let job;
     const asked = Date.now();
     try {
       job = await getJson(`${jobUrl(this.jobId)}?wait=${WAIT_S}`);
     } catch (err) {
-      this.#pollFailed(err);
+      if (!superseded()) this.#pollFailed(err);
       return;
     }
-    if (this.stopped) return;
+    if (superseded()) return;
     const wasActive = !this.job || !ENDED.has(this.job.status);
     this.job = job;
     this.error.textContent = job.error ? `Job failed: ${job.error}` : "";
