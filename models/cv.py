@@ -327,7 +327,7 @@ def attach_to_card(
     if earlier:
         new_rows = render_table(reports).splitlines(keepends=True)[2:]  # without the header
         card["cv"] = {
-            "method": earlier["method"] + (f" {note}" if note else ""),
+            "method": earlier["method"].rstrip(". ") + (f". {note.rstrip('. ')}" if note else ""),
             "command": f"{earlier['command']} ; {command}",
             "table": earlier["table"] + "".join(new_rows),
             "runs": earlier["runs"] + runs,
@@ -335,7 +335,8 @@ def attach_to_card(
     else:
         card["cv"] = {
             "method": f"{reports[0]['fold_method']}; pool: {reports[0]['pool']}; mean ± sd "
-            "over folds, and pooled out-of-fold predictions" + (f". {note}" if note else ""),
+            "over folds, and pooled out-of-fold predictions"
+            + (f". {note.rstrip('. ')}" if note else ""),
             "command": command,
             "table": render_table(reports),
             "runs": runs,
