@@ -242,8 +242,15 @@ class Stack:
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """``python -m worker`` as a real subprocess, logging to ``log``."""
+    """``python -m worker`` as a real subprocess, logging to ``log``.
+
+    Each gets its own node name (``cpu-<id>@host``): Celery's control replies
+    from two workers of one name are an error, so a worker left over by an
+    interrupted run could otherwise break every later stack.
+    """
+    name = f"cpu-{uuid.uuid4().hex[:6]}"
     argv = [sys.executable, "-m", "worker", "--concurrency", "1", "--loglevel", "INFO"]
+    argv += ["--name", name]
     return spawn(argv, {**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "2"}, log)
 
 

@@ -144,7 +144,7 @@ def test_readyz_sees_the_worker(stack: Stack, api) -> None:  # type: ignore[no-u
     assert r.status_code == 200, r.json
     assert r.json["checks"]["workers"] == "ok"  # no detail for a plain key
     operator = authed(stack.app(), new_key(stack.env["DATABASE_URL"], "ops", admin=True))
-    assert "cpu@" in operator.get("/readyz").json["checks"]["workers"]
+    assert "cpu-" in operator.get("/readyz").json["checks"]["workers"]
 
 
 def test_a_job_can_choose_another_installed_model(api) -> None:  # type: ignore[no-untyped-def]

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,10 +102,10 @@ def submit(client, data: bytes, name: str, status: int = 202) -> dict[str, Any]:
 
 
 def _start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Like conftest.start_worker, named ``s3@host``: the session's stack worker may be up too
-    (Celery warns about two nodes with one name, and warnings are errors here)."""
+    """Like conftest.start_worker, named ``s3-<id>@host``: the session's stack worker may be up
+    too (Celery warns about two nodes with one name, and warnings are errors here)."""
     argv = [sys.executable, "-m", "worker", "--concurrency", "1", "--loglevel", "INFO"]
-    argv.append("--hostname=s3@%h")  # the last --hostname wins
+    argv.append(f"--hostname=s3-{uuid.uuid4().hex[:6]}@%h")  # the last --hostname wins
     return spawn(argv, {**os.environ, **env, "TF_CPP_MIN_LOG_LEVEL": "2"}, log)
 
 
