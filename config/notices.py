@@ -76,15 +76,10 @@ def wait_until(
     try:
         pubsub.subscribe(channel(settings, job_id))
         _confirmed(pubsub, min(timeout_s, settings.broker_timeout_s))
-        while (answer := check()) is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            pubsub.get_message(timeout=min(left, RECHECK_S))
-        return answer
+        return _until(check, deadline, lambda s: pubsub.get_message(timeout=s))
     except RedisError as exc:
         log.debug("job-ended notices unavailable: %s", type(exc).__name__)
-        return _poll(check, deadline)
+        return _until(check, deadline, time.sleep)
     finally:
         try:
             pubsub.close()
@@ -101,10 +96,14 @@ def _confirmed(pubsub: PubSub, timeout_s: float) -> None:
             return
 
 
-def _poll(check: Callable[[], T | None], deadline: float) -> T | None:
+def _until(
+    check: Callable[[], T | None], deadline: float, pause: Callable[[float], object]
+) -> T | None:
+    """``check()`` until it answers or ``deadline`` passes, pausing up to RECHECK_S between
+    (``pause`` returns early on a notice, or is a plain sleep without Redis)."""
     while (answer := check()) is None:
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        time.sleep(min(left, RECHECK_S))
+        pause(min(left, RECHECK_S))
     return answer

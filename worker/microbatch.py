@@ -76,12 +76,17 @@ def run_group(first: lifecycle.Started, settings: Settings, storage: Storage) ->
         for m in members:
             store_images(storage, m.started.job_id, m.decoded)
     outcomes = _store(members, predictor, settings)
-    summaries = {}
-    for member, (ended, error, summary) in zip(members, outcomes, strict=True):
-        if ended:
-            closed(member.started.job_id, "failed" if error else "succeeded", storage, settings)
-            if summary is not None:
-                summaries[member.started.job_id] = summary
+    ended = {
+        m.started.job_id: "failed" if error else "succeeded"
+        for m, (moved, error, _) in zip(members, outcomes, strict=True)
+        if moved
+    }
+    closed(ended, storage, settings)
+    summaries = {
+        m.started.job_id: summary
+        for m, (moved, _, summary) in zip(members, outcomes, strict=True)
+        if moved and summary is not None
+    }
     if summaries and settings.heatmaps_for_images and settings.heatmap_slices_per_series:
         store_heatmaps(summaries, predictor, storage, settings)
     first_error = outcomes[0][1]

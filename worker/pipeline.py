@@ -205,7 +205,7 @@ def _after_stop(
         with session_scope() as s:
             ended = lifecycle.cancelled(s, job_id)
         if ended:
-            closed(job_id, "cancelled", storage, get_settings())
+            closed({job_id: "cancelled"}, storage, get_settings())
         log.info("job %s cancelled after its current batch", job_id)
     elif stop is Stop.SHUTDOWN:
         with session_scope() as s:
@@ -417,7 +417,7 @@ def _finish(
         with session_scope() as s:
             ended = lifecycle.succeed(s, job_id, summary)
     if ended:
-        closed(job_id, "failed" if error else "succeeded", storage, settings)
+        closed({job_id: "failed" if error else "succeeded"}, storage, settings)
     if error is not None:
         raise JobFailed(error) from None
 
@@ -431,15 +431,17 @@ def fail_job(job_id: str, message: str, settings: Settings) -> bool:
     with session_scope() as s:
         ended = lifecycle.fail(s, job_id, message, running_only=True)
     if ended:
-        closed(job_id, "failed", open_storage(settings), settings)
+        closed({job_id: "failed"}, open_storage(settings), settings)
     return ended
 
 
-def closed(job_id: str, outcome: str, storage: Storage, settings: Settings) -> None:
-    """After a job's terminal move was committed: free its upload, count it, tell waiting polls."""
-    storage.release(job_id)
-    metrics.JOBS.labels(outcome).inc()
-    announce_ended(settings, [job_id])
+def closed(outcomes: dict[str, str], storage: Storage, settings: Settings) -> None:
+    """After jobs' terminal moves were committed (job ID -> outcome): free their uploads,
+    count them, and tell waiting polls in one Redis round trip."""
+    for job_id, outcome in outcomes.items():
+        storage.release(job_id)
+        metrics.JOBS.labels(outcome).inc()
+    announce_ended(settings, outcomes)
 
 
 def end_failed(job_id: str, message: str) -> NoReturn:
