@@ -463,6 +463,19 @@ class Stack:
     def log_text(self, name: str) -> str:
         return self.logs[name].read_text(errors="replace") if name in self.logs else ""
 
+    def log_shows(self, name: str, text: str, timeout_s: float = 5) -> bool:
+        """Whether ``text`` appears in the log of ``name`` within ``timeout_s``.
+
+        Celery logs a task's end after the task returns, a moment after the job's
+        row already reads terminal, so a check right after the row would race it.
+        """
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log_text(name):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def wait_worker(self, name: str, timeout_s: float = 180) -> float:
         """Block until worker ``name`` logs that it is ready; return the seconds waited."""
         start = time.monotonic()
@@ -738,8 +751,8 @@ def worker_sigterm(cfg: Config, database: str = "sqlite") -> Result:
         res.checks["handed back within 5 s"] = seen.get("handed back", 99) <= 5
         res.checks["worker exited within 10 s"] = seen.get("exit", 99) <= 10
         res.checks["attempt not counted"] = job.attempts == 1
-        res.checks["finished by the other worker"] = f"run_job[{job_id}] succeeded" in st.log_text(
-            heir
+        res.checks["finished by the other worker"] = st.log_shows(
+            heir, f"run_job[{job_id}] succeeded"
         )
         return st.finish(res)
 
