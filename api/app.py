@@ -78,8 +78,6 @@ def rate_limit_key() -> str:
 
 def _limiter(app: APIFlask, settings: Settings) -> Limiter:
     """Per-key limits on /api/ routes, counted in Redis so every API process shares them."""
-    from api import jobs
-
     limiter = Limiter(
         rate_limit_key,
         default_limits=[settings.rate_limit_read],
@@ -90,8 +88,12 @@ def _limiter(app: APIFlask, settings: Settings) -> Limiter:
         swallow_errors=True,
         key_prefix=f"lungct-limits:{settings.celery_queue}",
     )
-    limiter.limit(lambda: settings.rate_limit_submit, methods=["POST"])(jobs.submit_job)
     limiter.init_app(app)
+    # A decorated limit is checked by the wrapper the decorator returns, so that
+    # wrapper must be the registered view (decorating jobs.submit_job alone left
+    # submits unlimited: the route still called the undecorated function).
+    submit_limit = limiter.limit(lambda: settings.rate_limit_submit, methods=["POST"])
+    app.view_functions["jobs.submit_job"] = submit_limit(app.view_functions["jobs.submit_job"])
     return limiter
 
 

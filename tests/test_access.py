@@ -134,6 +134,20 @@ def test_an_expired_idempotency_key_makes_a_new_job(client) -> None:  # type: ig
     assert second.status_code == 202 and second.json["id"] != first
 
 
+def test_submits_past_the_submit_limit_get_429_and_reads_keep_their_own_limit(api_env) -> None:  # type: ignore[no-untyped-def]
+    from api import create_app
+    from config import Settings
+
+    app = create_app(Settings(rate_limit_submit="2/minute", rate_limit_read="100/minute"))
+    client = authed(app, new_key(api_env["DATABASE_URL"]))
+    codes = [_submit(client, seed=i).status_code for i in range(3)]
+    assert codes == [202, 202, 429]
+    r = _submit(client, seed=9)
+    assert r.json["error"]["code"] == 429 and int(r.headers["Retry-After"]) > 0
+    assert r.headers["X-RateLimit-Limit"] == "2"
+    assert client.get("/api/v1/jobs").status_code == 200  # reading is counted apart
+
+
 def test_a_burst_past_the_read_limit_gets_429_with_retry_after(api_env) -> None:  # type: ignore[no-untyped-def]
     from api import create_app
     from config import Settings
