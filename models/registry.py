@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 CARD_FILE = "card.json"
 _warned: set[str] = set()
+_parsed: dict[Path, tuple[tuple[int, int], ModelCard]] = {}
+"""card path -> ((mtime_ns, size), card): a rescan re-reads only cards that changed."""
 
 
 def _warn_once(message: str, *args: object) -> None:
@@ -135,12 +137,24 @@ class Registry:
 
     @staticmethod
     def _read(card_path: Path) -> ModelCard | None:
-        """Read one card; a broken card is logged and skipped so it cannot hide the others."""
+        """Read one card; a broken card is logged and skipped so it cannot hide the others.
+
+        Parsed cards are kept per process and re-read when the file's size or
+        modification time changes: the API resolves a model on every submit,
+        and parsing every card each time cost more than the rest of the lookup.
+        """
         try:
-            return ModelCard.load(card_path.parent)
+            stat = card_path.stat()
+            version = (stat.st_mtime_ns, stat.st_size)
+            cached = _parsed.get(card_path)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            card = ModelCard.load(card_path.parent)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             _warn_once("skipping unreadable model card %s: %s", card_path, exc)
             return None
+        _parsed[card_path] = (version, card)
+        return card
 
     def cards(self) -> list[ModelCard]:
         """All valid models, sorted by name."""
