@@ -7,7 +7,7 @@ from typing import Any
 
 from apiflask import APIFlask, HTTPError
 from flask import request
-from flask_limiter import Limiter
+from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import RequestEntityTooLarge
 
@@ -70,6 +70,16 @@ def _too_large(error: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
     return {"error": {"code": 413, "message": message}}, 413
 
 
+def _rate_limited(error: RateLimitExceeded) -> tuple[dict[str, Any], int]:
+    """429 naming the limit and its setting (Flask-Limiter adds Retry-After and X-RateLimit-*)."""
+    setting = "RATE_LIMIT_SUBMIT" if request.method == "POST" else "RATE_LIMIT_READ"
+    message = (
+        f"rate limit exceeded: {error.limit.limit} per API key ({setting}); "
+        "retry after the number of seconds in Retry-After"
+    )
+    return {"error": {"code": 429, "message": message}}, 429
+
+
 def rate_limit_key() -> str:
     """Rate limits count per API key (its hash), or per address without one."""
     token = bearer_token()
@@ -126,6 +136,7 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     app.json.sort_keys = False
     app.error_processor(_error_body)
     app.register_error_handler(RequestEntityTooLarge, _too_large)
+    app.register_error_handler(RateLimitExceeded, _rate_limited)
     open_storage(settings).prepare()  # the local folder; nothing for S3
 
     from api import admin, docs, health, jobs, metrics, model_routes, ui

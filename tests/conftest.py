@@ -129,6 +129,8 @@ def base_env(tmp: Path, models_dir: Path, database_url: str) -> dict[str, str]:
         "DEFAULT_MODEL": default_model(),
         "CELERY_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
         "INFERENCE_BATCH_SIZE": "8",
+        # one key submits for a whole session; tests of the limits set their own
+        "RATE_LIMIT_SUBMIT": "100000/minute",
         "WORKER_METRICS_PORT": str(free_port()),
     }
 

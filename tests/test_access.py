@@ -144,6 +144,8 @@ def test_submits_past_the_submit_limit_get_429_and_reads_keep_their_own_limit(ap
     assert codes == [202, 202, 429]
     r = _submit(client, seed=9)
     assert r.json["error"]["code"] == 429 and int(r.headers["Retry-After"]) > 0
+    assert "2 per 1 minute" in r.json["error"]["message"]
+    assert "RATE_LIMIT_SUBMIT" in r.json["error"]["message"]
     assert r.headers["X-RateLimit-Limit"] == "2"
     assert client.get("/api/v1/jobs").status_code == 200  # reading is counted apart
 
