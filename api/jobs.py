@@ -25,7 +25,7 @@ from werkzeug.datastructures import FileStorage
 
 from api import context
 from api.auth import Caller, auth, caller
-from api.queue import enqueue_job
+from api.queue import queue_job
 from api.schemas import (
     CancelOut,
     JobIn,
@@ -55,6 +55,7 @@ from storage import readable_path
 log = logging.getLogger(__name__)
 bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+OWNER_LOCK_RETRY_S = 0.002
 
 
 def _choose_model(name: str | None) -> ModelCard:
@@ -114,7 +115,7 @@ def submit_job(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str
     if job.id != job_id:  # lost an idempotency race: the other request's job answers
         return _created(job, 200)
     try:
-        enqueue_job(context.settings(), job_id)
+        queue_job(context.settings(), job_id, job.kind, job.model_name)
     except Exception as exc:  # broker down or hung: say so, and keep the record honest
         _unqueued(job_id, type(exc).__name__)
     return _created(job, 202)
@@ -216,7 +217,11 @@ def _owner_lock(owner: str) -> Iterator[bool]:
     # Held for a count and an insert only. Short, because an acquire that timed out
     # while Redis hung still lands when Redis resumes, leaving a lock nobody owns.
     hold_s = 2 * settings.broker_timeout_s
-    lock = redis_client(settings).lock(name, timeout=hold_s, blocking_timeout=hold_s + 1)
+    # Held for about a millisecond, so a waiter retries every OWNER_LOCK_RETRY_S
+    # (redis-py's default 0.1 s made a client's parallel uploads queue 100 ms apart).
+    lock = redis_client(settings).lock(
+        name, timeout=hold_s, blocking_timeout=hold_s + 1, sleep=OWNER_LOCK_RETRY_S
+    )
     try:
         acquired = lock.acquire()
     except RedisError as exc:

@@ -8,6 +8,8 @@ from celery import Celery
 
 from config import Settings
 from config.celery import celery_config, publish_job
+from config.doorbell import ring, rings
+from db.models import JobKind
 
 
 @lru_cache(maxsize=8)
@@ -21,6 +23,18 @@ def producer(settings: Settings) -> Celery:
 def enqueue_job(settings: Settings, job_id: str) -> None:
     """Send only the job ID; raises when the broker does not answer within a few seconds."""
     publish_job(producer(settings), job_id)
+
+
+def queue_job(settings: Settings, job_id: str, kind: str, model_name: str) -> None:
+    """Queue a just-committed job: a study always publishes; a single image rings.
+
+    A single image skips its message when one that will claim it is pending
+    (config/doorbell.py). Raises when the broker does not answer.
+    """
+    if kind == JobKind.IMAGE and rings(settings):
+        ring(settings, job_id, model_name, lambda j: publish_job(producer(settings), j))
+    else:
+        enqueue_job(settings, job_id)
 
 
 def workers_consuming(settings: Settings, timeout_s: float = 1.0) -> list[str]:

@@ -12,6 +12,8 @@ In one throwaway service (SQLite, Redis at REDIS_URL, real worker, gunicorn):
 (a') the same clients uploading their images back to back and then collecting
     the answers (how ``lungct`` sends a folder): images/s over the burst;
 (b) the same slices as one zip, one job: images/s from upload to ``succeeded``;
+    each rate counts until the worker is idle again (:func:`settle`), so work a
+    burst leaves queued behind it is charged to that burst;
 (c) single-image latency at low load: one client, one image at a time.
 
 (a), (a') and (b) alternate for ``rounds`` rounds (medians compared). The figures
@@ -23,9 +25,11 @@ Clients wait with long polls (``GET /api/v1/jobs/<id>?wait=20``, answered when
 the job ends), as ``lungct``/``LungCTClient`` and the web UI do; ``--poll-ms 20``
 makes them poll every 20 ms instead (how this benchmark waited before long
 polls existed), in all three measurements alike.
-``--compare-off`` first runs the same in a service with cross-request
-micro-batching switched off (``MICROBATCH_MAX_JOBS=1``), i.e. one forward
-pass per job.
+``--compare-off`` also runs the same in a service with cross-request
+micro-batching switched off (``MICROBATCH_MAX_JOBS=1``, one forward pass per
+job) and in one that batches but publishes a broker message per image
+(``MICROBATCH_DOORBELL=false``); the services run side by side and the rounds
+alternate between them.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from bench.e2e import Service, service, time_one, wait_job
@@ -101,7 +106,33 @@ def burst(
         t.join()
     if errors:
         raise errors[0]
-    return len(images) / (time.perf_counter() - start)
+    return len(images) / (time.perf_counter() - start + settle(svc))
+
+
+QUIET_POLL_S = 0.05
+QUIET_CPU_S = 0.02
+
+
+def settle(svc: Service) -> float:
+    """Seconds the worker stays busy after the last job ended (0 when it is idle at once).
+
+    Work a burst leaves behind (deliveries of jobs that a micro-batch already
+    ran) is part of its cost: counting it keeps each measurement to its own
+    work, so the next one starts on an idle worker. Busy: more than
+    QUIET_CPU_S of CPU in a QUIET_POLL_S interval (/proc counts in 10 ms ticks).
+    """
+    start = last_busy = time.perf_counter()
+    before = svc.cpu_seconds()["worker"]
+    quiet = 0
+    while quiet < 2:
+        time.sleep(QUIET_POLL_S)
+        now, used = time.perf_counter(), svc.cpu_seconds()["worker"]
+        if used - before > QUIET_CPU_S:
+            last_busy, quiet = now, 0
+        else:
+            quiet += 1
+        before = used
+    return last_busy - start
 
 
 def with_cpu(svc: Service, n: int, run: Callable[[], float]) -> tuple[float, dict[str, float]]:
@@ -124,33 +155,47 @@ def _own_cpu_seconds() -> float:
 
 
 def measure(
-    svc: Service,
+    services: dict[str, Service],
     images: list[Path],
     archive: Path,
     clients: int,
     rounds: int,
     poll_s: float | None = None,
-) -> dict:
-    """Alternate the three rounds; then low-load latency (all waiting the same way)."""
-    time_one(svc, archive, poll_s)  # warm-up: first job of a fresh service
+) -> dict[str, dict]:
+    """Per service: the three rates and CPU costs (rounds alternate across services), latency.
+
+    Every round runs (a), (a') and (b) on each service in turn, so a machine
+    that slows down during the run slows every configuration alike.
+    """
+    for svc in services.values():
+        time_one(svc, archive, poll_s)  # warm-up: first job of a fresh service
+        settle(svc)
     n = len(images)
-    runs: dict[str, Callable[[], float]] = {
-        "sync": lambda: burst(svc, images, clients, poll_s, sync_client),
-        "pipelined": lambda: burst(svc, images, clients, poll_s, pipelined_client),
-        "zip": lambda: n / time_one(svc, archive, poll_s),
+    kinds: dict[str, Callable[[Service], float]] = {
+        "sync": lambda svc: burst(svc, images, clients, poll_s, sync_client),
+        "pipelined": lambda svc: burst(svc, images, clients, poll_s, pipelined_client),
+        "zip": lambda svc: n / (time_one(svc, archive, poll_s) + settle(svc)),
     }
-    rates: dict[str, list[float]] = {k: [] for k in runs}
-    cpus: dict[str, list[dict[str, float]]] = {k: [] for k in runs}
+    rates = {name: {k: [] for k in kinds} for name in services}
+    cpus: dict[str, dict[str, list[dict[str, float]]]] = {
+        name: {k: [] for k in kinds} for name in services
+    }
     for _ in range(rounds):
-        for name, run in runs.items():
-            rate, cpu = with_cpu(svc, n, run)
-            rates[name].append(rate)
-            cpus[name].append(cpu)
-    latency = [single(svc, images[i], poll_s) for i in range(10)]
+        for name, svc in services.items():
+            for kind, run in kinds.items():
+                rate, cpu = with_cpu(svc, n, lambda: run(svc))  # noqa: B023 (called at once)
+                rates[name][kind].append(rate)
+                cpus[name][kind].append(cpu)
     return {
-        "rate": {k: statistics.median(v) for k, v in rates.items()},
-        "cpu": {k: {p: statistics.median(c[p] for c in v) for p in v[0]} for k, v in cpus.items()},
-        "latency": statistics.median(latency),
+        name: {
+            "rate": {k: statistics.median(v) for k, v in rates[name].items()},
+            "cpu": {
+                k: {p: statistics.median(c[p] for c in v) for p in v[0]}
+                for k, v in cpus[name].items()
+            },
+            "latency": statistics.median(single(svc, images[i], poll_s) for i in range(10)),
+        }
+        for name, svc in services.items()
     }
 
 
@@ -197,17 +242,21 @@ def main() -> None:
         archive = make_zip(images, Path(tmp) / "burst.zip")
         configs = [("micro-batching on (defaults)", {})]
         if args.compare_off:
-            configs.insert(
-                0, ("micro-batching off (MICROBATCH_MAX_JOBS=1)", {"MICROBATCH_MAX_JOBS": "1"})
-            )
-        for name, env in configs:
-            with service(args.model, extra_env=env) as svc:
-                report(
-                    name,
-                    measure(svc, images, archive, args.clients, args.rounds, poll_s),
-                    args.clients,
-                    args.n,
-                )
+            configs[:0] = [
+                ("micro-batching off (MICROBATCH_MAX_JOBS=1)", {"MICROBATCH_MAX_JOBS": "1"}),
+                (
+                    "micro-batching on, a broker message per image (MICROBATCH_DOORBELL=false)",
+                    {"MICROBATCH_DOORBELL": "false"},
+                ),
+            ]
+        with ExitStack() as stack:
+            services = {
+                name: stack.enter_context(service(args.model, extra_env=env))
+                for name, env in configs
+            }
+            results = measure(services, images, archive, args.clients, args.rounds, poll_s)
+        for name, result in results.items():
+            report(name, result, args.clients, args.n)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # for at most MICROBATCH_WAIT_MS after the first one.
     microbatch_max_jobs: PositiveInt = 64
     microbatch_wait_ms: float = Field(10.0, ge=0, le=1000)
+    # A single image publishes a broker message only when none that will claim
+    # it is pending (config/doorbell.py); False: one message (one Flower task) each.
+    microbatch_doorbell: bool = True
     # What is kept of archive member paths: "full", "redacted" or "none" (see
     # ingest/privacy.py). Unset: "redacted", and "none" for archives with no
     # DICOM header to learn identifiers from (PNG/JPEG only).
@@ -145,7 +148,8 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9101, ge=0, le=65535)
 
     # --- access (api/auth.py, api/app.py) ---
-    rate_limit_submit: str = "60/minute"
+    # A folder of slices is one submit per slice: 10 a second per key by default.
+    rate_limit_submit: str = "600/minute"
     rate_limit_read: str = "1200/minute"
     max_active_jobs_per_owner: PositiveInt = 50
     idempotency_hours: PositiveFloat = 24.0

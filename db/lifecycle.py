@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import ACTIVE_STATUSES, Job, JobStatus, as_utc, utcnow
+from db.models import ACTIVE_STATUSES, Job, JobKind, JobStatus, as_utc, utcnow
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ def start_queued_images(s: Session, model_name: str, limit: int) -> list[Started
     atomic per job like :func:`start`, so two workers never claim one job.
     """
     oldest = (
-        select(Job.id)
-        .where(Job.status == JobStatus.QUEUED, Job.kind == "image", Job.model_name == model_name)
+        _queued_images()
+        .where(Job.model_name == model_name)
         .order_by(Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)  # PostgreSQL: pass over rows another worker claims
@@ -93,6 +93,22 @@ def start_queued_images(s: Session, model_name: str, limit: int) -> list[Started
         _start_update(utcnow()).where(Job.id.in_(oldest), Job.status == JobStatus.QUEUED)
     ).all()
     return [Started(*row) for row in rows]
+
+
+def _queued_images() -> Any:
+    return select(Job.id).where(Job.status == JobStatus.QUEUED, Job.kind == JobKind.IMAGE)
+
+
+def queued_image_models(s: Session) -> list[str]:
+    """The models that queued single-image jobs wait for (the doorbell, config/doorbell.py)."""
+    q = select(Job.model_name).where(Job.status == JobStatus.QUEUED, Job.kind == JobKind.IMAGE)
+    return list(s.scalars(q.distinct()))
+
+
+def oldest_queued_image(s: Session, model_name: str) -> str | None:
+    """The oldest queued single-image job of ``model_name``, if any."""
+    q = _queued_images().where(Job.model_name == model_name).order_by(Job.created_at).limit(1)
+    return s.scalar(q)
 
 
 def _start_update(now: datetime) -> Any:

@@ -120,3 +120,97 @@ def test_one_store_of_many_rows_fits_every_database(stack: Stack) -> None:
         for j in ids:
             s.delete(s.get_one(Job, j))
     assert count == 2 * per_job
+
+
+def _received(log: Path, job_ids: list[str]) -> int:
+    """How many of these jobs' broker messages the worker received."""
+    text = log.read_text()
+    return sum(text.count(f"lungct.run_job[{j}] received") for j in job_ids)
+
+
+def test_a_burst_rings_the_doorbell_instead_of_sending_a_message_per_image(
+    stack: Stack, api
+) -> None:  # type: ignore[no-untyped-def]
+    busy = _busy(api)
+    ids = [submit(api, png_bytes(400 + i), f"d{i}.png")["id"] for i in range(10)]
+    jobs = [wait_done(api, j) for j in ids]
+    wait_done(api, busy)
+    assert all(j["status"] == "succeeded" for j in jobs)
+    assert _received(stack.log, ids) <= 3  # one ring, maybe another after a claim
+
+
+@pytest.mark.parametrize("delivered", ["ended", "unknown"])
+def test_a_delivery_whose_job_is_gone_still_claims_images_queued_without_a_message(
+    stack: Stack, api, delivered: str
+) -> None:  # type: ignore[no-untyped-def]
+    """The message that rang may find its own job taken (or deleted): it still claims
+    the single images that skipped their message because it was pending."""
+    import uuid
+
+    from api.queue import enqueue_job
+    from config import Settings
+    from config.doorbell import doorbell_key
+    from config.notices import redis_client
+
+    settings = Settings()
+    ended = wait_done(api, submit(api, png_bytes(500), "e.png")["id"])["id"]
+    busy = _busy(api)
+    model = api.get(f"/api/v1/jobs/{busy}").json["model"]["name"]
+    redis_client(settings).set(doorbell_key(settings, model), "pending")  # a message is pending
+    ids = [submit(api, png_bytes(510 + i), f"w{i}.png")["id"] for i in range(3)]
+    assert _received(stack.log, ids) == 0  # they did not publish
+    enqueue_job(settings, ended if delivered == "ended" else str(uuid.uuid4()))
+    # well before the sweeper would republish them (STALE_AFTER_S, 30 s)
+    jobs = [wait_done(api, j, timeout_s=20) for j in ids]
+    wait_done(api, busy)
+    assert [j["status"] for j in jobs] == ["succeeded"] * 3
+    assert _received(stack.log, ids) == 0
+
+
+def _queue_length(env: dict[str, str]) -> int:
+    from redis import Redis
+
+    return int(Redis.from_url(env["REDIS_URL"]).llen(env["CELERY_QUEUE"]))
+
+
+def test_single_images_publish_only_when_no_message_is_pending(api_env, client) -> None:  # type: ignore[no-untyped-def]
+    from config import Settings
+    from config.doorbell import answer
+
+    first = submit(client, png_bytes(1), "a.png")
+    assert _queue_length(api_env) == 1
+    submit(client, png_bytes(2), "b.png")  # the first one's message will claim it
+    assert _queue_length(api_env) == 1
+    submit(client, zip_bytes({"s.png": png_bytes(3)}), "study.zip")  # a study always publishes
+    assert _queue_length(api_env) == 2
+    answer(Settings(), first["model"]["name"])  # a worker claimed: the next image rings
+    submit(client, png_bytes(4), "c.png")
+    assert _queue_length(api_env) == 3
+
+
+def test_with_the_doorbell_off_every_single_image_publishes(api_env) -> None:  # type: ignore[no-untyped-def]
+    from api import create_app
+    from config import Settings
+    from tests.conftest import authed, new_key
+
+    app = create_app(Settings(microbatch_doorbell=False))
+    client = authed(app, new_key(api_env["DATABASE_URL"]))
+    for i in range(3):
+        submit(client, png_bytes(i), f"{i}.png")
+    assert _queue_length(api_env) == 3
+
+
+def test_a_claim_that_fills_the_batch_rings_for_the_rest(api_env, client) -> None:  # type: ignore[no-untyped-def]
+    from config import Settings
+    from config.doorbell import doorbell_key
+    from config.notices import redis_client
+    from worker.microbatch import claim
+
+    ids = [submit(client, png_bytes(10 + i), f"{i}.png")["id"] for i in range(4)]
+    settings = Settings()
+    model = client.get(f"/api/v1/jobs/{ids[0]}").json["model"]["name"]
+    published: list[str] = []
+    claimed = claim(model, settings, published.append, room=2)
+    assert sorted(c.job_id for c in claimed) == sorted(ids[:2])  # the oldest two
+    assert published == [ids[2]]  # rang for the oldest one still waiting
+    assert redis_client(settings).get(doorbell_key(settings, model)) == ids[2].encode()

@@ -12,8 +12,10 @@ Every claimed job goes through the same state machine as any job
 (``lifecycle.start``: atomic, so two workers never claim one job; attempts and
 heartbeats as usual), so the recovery guarantees hold: a worker that dies
 mid-batch leaves its jobs ``running`` with a stale heartbeat and the sweeper
-requeues them. The claimed jobs' own messages arrive later and find their jobs
-ended (nothing to do). A slice that cannot be decoded fails only its own job.
+requeues them. Most single images of a burst have no broker message of their
+own (the doorbell, config/doorbell.py); those that do arrive later, find their
+jobs taken and claim whatever single images wait by then. A slice that cannot
+be decoded fails only its own job.
 Results are the same as unbatched: the model sees each image alone along the
 batch dimension.
 """
@@ -22,13 +24,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
 from config import Settings
+from config.doorbell import answer, answer_all, ring
 from db import lifecycle
 from db.models import SlicePrediction
 from db.session import session_scope
@@ -64,11 +67,49 @@ class Member:
     rows: list[dict] = field(default_factory=list)
 
 
-def run_group(first: lifecycle.Started, settings: Settings, storage: Storage) -> None:
+def run_group(
+    first: lifecycle.Started,
+    settings: Settings,
+    storage: Storage,
+    publish: Callable[[str], None],
+) -> None:
     """Run ``first`` with every single-image job that can join it; raise if ``first`` failed."""
-    members = [Member(first)] + [Member(s) for s in claim(first.model_name, settings)]
+    room = settings.microbatch_max_jobs - 1
+    others = claim(first.model_name, settings, publish, room)
+    outcomes = _run([Member(first)] + [Member(c) for c in others], settings, storage)
+    if outcomes[0] is not None:
+        raise JobFailed(outcomes[0])
+
+
+def run_waiting(
+    settings: Settings,
+    storage: Storage,
+    publish: Callable[[str], None],
+    model_name: str | None,
+) -> None:
+    """Claim and run the single images waiting for ``model_name`` (None: for any model).
+
+    For a delivery that found its own job already taken: its message may have
+    rung the doorbell for jobs queued after it (config/doorbell.py), so it
+    answers and claims all the same. ``None`` is for a job that was deleted
+    meanwhile: its model is unknown, so every doorbell is answered.
+    """
+    if model_name is None:
+        answer_all(settings)
+        with session_scope() as s:
+            models = lifecycle.queued_image_models(s)
+    else:
+        models = [model_name]
+    for name in models:
+        claimed = claim(name, settings, publish, settings.microbatch_max_jobs)
+        if claimed:
+            _run([Member(c) for c in claimed], settings, storage)
+
+
+def _run(members: list[Member], settings: Settings, storage: Storage) -> list[str | None]:
+    """Decode, predict, store and close one micro-batch; each member's error (None: succeeded)."""
     log.info("micro-batch of %d single-image jobs", len(members))
-    predictor = get_predictor(first.model_name)
+    predictor = get_predictor(members[0].started.model_name)
     with ExitStack() as plans:
         _decode(members, predictor, settings, storage, plans)
         _predict_all(members, predictor, settings)
@@ -89,16 +130,20 @@ def run_group(first: lifecycle.Started, settings: Settings, storage: Storage) ->
     }
     if summaries and settings.heatmaps_for_images and settings.heatmap_slices_per_series:
         store_heatmaps(summaries, predictor, storage, settings)
-    first_error = outcomes[0][1]
-    if first_error is not None:
-        raise JobFailed(first_error)
+    return [error for _, error, _ in outcomes]
 
 
-def claim(model_name: str, settings: Settings) -> list[lifecycle.Started]:
-    """Start other queued single-image jobs of ``model_name``, waiting a moment for more."""
+def claim(
+    model_name: str, settings: Settings, publish: Callable[[str], None], room: int
+) -> list[lifecycle.Started]:
+    """Start up to ``room`` queued single-image jobs of ``model_name``, waiting a moment for more.
+
+    Answers the model's doorbell first, so single images submitted from now on
+    ring again; a claim that fills the batch rings for the rest of the burst.
+    """
     claimed: list[lifecycle.Started] = []
-    room = settings.microbatch_max_jobs - 1
     deadline = time.monotonic() + settings.microbatch_wait_ms / 1000
+    answer(settings, model_name)
     while room > len(claimed):
         with session_scope() as s:
             claimed += lifecycle.start_queued_images(s, model_name, room - len(claimed))
@@ -106,10 +151,23 @@ def claim(model_name: str, settings: Settings) -> list[lifecycle.Started]:
         if not claimed or time.monotonic() >= deadline:
             break
         time.sleep(CLAIM_POLL_S)
+    if room and len(claimed) == room:
+        _ring_for_the_rest(model_name, settings, publish)
     over = [c for c in claimed if c.attempts > settings.max_attempts]
     for c in over:
         fail_job(c.job_id, f"started {settings.max_attempts} times", settings)
     return [c for c in claimed if c not in over]
+
+
+def _ring_for_the_rest(model_name: str, settings: Settings, publish: Callable[[str], None]) -> None:
+    """A full batch may leave single images without a message of their own: ring for them."""
+    try:
+        with session_scope() as s:
+            waiting = lifecycle.oldest_queued_image(s, model_name)
+        if waiting is not None:
+            ring(settings, waiting, model_name, publish)
+    except Exception as exc:  # the broker or database hiccuped: the sweeper republishes them
+        log.warning("could not ring for waiting single images: %s", type(exc).__name__)
 
 
 def _decode(

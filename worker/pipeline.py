@@ -31,6 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from config import Settings, get_settings
+from config.doorbell import batching
 from config.notices import announce_ended
 from db import lifecycle
 from db.models import Job, JobKind, JobStatus, SlicePrediction
@@ -125,44 +126,61 @@ class Heartbeat:
         return None
 
 
-def run_job(job_id: str, republish: Callable[[], None]) -> None:
+def run_job(job_id: str, publish: Callable[[str], None]) -> None:
     """Run job ``job_id`` until it ends or stops; raise :class:`JobFailed` if it failed.
 
-    ``republish`` sends the job's message again; it is called after a job was
-    handed back because this worker is shutting down.
+    ``publish`` sends a job's message: this job's again after it was handed
+    back because this worker is shutting down, or another job's when a
+    micro-batch rings the doorbell for the rest of a burst (config/doorbell.py).
     """
     settings = get_settings()
     storage = open_storage(settings)
     with session_scope() as s:
         started = lifecycle.start(s, job_id, settings.stale_after_s)
     if started is None:
-        _nothing_to_do(job_id)
+        _nothing_to_do(job_id, settings, storage, publish)
         return
+    image_batch = started.kind == JobKind.IMAGE and batching(settings)
     if started.attempts > settings.max_attempts:  # started again and again without finishing
+        if image_batch:  # its message may have rung for others: claim them first
+            from worker.microbatch import run_waiting
+
+            run_waiting(settings, storage, publish, started.model_name)
         end_failed(
             job_id,
             f"started {settings.max_attempts} times without finishing "
             "(worker crashes or database outages)",
         )
-    if started.kind == JobKind.IMAGE and settings.microbatch_max_jobs > 1:
+    if image_batch:
         from worker.microbatch import run_group
 
-        run_group(started, settings, storage)
+        run_group(started, settings, storage, publish)
         return
     with Heartbeat(job_id, settings.heartbeat_interval_s) as beat:
         stop = _run_started(started, beat, storage, settings)
-    _after_stop(job_id, stop, republish, storage)
+    _after_stop(job_id, stop, lambda: publish(job_id), storage)
 
 
-def _nothing_to_do(job_id: str) -> None:
+def _nothing_to_do(
+    job_id: str, settings: Settings, storage: Storage, publish: Callable[[str], None]
+) -> None:
     """A delivery of a job that is unknown, running elsewhere or ended.
 
+    With micro-batching, this message may have rung the doorbell for single
+    images that were queued after it without a message of their own, so it
+    still claims and runs whatever single images wait (config/doorbell.py).
     A job another worker already ended as failed (for instance one that ran in
     its micro-batch) fails this task too, so Flower shows every task truthfully.
     """
     with session_scope() as s:
-        row = s.execute(select(Job.status, Job.error).where(Job.id == job_id)).one_or_none()
+        row = s.execute(
+            select(Job.status, Job.error, Job.kind, Job.model_name).where(Job.id == job_id)
+        ).one_or_none()
     log.info("job %s: nothing to do (%s)", job_id, row.status if row else "unknown")
+    if batching(settings) and (row is None or row.kind == JobKind.IMAGE):
+        from worker.microbatch import run_waiting
+
+        run_waiting(settings, storage, publish, None if row is None else row.model_name)
     if row is not None and row.status == JobStatus.FAILED:
         raise JobFailed(row.error or "failed")
 

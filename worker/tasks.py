@@ -23,7 +23,7 @@ def run_job_task(self: Task, job_id: str) -> str:
     traceback; the message is acknowledged all the same).
     """
     try:
-        run_job(job_id, republish=lambda: publish_job(self.app, job_id))
+        run_job(job_id, publish=lambda other: publish_job(self.app, other))
     except JobFailed:
         raise
     except OperationalError as exc:
