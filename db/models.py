@@ -75,6 +75,9 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency"),
         Index("ix_jobs_owner_created", "owner", "created_at"),
+        # every submit counts the owner's active jobs (MAX_ACTIVE_JOBS_PER_OWNER):
+        # without it that count read all of the owner's past jobs
+        Index("ix_jobs_owner_status", "owner", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
