@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from apiflask import APIBlueprint, abort
 from flask import Response, current_app, request, url_for
@@ -55,7 +55,8 @@ from storage import readable_path
 log = logging.getLogger(__name__)
 bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-OWNER_LOCK_RETRY_S = 0.002
+OWNER_LOCK_RETRY_S = 0.005
+T = TypeVar("T")
 
 
 def _choose_model(name: str | None) -> ModelCard:
@@ -217,7 +218,7 @@ def _owner_lock(owner: str) -> Iterator[bool]:
     # Held for a count and an insert only. Short, because an acquire that timed out
     # while Redis hung still lands when Redis resumes, leaving a lock nobody owns.
     hold_s = 2 * settings.broker_timeout_s
-    # Held for about a millisecond, so a waiter retries every OWNER_LOCK_RETRY_S
+    # Held for a few milliseconds, so a waiter retries every OWNER_LOCK_RETRY_S
     # (redis-py's default 0.1 s made a client's parallel uploads queue 100 ms apart).
     lock = redis_client(settings).lock(
         name, timeout=hold_s, blocking_timeout=hold_s + 1, sleep=OWNER_LOCK_RETRY_S
@@ -273,15 +274,46 @@ def _unqueued(job_id: str, reason: str) -> NoReturn:
 @bp.auth_required(auth)
 @bp.input(JobListQuery, location="query", arg_name="query")
 @bp.output(JobList)
-@bp.doc(summary="List your jobs, newest first", responses=[200, 400, 401, 429])
+@bp.doc(
+    summary="List your jobs, newest first",
+    description=(
+        "Filters combine. `id` (repeated, at most 100) lists just those jobs. With `id` and "
+        "`wait=S` the answer is held until one of them has ended (at once if one already "
+        "has), or S seconds (at most JOB_WAIT_MAX_S) have passed: a client waiting for many "
+        "jobs sends one request per round instead of one per job."
+    ),
+    responses=[200, 400, 401, 429],
+)
 def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
     """The caller's jobs (every owner's for an admin key), filtered and paginated."""
     who = caller()
+    ids = query.get("id") or []
+    if query["wait"] > 0 and not ids:
+        abort(400, "wait needs id: name the jobs to wait for (id=...&id=..., at most 100)")
+
+    def page() -> dict[str, Any]:
+        return _jobs_page(query, who, ids)
+
+    listed = page()
+    if query["wait"] > 0 and all(j["status"] in ACTIVE_STATUSES for j in listed["items"]):
+        wait_s = min(query["wait"], context.settings().job_wait_max_s)
+
+        def one_ended() -> dict[str, Any] | None:
+            now = page()
+            return now if any(j["status"] not in ACTIVE_STATUSES for j in now["items"]) else None
+
+        listed = _held(ids, one_ended, wait_s) or page()
+    return listed
+
+
+def _jobs_page(query: dict[str, Any], who: Caller, ids: list[str]) -> dict[str, Any]:
     limit = query["limit"] or context.settings().results_page_size
     offset = query["offset"]
     q = select(Job)
     if not who.admin:
         q = q.where(Job.owner == who.owner)
+    if ids:
+        q = q.where(Job.id.in_(ids))
     if query.get("status"):
         q = q.where(Job.status == query["status"])
     if query.get("model"):
@@ -293,7 +325,7 @@ def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
             q.order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit + 1)
         ).all()
         items = [job_to_dict(j) for j in rows[:limit]]
-    args = {k: v for k, v in request.args.items() if k not in ("offset", "limit")}
+    args = {k: request.args.getlist(k) for k in request.args if k not in ("offset", "limit")}
     nxt = (
         url_for("jobs.list_jobs", offset=offset + limit, limit=limit, **args)
         if len(rows) > limit
@@ -332,21 +364,26 @@ def _job_now(job_id: str, who: Caller) -> dict[str, Any]:
 
 
 def _wait_for_end(job_id: str, who: Caller, timeout_s: float) -> dict[str, Any] | None:
-    """The job once it has ended, if that happens within ``timeout_s`` (config/notices.py).
-
-    Holds no database connection while waiting. None at once when this process
-    already has JOB_WAITERS_PER_PROCESS waiting requests.
-    """
-    waiters: threading.BoundedSemaphore = current_app.extensions["lungct_waiters"]
-    if timeout_s <= 0 or not waiters.acquire(blocking=False):
-        return None
+    """The job once it has ended, if that happens within ``timeout_s``."""
 
     def ended() -> dict[str, Any] | None:
         job = _job_now(job_id, who)
         return None if job["status"] in ACTIVE_STATUSES else job
 
+    return _held([job_id], ended, timeout_s)
+
+
+def _held(job_ids: list[str], ready: Callable[[], T | None], timeout_s: float) -> T | None:
+    """``ready()``'s answer once it has one, re-asked as these jobs end (config/notices.py).
+
+    Holds no database connection while waiting. None after ``timeout_s``, and
+    at once when this process already holds JOB_WAITERS_PER_PROCESS waits.
+    """
+    waiters: threading.BoundedSemaphore = current_app.extensions["lungct_waiters"]
+    if timeout_s <= 0 or not waiters.acquire(blocking=False):
+        return None
     try:
-        return wait_until(context.settings(), job_id, ended, timeout_s)
+        return wait_until(context.settings(), job_ids, ready, timeout_s)
     finally:
         waiters.release()
 

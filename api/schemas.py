@@ -18,6 +18,7 @@ from apiflask.validators import Length, OneOf, Range
 
 JOB_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 MAX_OFFSET = 2**31 - 1
+MAX_LISTED_IDS = 100
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -154,6 +155,19 @@ class JobWaitQuery(Schema):
 
 
 class JobListQuery(Page):
+    id = List(
+        String(validate=Length(max=64)),
+        validate=Length(max=MAX_LISTED_IDS),
+        metadata={"description": f"Only these jobs (repeated; at most {MAX_LISTED_IDS})"},
+    )
+    wait = Float(
+        load_default=0.0,
+        validate=Range(min=0, max=60),
+        metadata={
+            "description": "With id: seconds to hold the answer until one of those jobs has "
+            "ended (long poll); capped at JOB_WAIT_MAX_S. 0 (default): answer at once."
+        },
+    )
     status = String(validate=OneOf(JOB_STATUSES))
     model = String(validate=Length(max=128))
     since = AwareDateTime(

@@ -10,7 +10,8 @@ In one throwaway service (SQLite, Redis at REDIS_URL, real worker, gunicorn):
     image's answer before uploading its next one: images/s over the burst
     (at most ``clients`` jobs are ever in flight, so this is latency-bound);
 (a') the same clients uploading their images back to back and then collecting
-    the answers (how ``lungct`` sends a folder): images/s over the burst;
+    the answers with one long poll per round for all their jobs (how ``lungct``
+    sends a folder): images/s over the burst;
 (b) the same slices as one zip, one job: images/s from upload to ``succeeded``;
     each rate counts until the worker is idle again (:func:`settle`), so work a
     burst leaves queued behind it is charged to that burst;
@@ -77,9 +78,27 @@ def sync_client(svc: Service, images: list[Path], poll_s: float | None) -> None:
 
 
 def pipelined_client(svc: Service, images: list[Path], poll_s: float | None) -> None:
-    """Upload every image back to back, then collect the answers (as ``lungct`` does)."""
-    for url in [submit(svc, image) for image in images]:
-        finished(svc, url, poll_s)
+    """Upload every image back to back, then collect the answers (as ``lungct`` does).
+
+    Long polls (the default) collect with one request per round for all the
+    client's unfinished jobs (``GET /api/v1/jobs?id=...&wait=20``, answered when
+    one of them ends); ``poll_s`` polls each job in turn instead.
+    """
+    urls = [submit(svc, image) for image in images]
+    if poll_s is not None:
+        for url in urls:
+            finished(svc, url, poll_s)
+        return
+    waiting = [url.rsplit("/", 1)[1] for url in urls]
+    while waiting:
+        params = {"id": waiting, "limit": len(waiting), "wait": 20}
+        r = svc.http.get(f"{svc.base}/api/v1/jobs", params=params, timeout=60)
+        r.raise_for_status()
+        for job in r.json()["items"]:
+            if job["status"] in ("failed", "cancelled"):
+                raise RuntimeError(f"job {job['id']} {job['status']}: {job['error']}")
+            if job["status"] == "succeeded":
+                waiting.remove(job["id"])
 
 
 def burst(

@@ -17,7 +17,7 @@ import io
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -33,6 +33,8 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 CHUNK = 1 << 20
 LONG_POLL_S = 10.0
 """How long one ``wait`` request asks the server to hold its answer (JOB_WAIT_MAX_S caps it)."""
+MAX_IDS = 100
+"""Job IDs per :meth:`LungCTClient.jobs_by_id` request (the API's limit)."""
 
 ProgressCallback = Callable[[int], None]  # called with the number of bytes just sent
 
@@ -372,6 +374,20 @@ class LungCTClient:
             params["since"] = since.isoformat() if isinstance(since, datetime) else since
         for page in self._pages("/api/v1/jobs", params):
             yield from (Job.from_dict(d) for d in page["items"])
+
+    def jobs_by_id(self, job_ids: Sequence[str], *, wait: float = 0.0) -> list[Job]:
+        """These jobs (at most :data:`MAX_IDS`) as they are, in one request.
+
+        With ``wait`` > 0 the server answers when one of them has ended (at once
+        if one already has), or after ``wait`` seconds: one long poll for many jobs.
+        """
+        if len(job_ids) > MAX_IDS:
+            raise ValueError(f"at most {MAX_IDS} job IDs per request")
+        params: dict[str, Any] = {"id": list(job_ids), "limit": max(1, len(job_ids))}
+        if wait > 0:
+            params["wait"] = f"{wait:g}"
+        resp = self._request("GET", "/api/v1/jobs", lambda: {"params": params})
+        return [Job.from_dict(d) for d in resp.json()["items"]]
 
     def results(self, job_id: str, *, page_size: int = 1000) -> Iterator[SliceResult]:
         """Every slice of a job, in the API's order (series, then position)."""

@@ -23,6 +23,7 @@ import requests
 
 from client.api import (
     LONG_POLL_S,
+    MAX_IDS,
     ApiError,
     AuthError,
     ConnectionFailed,
@@ -197,20 +198,28 @@ def _wait_all(
 ) -> None:
     """Poll every unfinished job until all have ended, showing slices done/total.
 
-    The first unfinished job is a long poll of up to ``poll`` seconds (the
-    server answers the moment it ends), which paces the rounds; a round that
-    came back early without news waits out the rest of ``poll``.
+    One request per :data:`MAX_IDS` unfinished jobs per round; the first is a
+    long poll of up to ``poll`` seconds (the server answers the moment one of
+    its jobs ends), which paces the rounds; a round that came back early
+    without news waits out the rest of ``poll``.
     """
     jobs = {o.job.id: o for o in outcomes if o.job}
     while True:
         started, ended = time.monotonic(), False
-        waiting = [(jid, o) for jid, o in jobs.items() if o.job and not o.job.finished]
-        for i, (jid, o) in enumerate(waiting):
-            o.job = api.job(jid, wait=min(poll, LONG_POLL_S) if i == 0 else 0)
-            if o.job.finished:
-                ended = True
-                state.put(o.item.path, Entry(o.sha256, model, jid, o.job.status))
-                progress.log(f"{o.job.status:<9} {o.item.path} -> job {jid}{_detail(o.job)}")
+        waiting = [jid for jid, o in jobs.items() if o.job and not o.job.finished]
+        for i in range(0, len(waiting), MAX_IDS):
+            hold = min(poll, LONG_POLL_S) if i == 0 else 0
+            asked = waiting[i : i + MAX_IDS]
+            answered = api.jobs_by_id(asked, wait=hold)
+            if gone := set(asked) - {job.id for job in answered}:
+                raise NotFound(404, f"job {sorted(gone)[0]} no longer exists (deleted?)")
+            for job in answered:
+                o = jobs[job.id]
+                o.job = job
+                if job.finished:
+                    ended = True
+                    state.put(o.item.path, Entry(o.sha256, model, job.id, job.status))
+                    progress.log(f"{job.status:<9} {o.item.path} -> job {job.id}{_detail(job)}")
         current = [o.job for o in jobs.values() if o.job]
         progress.slices(sum(j.done for j in current), sum(j.total for j in current))
         if all(j.finished for j in current):

@@ -40,7 +40,9 @@ from config.notices import redis_client
 from config.settings import Settings
 
 log = logging.getLogger(__name__)
-DOORBELL_TTL_S = 10
+DOORBELL_TTL_S = 2
+"""Short: expiry only costs an extra message, and it bounds how long a key whose
+ringer died before publishing can hold later submits back."""
 
 
 def doorbell_key(settings: Settings, model_name: str) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from typing import TypeVar
 
@@ -62,20 +62,22 @@ def announce_ended(settings: Settings, job_ids: Iterable[str]) -> None:
 
 
 def wait_until(
-    settings: Settings, job_id: str, check: Callable[[], T | None], timeout_s: float
+    settings: Settings, job_ids: Sequence[str], check: Callable[[], T | None], timeout_s: float
 ) -> T | None:
     """Block until ``check()`` gives an answer (not None) or ``timeout_s`` has passed.
 
-    ``check`` reads the database and answers once the job has ended; it runs
-    once after subscribing, after every notice and at least every
+    ``check`` reads the database and answers once the jobs it watches have
+    ended (one of ``job_ids``, or all: its choice); it runs once after
+    subscribing to their notices, after every notice and at least every
     :data:`RECHECK_S`. Returns its answer, or None after ``timeout_s``.
     Without Redis it falls back to checking every :data:`RECHECK_S`.
     """
     deadline = time.monotonic() + timeout_s
     pubsub = redis_client(settings).pubsub()
     try:
-        pubsub.subscribe(channel(settings, job_id))
-        _confirmed(pubsub, min(timeout_s, settings.broker_timeout_s))
+        channels = {channel(settings, job_id) for job_id in job_ids}
+        pubsub.subscribe(*channels)
+        _confirmed(pubsub, len(channels), min(timeout_s, settings.broker_timeout_s))
         return _until(check, deadline, lambda s: pubsub.get_message(timeout=s))
     except RedisError as exc:
         log.debug("job-ended notices unavailable: %s", type(exc).__name__)
@@ -87,13 +89,13 @@ def wait_until(
             log.debug("pubsub close failed")
 
 
-def _confirmed(pubsub: PubSub, timeout_s: float) -> None:
-    """Wait until Redis has confirmed the subscription, so no notice after it is missed."""
+def _confirmed(pubsub: PubSub, channels: int, timeout_s: float) -> None:
+    """Wait until Redis has confirmed every subscription, so no notice after it is missed."""
     deadline = time.monotonic() + timeout_s
-    while (left := deadline - time.monotonic()) > 0:
+    while channels and (left := deadline - time.monotonic()) > 0:
         message = pubsub.get_message(timeout=left)
         if message is not None and message["type"] == "subscribe":
-            return
+            channels -= 1
 
 
 def _until(

@@ -247,7 +247,20 @@ def stale_running(s: Session, stale_before: datetime) -> list[str]:
     return list(s.scalars(q))
 
 
-def waiting_since(s: Session, before: datetime) -> list[str]:
-    """IDs of jobs queued (and unchanged) since before ``before``."""
-    q = select(Job.id).where(Job.status == JobStatus.QUEUED, Job.updated_at < before)
-    return list(s.scalars(q))
+@dataclass(frozen=True)
+class Waiting:
+    """A job queued (and unchanged) for a while: what the sweeper needs to publish it."""
+
+    job_id: str
+    kind: str
+    model_name: str
+
+
+def waiting_since(s: Session, before: datetime) -> list[Waiting]:
+    """Jobs queued (and unchanged) since before ``before``, oldest first."""
+    q = (
+        select(Job.id, Job.kind, Job.model_name)
+        .where(Job.status == JobStatus.QUEUED, Job.updated_at < before)
+        .order_by(Job.created_at)
+    )
+    return [Waiting(*row) for row in s.execute(q)]

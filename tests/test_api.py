@@ -285,6 +285,43 @@ def test_a_long_poll_gives_the_job_as_it_is_after_the_wait(client) -> None:  # t
     assert client.get(f"/api/v1/jobs/{job_id}?wait=soon").status_code == 400
 
 
+def test_listing_jobs_by_id_and_waiting_for_one_of_them_to_end(client) -> None:  # type: ignore[no-untyped-def]
+    ids = [_submit(client, png_bytes(i), "slice.png").json["id"] for i in range(3)]
+    other = _submit(client, png_bytes(9), "slice.png").json["id"]
+    query = "&".join(f"id={j}" for j in ids)
+    listed = client.get(f"/api/v1/jobs?{query}&limit=2").json
+    assert len(listed["items"]) == 2 and listed["next"].count("id=") == 3  # pages keep every id
+    rest = client.get(listed["next"]).json["items"]
+    assert sorted(j["id"] for j in listed["items"] + rest) == sorted(ids)
+    assert other not in {j["id"] for j in listed["items"] + rest}
+
+    ender = _end_later(ids[1], 0.3, announce=True)
+    started = time.monotonic()
+    held = client.get(f"/api/v1/jobs?{query}&wait=20").json["items"]
+    ender.join()
+    assert time.monotonic() - started < 10  # answered when one ended, not after 20 s
+    assert {j["id"]: j["status"] for j in held} == {
+        ids[0]: "queued",
+        ids[1]: "failed",
+        ids[2]: "queued",
+    }
+    started = time.monotonic()  # one of them has ended already: answered at once
+    assert len(client.get(f"/api/v1/jobs?{query}&wait=20").json["items"]) == 3
+    assert time.monotonic() - started < 5
+    started = time.monotonic()  # none of these ends: the jobs as they are after the wait
+    waited = client.get(f"/api/v1/jobs?id={ids[0]}&id={ids[2]}&wait=0.5").json["items"]
+    assert [j["status"] for j in waited] == ["queued", "queued"]
+    assert time.monotonic() - started >= 0.5
+
+
+def test_listing_by_id_rejects_a_wait_without_ids_and_too_many_ids(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.get("/api/v1/jobs?wait=5")
+    assert r.status_code == 400 and "wait needs id" in r.json["error"]["message"]
+    many = "&".join(f"id=j{i}" for i in range(101))
+    assert client.get(f"/api/v1/jobs?{many}").status_code == 400
+    assert client.get("/api/v1/jobs?id=x&wait=61").status_code == 400
+
+
 def test_long_polls_beyond_the_per_process_limit_answer_at_once(api_env) -> None:  # type: ignore[no-untyped-def]
     from api import create_app
     from config import Settings

@@ -151,6 +151,16 @@ def test_wait_polls_until_the_job_has_ended() -> None:
     assert len(sleeps) == 1 and 0.2 < sleeps[0] <= 0.25
 
 
+def test_many_jobs_are_polled_in_one_long_poll() -> None:
+    jobs = {"items": [JOB, {**JOB, "id": "j2", "status": "succeeded"}], "next": None}
+    api, adapter, _ = make([(200, jobs, {})])
+    answered = api.jobs_by_id(["j1", "j2"], wait=10)
+    assert [(j.id, j.finished) for j in answered] == [("j1", False), ("j2", True)]
+    assert adapter.sent[0].url == "http://api.test/api/v1/jobs?id=j1&id=j2&limit=2&wait=10"
+    with pytest.raises(ValueError):
+        api.jobs_by_id([f"j{i}" for i in range(101)])
+
+
 def test_csv_has_a_probability_column_per_class_and_empty_cells_for_absent_values() -> None:
     job = Job.from_dict({**JOB, "status": "succeeded"})
     slices = [

@@ -30,9 +30,9 @@ def _job(db, status: str = "queued", **values) -> str:  # type: ignore[no-untype
     with db() as s:
         s.add(
             Job(
-                id=job_id, kind="image", owner="alice", model_name=TINY_MODEL,
+                id=job_id, owner="alice", model_name=TINY_MODEL,
                 model_version="1", upload_key=f"{job_id}/upload.png", upload_bytes=1,
-                status=status, warnings=[], **values,
+                status=status, warnings=[], **{"kind": "image", **values},
             )
         )  # fmt: skip
     return job_id
@@ -133,6 +133,23 @@ def test_sweeper_requeues_stale_jobs_and_republishes_lost_ones(db, api_env) -> N
     assert report.requeued == [stale] and report.republished == [lost]
     assert sorted(published) == sorted([stale, lost])
     assert _get(db, stale).status == "queued" and _get(db, alive).status == "running"
+
+
+def test_sweeper_rings_once_per_model_for_single_images_without_messages(db, api_env) -> None:  # type: ignore[no-untyped-def]
+    """Single images mostly have no message of their own (the doorbell): the sweeper
+    publishes the oldest of each model, whose delivery claims the rest."""
+    from config import Settings
+    from config.doorbell import doorbell_key
+    from db.models import utcnow
+
+    images = [_job(db, updated_at=utcnow() - timedelta(seconds=90 - i)) for i in range(3)]
+    study = _job(db, kind="study", updated_at=utcnow() - timedelta(seconds=60))
+    report, published = _sweep(api_env)
+    assert report.republished == [images[0], study] and published == [images[0], study]
+    bell = Redis.from_url(api_env["REDIS_URL"]).get(doorbell_key(Settings(), TINY_MODEL))
+    assert bell == images[0].encode()  # rung: later submits of this model stay quiet
+    report, published = _sweep(api_env)  # the bell is still pending: no second message
+    assert images[0] not in published
 
 
 def test_sweeper_removes_orphaned_uploads_and_expired_jobs(db, api_env) -> None:  # type: ignore[no-untyped-def]

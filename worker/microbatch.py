@@ -81,31 +81,6 @@ def run_group(
         raise JobFailed(outcomes[0])
 
 
-def run_waiting(
-    settings: Settings,
-    storage: Storage,
-    publish: Callable[[str], None],
-    model_name: str | None,
-) -> None:
-    """Claim and run the single images waiting for ``model_name`` (None: for any model).
-
-    For a delivery that found its own job already taken: its message may have
-    rung the doorbell for jobs queued after it (config/doorbell.py), so it
-    answers and claims all the same. ``None`` is for a job that was deleted
-    meanwhile: its model is unknown, so every doorbell is answered.
-    """
-    if model_name is None:
-        answer_all(settings)
-        with session_scope() as s:
-            models = lifecycle.queued_image_models(s)
-    else:
-        models = [model_name]
-    for name in models:
-        claimed = claim(name, settings, publish, settings.microbatch_max_jobs)
-        if claimed:
-            _run([Member(c) for c in claimed], settings, storage)
-
-
 def _run(members: list[Member], settings: Settings, storage: Storage) -> list[str | None]:
     """Decode, predict, store and close one micro-batch; each member's error (None: succeeded)."""
     log.info("micro-batch of %d single-image jobs", len(members))
@@ -139,28 +114,57 @@ def claim(
     """Start up to ``room`` queued single-image jobs of ``model_name``, waiting a moment for more.
 
     Answers the model's doorbell first, so single images submitted from now on
-    ring again; a claim that fills the batch rings for the rest of the burst.
+    ring again; a claim that fills the batch, or fails, rings for the rest.
     """
     claimed: list[lifecycle.Started] = []
     deadline = time.monotonic() + settings.microbatch_wait_ms / 1000
     answer(settings, model_name)
-    while room > len(claimed):
-        with session_scope() as s:
-            claimed += lifecycle.start_queued_images(s, model_name, room - len(claimed))
-        # Wait for more only during a burst: alone, a job goes at once (no latency cost).
-        if not claimed or time.monotonic() >= deadline:
-            break
-        time.sleep(CLAIM_POLL_S)
-    if room and len(claimed) == room:
-        _ring_for_the_rest(model_name, settings, publish)
+    try:
+        while room > len(claimed):
+            with session_scope() as s:
+                claimed += lifecycle.start_queued_images(s, model_name, room - len(claimed))
+            # Wait for more only during a burst: alone, a job goes at once (no latency cost).
+            if not claimed or time.monotonic() >= deadline:
+                break
+            time.sleep(CLAIM_POLL_S)
+    except Exception:  # images that skipped their message on the answered bell need one
+        ring_for_waiting(model_name, settings, publish)
+        raise
+    if room and len(claimed) >= room:
+        ring_for_waiting(model_name, settings, publish)
     over = [c for c in claimed if c.attempts > settings.max_attempts]
     for c in over:
         fail_job(c.job_id, f"started {settings.max_attempts} times", settings)
     return [c for c in claimed if c not in over]
 
 
-def _ring_for_the_rest(model_name: str, settings: Settings, publish: Callable[[str], None]) -> None:
-    """A full batch may leave single images without a message of their own: ring for them."""
+def pass_on(settings: Settings, model_name: str | None, publish: Callable[[str], None]) -> None:
+    """For a delivery that will not claim: answer its doorbell and ring for who still waits.
+
+    A single image's message may have rung the doorbell (config/doorbell.py);
+    when its job was already taken (or deleted, or has failed too often) the
+    delivery does not run anyone else's job under its own task, it publishes a
+    message for the oldest waiting single image instead, whose delivery then
+    starts that job and claims the rest. ``None``: the job's model is unknown
+    (it was deleted), so every doorbell of the queue is answered.
+    """
+    if model_name is None:
+        answer_all(settings)
+        try:
+            with session_scope() as s:
+                models = lifecycle.queued_image_models(s)
+        except Exception as exc:  # the sweeper republishes them
+            log.warning("could not look for waiting single images: %s", type(exc).__name__)
+            return
+    else:
+        answer(settings, model_name)
+        models = [model_name]
+    for name in models:
+        ring_for_waiting(name, settings, publish)
+
+
+def ring_for_waiting(model_name: str, settings: Settings, publish: Callable[[str], None]) -> None:
+    """Ring for the oldest queued single image of ``model_name``, if any (never raises)."""
     try:
         with session_scope() as s:
             waiting = lifecycle.oldest_queued_image(s, model_name)

@@ -138,19 +138,21 @@ def run_job(job_id: str, publish: Callable[[str], None]) -> None:
     with session_scope() as s:
         started = lifecycle.start(s, job_id, settings.stale_after_s)
     if started is None:
-        _nothing_to_do(job_id, settings, storage, publish)
+        _nothing_to_do(job_id, settings, publish)
         return
     image_batch = started.kind == JobKind.IMAGE and batching(settings)
     if started.attempts > settings.max_attempts:  # started again and again without finishing
-        if image_batch:  # its message may have rung for others: claim them first
-            from worker.microbatch import run_waiting
+        try:
+            end_failed(
+                job_id,
+                f"started {settings.max_attempts} times without finishing "
+                "(worker crashes or database outages)",
+            )
+        finally:
+            if image_batch:  # its message may have rung the doorbell for others
+                from worker.microbatch import pass_on
 
-            run_waiting(settings, storage, publish, started.model_name)
-        end_failed(
-            job_id,
-            f"started {settings.max_attempts} times without finishing "
-            "(worker crashes or database outages)",
-        )
+                pass_on(settings, started.model_name, publish)
     if image_batch:
         from worker.microbatch import run_group
 
@@ -161,16 +163,14 @@ def run_job(job_id: str, publish: Callable[[str], None]) -> None:
     _after_stop(job_id, stop, lambda: publish(job_id), storage)
 
 
-def _nothing_to_do(
-    job_id: str, settings: Settings, storage: Storage, publish: Callable[[str], None]
-) -> None:
+def _nothing_to_do(job_id: str, settings: Settings, publish: Callable[[str], None]) -> None:
     """A delivery of a job that is unknown, running elsewhere or ended.
 
-    With micro-batching, this message may have rung the doorbell for single
-    images that were queued after it without a message of their own, so it
-    still claims and runs whatever single images wait (config/doorbell.py).
-    A job another worker already ended as failed (for instance one that ran in
-    its micro-batch) fails this task too, so Flower shows every task truthfully.
+    With micro-batching its message may have rung the doorbell for single
+    images queued after it without a message of their own: it passes the
+    doorbell on (worker.microbatch.pass_on). A job another worker already
+    ended as failed (for instance one that ran in its micro-batch) fails this
+    task too, so Flower shows every task truthfully.
     """
     with session_scope() as s:
         row = s.execute(
@@ -178,9 +178,9 @@ def _nothing_to_do(
         ).one_or_none()
     log.info("job %s: nothing to do (%s)", job_id, row.status if row else "unknown")
     if batching(settings) and (row is None or row.kind == JobKind.IMAGE):
-        from worker.microbatch import run_waiting
+        from worker.microbatch import pass_on
 
-        run_waiting(settings, storage, publish, None if row is None else row.model_name)
+        pass_on(settings, None if row is None else row.model_name, publish)
     if row is not None and row.status == JobStatus.FAILED:
         raise JobFailed(row.error or "failed")
 

@@ -12,7 +12,8 @@ time across all workers and hosts of a queue. One sweep:
 2. **queued jobs missing from the broker**: a job queued for longer than
    ``STALE_AFTER_S`` whose ID is neither waiting in the queue nor held
    (unacknowledged) by a worker is published again (a Redis that lost its
-   data, a publish that failed after the row was committed).
+   data, a publish that failed after the row was committed); for single
+   images, the oldest of each model is.
 3. **orphaned uploads**: job folders (S3: job key prefixes) last written more
    than ``ORPHAN_UPLOAD_AGE_S`` ago with no job row (the API died mid-submit)
    are removed, partial files and unfinished S3 multipart uploads included.
@@ -20,7 +21,10 @@ time across all workers and hosts of a queue. One sweep:
    with their results and files (0 keeps them forever).
 
 Everything here is idempotent: a duplicate publish finds the job running with
-a fresh heartbeat, or ended, and does nothing.
+a fresh heartbeat, or ended, and starts nothing of its own (a single image's
+delivery may pass the doorbell on, worker/microbatch.py). Queued single images
+usually have no message of their own (config/doorbell.py): step 2 rings their
+model's doorbell once instead of publishing each.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from redis import Redis
 from sqlalchemy import delete, select
 
 from config import Settings
+from config.doorbell import ring, rings
 from db import lifecycle
-from db.models import TERMINAL_STATUSES, Job, utcnow
+from db.models import TERMINAL_STATUSES, Job, JobKind, utcnow
 from db.session import session_scope
 from storage import Storage, open_storage
 
@@ -84,13 +89,14 @@ def _sweep(settings: Settings, redis: Redis, publish: Callable[[str], None]) -> 
         for job_id in lifecycle.stale_running(s, stale_before):
             if lifecycle.requeue(s, job_id, stale_before=stale_before):
                 report.requeued.append(job_id)
+    for job_id in report.requeued:
+        publish(job_id)
     with session_scope() as s:
         waiting = lifecycle.waiting_since(s, stale_before)
     if waiting:
         in_broker = broker_job_ids(redis, settings.celery_queue, settings.stale_after_s)
-        report.republished = [j for j in waiting if j not in in_broker]
-    for job_id in report.requeued + report.republished:
-        publish(job_id)
+        missing = [w for w in waiting if w.job_id not in in_broker]
+        report.republished = _republish(missing, settings, publish)
     report.orphans_removed = _remove_orphans(storage, settings.orphan_upload_age_s)
     if settings.retention_days > 0:
         report.expired = _expire(storage, settings.retention_days)
@@ -103,6 +109,30 @@ def _sweep(settings: Settings, redis: Redis, publish: Callable[[str], None]) -> 
             len(report.expired),
         )
     return report
+
+
+def _republish(
+    missing: list[lifecycle.Waiting], settings: Settings, publish: Callable[[str], None]
+) -> list[str]:
+    """Publish queued jobs that have no message; the IDs published.
+
+    Single images mostly have none by design (config/doorbell.py): for them the
+    doorbell of their model is rung once, for the oldest, whose delivery claims
+    the rest (a pending message, if the bell is still set, will).
+    """
+    published: list[str] = []
+    rung: set[str] = set()
+    for w in missing:  # oldest first
+        if w.kind == JobKind.IMAGE and rings(settings):
+            if w.model_name in rung:
+                continue
+            rung.add(w.model_name)
+            if ring(settings, w.job_id, w.model_name, publish):
+                published.append(w.job_id)
+        else:
+            publish(w.job_id)
+            published.append(w.job_id)
+    return published
 
 
 def broker_job_ids(redis: Redis, queue: str, held_for_s: float | None = None) -> set[str]:
