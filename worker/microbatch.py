@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 
 from config import Settings
-from config.doorbell import answer, answer_all, ring
+from config.doorbell import answer, answer_all, ring, rings
 from db import lifecycle
 from db.models import SlicePrediction
 from db.session import session_scope
@@ -118,7 +118,9 @@ def claim(
     """
     claimed: list[lifecycle.Started] = []
     deadline = time.monotonic() + settings.microbatch_wait_ms / 1000
-    answer(settings, model_name)
+    doorbell = rings(settings)  # off: every single image has its own message
+    if doorbell:
+        answer(settings, model_name)
     try:
         while room > len(claimed):
             with session_scope() as s:
@@ -128,9 +130,10 @@ def claim(
                 break
             time.sleep(CLAIM_POLL_S)
     except Exception:  # images that skipped their message on the answered bell need one
-        ring_for_waiting(model_name, settings, publish)
+        if doorbell:
+            ring_for_waiting(model_name, settings, publish)
         raise
-    if room and len(claimed) >= room:
+    if doorbell and room and len(claimed) >= room:
         ring_for_waiting(model_name, settings, publish)
     over = [c for c in claimed if c.attempts > settings.max_attempts]
     for c in over:
