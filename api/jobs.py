@@ -10,14 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 from apiflask import APIBlueprint, abort
 from flask import Response, current_app, request, url_for
-from redis.exceptions import LockError, RedisError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -37,7 +35,7 @@ from api.schemas import (
     ResultsQuery,
 )
 from api.serializers import job_to_dict, prediction_to_dict
-from config.notices import announce_ended, redis_client, wait_until
+from config.notices import announce_ended, wait_until
 from db import lifecycle
 from db.models import (
     ACTIVE_STATUSES,
@@ -48,6 +46,7 @@ from db.models import (
     as_utc,
     utcnow,
 )
+from db.session import transaction_lock
 from ingest import InvalidUpload, inspect_upload
 from models.registry import ModelCard, Registry
 from storage import readable_path
@@ -55,7 +54,6 @@ from storage import readable_path
 log = logging.getLogger(__name__)
 bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-OWNER_LOCK_RETRY_S = 0.005
 T = TypeVar("T")
 
 
@@ -175,22 +173,20 @@ def _store_and_record(
         status=JobStatus.QUEUED,
         warnings=[],
     )
-    with _owner_lock(who.owner) as broker_up:
-        try:
-            with context.session() as s:
-                if broker_up:
-                    _check_active_cap(s, who.owner)
-                s.add(job)
-                _audit(s, who, "submit", job_id)
-        except IntegrityError:  # the same idempotency key committed a moment ago
-            context.storage().discard(job_id)
-            with context.session() as s:
-                earlier = _job_by_key(s, who.owner, key or "")
-            if earlier is None:
-                raise
-            return earlier
-    if not broker_up:
-        _unqueued(job_id, "RedisError")
+    try:
+        with context.session() as s:
+            # one owner's count-then-insert at a time, across API processes and hosts
+            transaction_lock(s, f"lungct-owner:{who.owner}")
+            _check_active_cap(s, who.owner)
+            s.add(job)
+            _audit(s, who, "submit", job_id)
+    except IntegrityError:  # the same idempotency key committed a moment ago
+        context.storage().discard(job_id)
+        with context.session() as s:
+            earlier = _job_by_key(s, who.owner, key or "")
+        if earlier is None:
+            raise
+        return earlier
     return job
 
 
@@ -204,38 +200,6 @@ def _inspect(job_id: str, upload: FileStorage) -> str:
         except Exception as exc:  # a decoder choking on crafted input is still bad input
             log.warning("upload for job %s unreadable: %s", job_id, type(exc).__name__)
             abort(400, f"the upload could not be read ({type(exc).__name__})")
-
-
-@contextmanager
-def _owner_lock(owner: str) -> Iterator[bool]:
-    """Serialise one owner's count-then-insert across API processes and hosts (Redis lock).
-
-    Yields False when Redis does not answer: the job is then recorded and
-    failed as "could not be queued" rather than waiting on the broker twice.
-    """
-    settings = context.settings()
-    name = f"lungct:owner-lock:{settings.celery_queue}:{owner}"
-    # Held for a count and an insert only. Short, because an acquire that timed out
-    # while Redis hung still lands when Redis resumes, leaving a lock nobody owns.
-    hold_s = 2 * settings.broker_timeout_s
-    # Held for a few milliseconds, so a waiter retries every OWNER_LOCK_RETRY_S
-    # (redis-py's default 0.1 s made a client's parallel uploads queue 100 ms apart).
-    lock = redis_client(settings).lock(
-        name, timeout=hold_s, blocking_timeout=hold_s + 1, sleep=OWNER_LOCK_RETRY_S
-    )
-    try:
-        acquired = lock.acquire()
-    except RedisError as exc:
-        log.warning("owner lock unavailable: %s", type(exc).__name__)
-        yield False
-        return
-    if not acquired:
-        abort(503, "too many submissions at once for this owner; please retry")
-    try:
-        yield True
-    finally:
-        with suppress(RedisError, LockError):
-            lock.release()
 
 
 def _check_active_cap(s: Session, owner: str) -> None:

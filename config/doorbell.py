@@ -31,6 +31,7 @@ as on ``CELERY_QUEUE``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import suppress
 
@@ -67,7 +68,11 @@ def ring(settings: Settings, job_id: str, model_name: str, publish: Callable[[st
     """
     key = doorbell_key(settings, model_name)
     client = redis_client(settings)
-    if not client.set(key, job_id, nx=True, ex=DOORBELL_TTL_S):
+    # An absolute expiry: a SET that a frozen Redis runs only when it resumes,
+    # long after this request gave up (503), lands already expired instead of
+    # holding later submits back with no message behind it.
+    expires_ms = int(time.time() * 1000) + int(DOORBELL_TTL_S * 1000)
+    if not client.set(key, job_id, nx=True, pxat=expires_ms):
         return False
     try:
         publish(job_id)

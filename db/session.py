@@ -7,17 +7,20 @@ would share pooled connections between processes. Celery workers also call
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import get_settings
 
+log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -69,6 +72,26 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
     get_engine(url)
     with _makers[url]() as session, session.begin():
         yield session
+
+
+def transaction_lock(s: Session, name: str) -> None:
+    """Hold a lock named ``name`` until ``s``'s transaction ends (commit or rollback).
+
+    For a read-then-write that must not interleave with another one of the
+    same name, across processes and hosts (the per-owner active-job cap):
+    PostgreSQL takes a transaction-level advisory lock on a 64-bit hash of the
+    name; SQLite has one writer anyway, so the transaction takes the write
+    lock up front (``BEGIN IMMEDIATE``; this must be the transaction's first
+    statement). A waiter blocks inside the database, no polling.
+    """
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        s.execute(select(func.pg_advisory_xact_lock(key)))
+    elif dialect == "sqlite":
+        s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+    else:  # a database this service does not support: count without the lock
+        log.warning("no transaction lock on %s; the active-job cap may overshoot", dialect)
 
 
 def dispose_after_fork() -> None:

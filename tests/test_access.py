@@ -6,13 +6,23 @@ import io
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import ROOT, TINY_MODEL, authed, new_key, png_bytes
+from tests.conftest import (
+    ROOT,
+    TINY_MODEL,
+    _postgres,
+    authed,
+    database_backends,
+    new_key,
+    png_bytes,
+    reset_caches,
+)
 
 
 def _submit(client, seed: int = 0, **headers: str):  # type: ignore[no-untyped-def]
@@ -165,8 +175,28 @@ def test_a_burst_past_the_read_limit_gets_429_with_retry_after(api_env) -> None:
     assert app.test_client().get("/healthz").status_code == 200  # health is not limited
 
 
-def test_the_per_owner_cap_holds_under_a_burst(api_env) -> None:  # type: ignore[no-untyped-def]
-    """Eight parallel submits against a cap of three: exactly three jobs exist."""
+@pytest.fixture(params=database_backends())
+def any_db(request, api_env, monkeypatch) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The API test's database URL: its SQLite file, or a fresh PostgreSQL schema."""
+    from db.migrate import upgrade
+
+    if request.param == "sqlite":
+        yield api_env["DATABASE_URL"]
+        return
+    db = _postgres()
+    try:
+        upgrade(db.url, timeout_s=10)
+        monkeypatch.setenv("DATABASE_URL", db.url)
+        reset_caches()
+        yield db.url
+    finally:
+        reset_caches()
+        db.cleanup()  # type: ignore[operator]
+
+
+def test_the_per_owner_cap_holds_under_a_burst(any_db: str) -> None:
+    """Eight parallel submits against a cap of three: exactly three jobs exist
+    (the count and the insert run under a per-owner database lock)."""
     from werkzeug.serving import make_server
 
     from api import create_app
@@ -174,8 +204,9 @@ def test_the_per_owner_cap_holds_under_a_burst(api_env) -> None:  # type: ignore
     from db.models import Job
     from db.session import session_scope
 
+    url = any_db
     app = create_app(Settings(max_active_jobs_per_owner=3))
-    key = new_key(api_env["DATABASE_URL"])
+    key = new_key(url)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     codes: list[int] = []
@@ -202,7 +233,7 @@ def test_the_per_owner_cap_holds_under_a_burst(api_env) -> None:  # type: ignore
     finally:
         server.shutdown()
     assert sorted(codes) == [202] * 3 + [429] * 5
-    with session_scope() as s:
+    with session_scope(url) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 3
 
 
