@@ -8,14 +8,16 @@ single-image jobs for the same model that are waiting in the database (up to
 ``MICROBATCH_WAIT_MS`` more, when none are it starts at once), runs
 them through the model together, and ends each with its own result.
 
-Every claimed job goes through the same state machine as any job
-(``lifecycle.start``: atomic, so two workers never claim one job; attempts and
-heartbeats as usual), so the recovery guarantees hold: a worker that dies
+Every claimed job goes through the same state machine as any job (an atomic
+conditional UPDATE, so two workers never claim one job; attempts count; the
+claim sets the heartbeat, and a micro-batch is short enough to need no
+heartbeat thread), so the recovery guarantees hold: a worker that dies
 mid-batch leaves its jobs ``running`` with a stale heartbeat and the sweeper
 requeues them. Most single images of a burst have no broker message of their
-own (the doorbell, config/doorbell.py); those that do arrive later, find their
-jobs taken and claim whatever single images wait by then. A slice that cannot
-be decoded fails only its own job.
+own (the doorbell, config/doorbell.py); a delivery that finds its own job
+already taken passes the doorbell on (:func:`pass_on`) rather than running
+other jobs under its own task. A slice that cannot be decoded fails only its
+own job.
 Results are the same as unbatched: the model sees each image alone along the
 batch dimension.
 """
