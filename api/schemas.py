@@ -19,6 +19,7 @@ from apiflask.validators import Length, OneOf, Range
 JOB_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
 MAX_OFFSET = 2**31 - 1
 MAX_LISTED_IDS = 100
+MAX_WAIT_S = 60
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -143,15 +144,20 @@ class ResultsQuery(Page):
     pass
 
 
-class JobWaitQuery(Schema):
-    wait = Float(
+def _wait(until: str) -> Float:
+    """A long poll's ``wait`` parameter (0-60 s), held until ``until``."""
+    return Float(
         load_default=0.0,
-        validate=Range(min=0, max=60),
+        validate=Range(min=0, max=MAX_WAIT_S),
         metadata={
-            "description": "Seconds to hold the answer until the job has ended (long poll); "
+            "description": f"Seconds to hold the answer until {until} (long poll); "
             "capped at JOB_WAIT_MAX_S. 0 (default): answer at once."
         },
     )
+
+
+class JobWaitQuery(Schema):
+    wait = _wait("the job has ended")
 
 
 class JobListQuery(Page):
@@ -160,14 +166,7 @@ class JobListQuery(Page):
         validate=Length(max=MAX_LISTED_IDS),
         metadata={"description": f"Only these jobs (repeated; at most {MAX_LISTED_IDS})"},
     )
-    wait = Float(
-        load_default=0.0,
-        validate=Range(min=0, max=60),
-        metadata={
-            "description": "With id: seconds to hold the answer until one of those jobs has "
-            "ended (long poll); capped at JOB_WAIT_MAX_S. 0 (default): answer at once."
-        },
-    )
+    wait = _wait("one of the jobs named by id has ended (only with id)")
     status = String(validate=OneOf(JOB_STATUSES))
     model = String(validate=Length(max=128))
     since = AwareDateTime(
