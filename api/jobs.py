@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 T = TypeVar("T")
+LIST_FILTERS = ("id", "status", "model", "since")
 
 
 def _choose_model(name: str | None) -> ModelCard:
@@ -255,19 +256,23 @@ def list_jobs(query: dict[str, Any]) -> dict[str, Any]:
     if query["wait"] > 0 and not ids:
         abort(400, "wait needs id: name the jobs to wait for (id=...&id=..., at most 100)")
 
-    def page() -> dict[str, Any]:
-        return _jobs_page(query, who, ids)
-
-    listed = page()
-    if query["wait"] > 0 and all(j["status"] in ACTIVE_STATUSES for j in listed["items"]):
+    if query["wait"] > 0 and not _one_ended(ids, who):
         wait_s = min(query["wait"], context.settings().job_wait_max_s)
+        _held(ids, lambda: True if _one_ended(ids, who) else None, wait_s)
+    return _jobs_page(query, who, ids)
 
-        def one_ended() -> dict[str, Any] | None:
-            now = page()
-            return now if any(j["status"] not in ACTIVE_STATUSES for j in now["items"]) else None
 
-        listed = _held(ids, one_ended, wait_s) or page()
-    return listed
+def _one_ended(ids: list[str], who: Caller) -> bool:
+    """Whether one of the caller's jobs named in ``ids`` has ended, or none of them exists.
+
+    Judged on the named jobs alone, whatever other filters or page the listing has.
+    """
+    q = select(Job.status).where(Job.id.in_(ids))
+    if not who.admin:
+        q = q.where(Job.owner == who.owner)
+    with context.session() as s:
+        statuses = list(s.scalars(q))
+    return not statuses or any(status not in ACTIVE_STATUSES for status in statuses)
 
 
 def _jobs_page(query: dict[str, Any], who: Caller, ids: list[str]) -> dict[str, Any]:
@@ -289,7 +294,9 @@ def _jobs_page(query: dict[str, Any], who: Caller, ids: list[str]) -> dict[str, 
             q.order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit + 1)
         ).all()
         items = [job_to_dict(j) for j in rows[:limit]]
-    args = {k: request.args.getlist(k) for k in request.args if k not in ("offset", "limit")}
+    # the filters only (other parameters could be url_for's own, such as _anchor);
+    # not wait: the next page is read at once
+    args = {k: request.args.getlist(k) for k in LIST_FILTERS if k in request.args}
     nxt = (
         url_for("jobs.list_jobs", offset=offset + limit, limit=limit, **args)
         if len(rows) > limit

@@ -383,9 +383,11 @@ class LungCTClient:
         """
         if len(job_ids) > MAX_IDS:
             raise ValueError(f"at most {MAX_IDS} job IDs per request")
-        params: dict[str, Any] = {"id": list(job_ids), "limit": max(1, len(job_ids))}
-        if wait > 0:
-            params["wait"] = f"{wait:g}"
+        if not job_ids:
+            return []
+        params: dict[str, Any] = {"id": list(job_ids), "limit": len(job_ids)}
+        if wait > 0:  # the server answers well within this client's timeout
+            params["wait"] = f"{min(wait, self.timeout / 2):g}"
         resp = self._request("GET", "/api/v1/jobs", lambda: {"params": params})
         return [Job.from_dict(d) for d in resp.json()["items"]]
 

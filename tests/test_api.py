@@ -314,6 +314,26 @@ def test_listing_jobs_by_id_and_waiting_for_one_of_them_to_end(client) -> None: 
     assert time.monotonic() - started >= 0.5
 
 
+def test_a_wait_for_listed_jobs_is_judged_on_the_named_jobs_alone(client) -> None:  # type: ignore[no-untyped-def]
+    started = time.monotonic()  # no such job of this owner: nothing to wait for
+    assert client.get("/api/v1/jobs?id=nope&wait=20").json["items"] == []
+    assert time.monotonic() - started < 5
+    job_id = _submit(client, png_bytes(), "slice.png").json["id"]
+    ender = _end_later(job_id, 0.3, announce=True)
+    started = time.monotonic()  # the filter hides the job once it ends; the end still counts
+    held = client.get(f"/api/v1/jobs?id={job_id}&status=queued&wait=20").json
+    ender.join()
+    assert held["items"] == [] and time.monotonic() - started < 10
+
+
+def test_a_next_link_carries_only_the_filters(client) -> None:  # type: ignore[no-untyped-def]
+    ids = [_submit(client, png_bytes(i), "slice.png").json["id"] for i in range(2)]
+    query = "&".join(f"id={j}" for j in ids)
+    r = client.get(f"/api/v1/jobs?{query}&limit=1&_anchor=x&_method=GET&wait=0")
+    assert r.status_code == 200
+    assert "_anchor" not in r.json["next"] and "wait" not in r.json["next"]
+
+
 def test_listing_by_id_rejects_a_wait_without_ids_and_too_many_ids(client) -> None:  # type: ignore[no-untyped-def]
     r = client.get("/api/v1/jobs?wait=5")
     assert r.status_code == 400 and "wait needs id" in r.json["error"]["message"]

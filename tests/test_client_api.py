@@ -159,6 +159,7 @@ def test_many_jobs_are_polled_in_one_long_poll() -> None:
     assert adapter.sent[0].url == "http://api.test/api/v1/jobs?id=j1&id=j2&limit=2&wait=10"
     with pytest.raises(ValueError):
         api.jobs_by_id([f"j{i}" for i in range(101)])
+    assert api.jobs_by_id([]) == [] and len(adapter.sent) == 1  # nothing to ask
 
 
 def test_csv_has_a_probability_column_per_class_and_empty_cells_for_absent_values() -> None:

@@ -123,15 +123,20 @@ def _republish(
     published: list[str] = []
     rung: set[str] = set()
     for w in missing:  # oldest first
-        if w.kind == JobKind.IMAGE and rings(settings):
-            if w.model_name in rung:
-                continue
-            rung.add(w.model_name)
-            if ring(settings, w.job_id, w.model_name, publish):
-                published.append(w.job_id)
-        else:
-            publish(w.job_id)
-            published.append(w.job_id)
+        image = w.kind == JobKind.IMAGE and rings(settings)
+        if image and w.model_name in rung:
+            continue
+        try:
+            if image:
+                rung.add(w.model_name)
+                if not ring(settings, w.job_id, w.model_name, publish):
+                    continue
+            else:
+                publish(w.job_id)
+        except Exception as exc:  # the broker hiccuped: the next sweep tries again
+            log.warning("sweep: could not publish %s: %s", w.job_id, type(exc).__name__)
+            continue
+        published.append(w.job_id)
     return published
 
 
