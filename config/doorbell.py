@@ -72,13 +72,13 @@ def ring(settings: Settings, job_id: str, model_name: str, publish: Callable[[st
     # long after this request gave up (503), lands already expired instead of
     # holding later submits back with no message behind it.
     expires_ms = int(time.time() * 1000) + int(DOORBELL_TTL_S * 1000)
-    if not client.set(key, job_id, nx=True, pxat=expires_ms):
-        return False
     try:
+        if not client.set(key, job_id, nx=True, pxat=expires_ms):
+            return False
         publish(job_id)
-    except BaseException:
+    except BaseException:  # also a SET that timed out here but ran in Redis
         with suppress(RedisError):
-            client.delete(key)
+            client.delete(key)  # at worst another ringer's: one more message
         raise
     return True
 
