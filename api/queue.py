@@ -32,7 +32,7 @@ def queue_job(settings: Settings, job_id: str, kind: str, model_name: str) -> No
     (config/doorbell.py). Raises when the broker does not answer.
     """
     if kind == JobKind.IMAGE and rings(settings):
-        ring(settings, job_id, model_name, lambda j: publish_job(producer(settings), j))
+        ring(settings, job_id, model_name, lambda j: enqueue_job(settings, j))
     else:
         enqueue_job(settings, job_id)
 

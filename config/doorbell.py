@@ -15,14 +15,17 @@ claim it is pending. Per queue and model there is one Redis key, the doorbell:
   this job (the job is committed before the ``SET``);
 * a worker deletes the key right before each claim (:func:`answer`), so the
   next submit after the claim rings again;
-* a claim that filled a whole micro-batch rings again itself (the rest may
-  have no message of their own).
+* a claim that filled a whole micro-batch, or failed, rings again itself (the
+  rest may have no message of their own), and a delivery whose own job was
+  already taken rings for the oldest waiting image (worker/microbatch.py
+  ``pass_on``).
 
-The key expires after :data:`DOORBELL_TTL_S` as a guard: expiry never strands
-a job, because the message that set the key still arrives and claims. A
-message lost with Redis's data, or a delete that failed, leaves jobs queued
-without a message; the sweeper republishes those after ``STALE_AFTER_S``, as
-for any job missing from the broker. Studies, and every job when
+The key expires at an absolute time :data:`DOORBELL_TTL_S` after the ring, as
+a guard: expiry never strands a job, because the message that set the key
+still arrives and claims, and a ``SET`` that a frozen Redis runs on resuming
+lands already expired. A message lost with Redis's data, or a ringer that died
+between the key and the publish, leaves jobs queued without a message; the
+sweeper rings for those after ``STALE_AFTER_S``, once per model. Studies, and every job when
 ``MICROBATCH_MAX_JOBS`` is 1 or ``MICROBATCH_DOORBELL`` is false, always get
 their own message (the API and the workers must agree on these two settings,
 as on ``CELERY_QUEUE``).

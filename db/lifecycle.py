@@ -87,8 +87,8 @@ def start_queued_images(s: Session, model_name: str, limit: int) -> list[Started
     atomic per job like :func:`start`, so two workers never claim one job.
     """
     oldest = (
-        _queued_images()
-        .where(Job.model_name == model_name)
+        select(Job.id)
+        .where(*_queued_image(), Job.model_name == model_name)
         .order_by(Job.created_at)
         .limit(limit)
         .with_for_update(skip_locked=True)  # PostgreSQL: pass over rows another worker claims
@@ -99,20 +99,20 @@ def start_queued_images(s: Session, model_name: str, limit: int) -> list[Started
     return [Started(*row) for row in rows]
 
 
-def _queued_images() -> Any:
-    return select(Job.id).where(Job.status == JobStatus.QUEUED, Job.kind == JobKind.IMAGE)
+def _queued_image() -> tuple[Any, Any]:
+    """The WHERE terms of a queued single-image job."""
+    return Job.status == JobStatus.QUEUED, Job.kind == JobKind.IMAGE
 
 
 def queued_image_models(s: Session) -> list[str]:
     """The models that queued single-image jobs wait for (the doorbell, config/doorbell.py)."""
-    q = select(Job.model_name).where(Job.status == JobStatus.QUEUED, Job.kind == JobKind.IMAGE)
-    return list(s.scalars(q.distinct()))
+    return list(s.scalars(select(Job.model_name).where(*_queued_image()).distinct()))
 
 
 def oldest_queued_image(s: Session, model_name: str) -> str | None:
     """The oldest queued single-image job of ``model_name``, if any."""
-    q = _queued_images().where(Job.model_name == model_name).order_by(Job.created_at).limit(1)
-    return s.scalar(q)
+    q = select(Job.id).where(*_queued_image(), Job.model_name == model_name)
+    return s.scalar(q.order_by(Job.created_at).limit(1))
 
 
 def _start_update(now: datetime) -> Any:

@@ -151,8 +151,11 @@ def pass_on(settings: Settings, model_name: str | None, publish: Callable[[str],
     delivery does not run anyone else's job under its own task, it publishes a
     message for the oldest waiting single image instead, whose delivery then
     starts that job and claims the rest. ``None``: the job's model is unknown
-    (it was deleted), so every doorbell of the queue is answered.
+    (it was deleted), so every doorbell of the queue is answered. Nothing to
+    do without the doorbell (MICROBATCH_DOORBELL off): every image has its message.
     """
+    if not rings(settings):
+        return
     if model_name is None:
         answer_all(settings)
         try:

@@ -31,7 +31,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from config import Settings, get_settings
-from config.doorbell import batching, rings
+from config.doorbell import batching
 from config.notices import announce_ended
 from db import lifecycle
 from db.models import Job, JobKind, JobStatus, SlicePrediction
@@ -149,7 +149,7 @@ def run_job(job_id: str, publish: Callable[[str], None]) -> None:
                 "(worker crashes or database outages)",
             )
         finally:
-            if image_batch and rings(settings):  # its message may have rung for others
+            if image_batch:  # its message may have rung the doorbell for others
                 from worker.microbatch import pass_on
 
                 pass_on(settings, started.model_name, publish)
@@ -177,7 +177,7 @@ def _nothing_to_do(job_id: str, settings: Settings, publish: Callable[[str], Non
             select(Job.status, Job.error, Job.kind, Job.model_name).where(Job.id == job_id)
         ).one_or_none()
     log.info("job %s: nothing to do (%s)", job_id, row.status if row else "unknown")
-    if rings(settings) and (row is None or row.kind == JobKind.IMAGE):
+    if row is None or row.kind == JobKind.IMAGE:
         from worker.microbatch import pass_on
 
         pass_on(settings, None if row is None else row.model_name, publish)
