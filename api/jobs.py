@@ -35,8 +35,8 @@ from api.schemas import (
     ResultsQuery,
 )
 from api.serializers import job_to_dict, prediction_to_dict
-from config.notices import announce_ended, wait_until
-from db import lifecycle
+from config.notices import wait_until
+from db import ending, lifecycle
 from db.models import (
     ACTIVE_STATUSES,
     AuditEvent,
@@ -221,17 +221,19 @@ def _check_active_cap(s: Session, owner: str) -> None:
 
 
 def _unqueued(job_id: str, reason: str) -> NoReturn:
-    """The broker did not take the job: record it as failed and answer 503.
+    """The queue did not take the job: record it as failed and answer 503.
 
-    The job lets go of its Idempotency-Key, so the client's retry with the same
+    Only while it is still queued: a push that timed out here may still have
+    reached Redis, and a worker that already started the job keeps it. The
+    job lets go of its Idempotency-Key, so the client's retry with the same
     key makes a new job instead of replaying one that will never run.
     """
     log.warning("could not enqueue job %s: %s", job_id, reason)
-    with context.session() as s:
-        ended = lifecycle.fail(s, job_id, "could not be queued")
-        s.execute(update(Job).where(Job.id == job_id).values(idempotency_key=None))
-    if ended:  # no notice: Redis just failed, and nobody can be waiting on this new job
-        context.storage().release(job_id)
+    settings = context.settings()
+    end = ending.failed("could not be queued", allowed=(JobStatus.QUEUED,))
+    if ending.close(settings, context.storage(), {job_id: end}):
+        with context.session() as s:
+            s.execute(update(Job).where(Job.id == job_id).values(idempotency_key=None))
     abort(503, f"the job queue is unavailable ({reason}); please resubmit")
 
 
@@ -409,16 +411,16 @@ def cancel_job(job_id: str) -> dict[str, Any]:
     who = caller()
     with context.session() as s:
         job = _owned(s, job_id, who)
-        outcome = lifecycle.cancel(s, job_id)
-        if outcome is None:
+        if job.status not in ACTIVE_STATUSES:
             abort(409, f"job has already ended ({job.status})")
+    ended = ending.close(
+        context.settings(), context.storage(), {job_id: ending.cancelled((JobStatus.QUEUED,))}
+    )
+    with context.session() as s:
+        if not ended and not lifecycle.request_cancel(s, job_id):
+            abort(409, f"job has already ended ({s.get_one(Job, job_id).status})")
         _audit(s, who, "cancel", job_id)
-        s.refresh(job)
-        body = job_to_dict(job)
-    if outcome == JobStatus.CANCELLED:
-        context.storage().release(job_id)
-        announce_ended(context.settings(), [job_id])
-    return body
+        return job_to_dict(s.get_one(Job, job_id))
 
 
 @bp.delete("/jobs/<job_id>")
@@ -432,9 +434,8 @@ def delete_job(job_id: str) -> tuple[str, int]:
         job = _owned(s, job_id, who)
         if job.status in ACTIVE_STATUSES:
             abort(409, f"job is {job.status}; cancel it first, or delete it once it has ended")
-        s.delete(job)
         _audit(s, who, "delete", job_id)
-    context.storage().discard(job_id)
+    ending.remove(context.settings(), context.storage(), [job_id])
     return "", 204
 
 

@@ -1,4 +1,9 @@
-"""Enqueue jobs by task name, without importing worker code (and so TensorFlow)."""
+"""Queue jobs without importing worker code (and so TensorFlow).
+
+A study gets a Celery message (``lungct.run_job``, its ID as the task ID); a
+single image gets an entry in its model's Redis list, which workers take in
+micro-batches (config/image_queue.py).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,8 @@ from functools import lru_cache
 
 from celery import Celery
 
-from config import Settings
+from config import Settings, image_queue
 from config.celery import celery_config, publish_job
-from config.doorbell import ring, rings
 from db.models import JobKind
 
 
@@ -21,18 +25,14 @@ def producer(settings: Settings) -> Celery:
 
 
 def enqueue_job(settings: Settings, job_id: str) -> None:
-    """Send only the job ID; raises when the broker does not answer within a few seconds."""
+    """Send a job's Celery message (only its ID); raises when the broker does not answer."""
     publish_job(producer(settings), job_id)
 
 
 def queue_job(settings: Settings, job_id: str, kind: str, model_name: str) -> None:
-    """Queue a just-committed job: a study always publishes; a single image rings.
-
-    A single image skips its message when one that will claim it is pending
-    (config/doorbell.py). Raises when the broker does not answer.
-    """
-    if kind == JobKind.IMAGE and rings(settings):
-        ring(settings, job_id, model_name, lambda j: enqueue_job(settings, j))
+    """Queue a just-committed job; raises when Redis does not answer within a few seconds."""
+    if kind == JobKind.IMAGE:
+        image_queue.push(settings, [job_id], model_name)
     else:
         enqueue_job(settings, job_id)
 

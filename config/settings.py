@@ -98,14 +98,12 @@ class Settings(BaseSettings):
     store_slice_images: bool = True
     heatmap_slices_per_series: int = Field(3, ge=0, le=50)
     heatmaps_for_images: bool = False
-    # Cross-request micro-batching of single-image jobs (worker/microbatch.py):
-    # at most this many jobs share a forward pass (1 switches it off), gathered
-    # for at most MICROBATCH_WAIT_MS after the first one.
+    # Cross-request micro-batching of single-image jobs (config/image_queue.py,
+    # worker/claimer.py): a worker takes at most this many at once into shared
+    # forward passes (1: one at a time), gathering a burst for at most
+    # MICROBATCH_WAIT_MS.
     microbatch_max_jobs: PositiveInt = 64
     microbatch_wait_ms: float = Field(10.0, ge=0, le=1000)
-    # A single image publishes a broker message only when none that will claim
-    # it is pending (config/doorbell.py); False: one message (one Flower task) each.
-    microbatch_doorbell: bool = True
     # What is kept of archive member paths: "full", "redacted" or "none" (see
     # ingest/privacy.py). Unset: "redacted", and "none" for archives with no
     # DICOM header to learn identifiers from (PNG/JPEG only).

@@ -18,6 +18,7 @@ returns whether the job moved; the caller releases the upload
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import ACTIVE_STATUSES, Job, JobKind, JobStatus, as_utc, utcnow
+from db.models import ACTIVE_STATUSES, Job, JobKind, JobStatus, SlicePrediction, as_utc, utcnow
 
 
 @dataclass(frozen=True)
@@ -80,39 +81,21 @@ def start(s: Session, job_id: str, stale_after_s: float) -> Started | None:
     return None if row is None else Started(*row)
 
 
-def start_queued_images(s: Session, model_name: str, limit: int) -> list[Started]:
-    """queued -> running for the oldest queued single-image jobs of ``model_name``.
+def start_images(s: Session, job_ids: Sequence[str]) -> list[Started]:
+    """queued -> running for those of ``job_ids`` that are still queued single images.
 
-    The micro-batch claim (worker/microbatch.py): one UPDATE for all of them,
-    atomic per job like :func:`start`, so two workers never claim one job.
+    The micro-batch claim (config/image_queue.py): one UPDATE for all of them,
+    atomic per job like :func:`start`, so two workers never start one job; an
+    ID whose job was cancelled, deleted or already started is passed over.
     """
-    oldest = (
-        select(Job.id)
-        .where(*_queued_image(), Job.model_name == model_name)
-        .order_by(Job.created_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)  # PostgreSQL: pass over rows another worker claims
-    )
+    if not job_ids:
+        return []
     rows = s.execute(
-        _start_update(utcnow()).where(Job.id.in_(oldest), Job.status == JobStatus.QUEUED)
+        _start_update(utcnow()).where(
+            Job.id.in_(list(job_ids)), Job.status == JobStatus.QUEUED, Job.kind == JobKind.IMAGE
+        )
     ).all()
     return [Started(*row) for row in rows]
-
-
-def _queued_image() -> tuple[Any, Any]:
-    """The WHERE terms of a queued single-image job."""
-    return Job.status == JobStatus.QUEUED, Job.kind == JobKind.IMAGE
-
-
-def queued_image_models(s: Session) -> list[str]:
-    """The models that queued single-image jobs wait for (the doorbell, config/doorbell.py)."""
-    return list(s.scalars(select(Job.model_name).where(*_queued_image()).distinct()))
-
-
-def oldest_queued_image(s: Session, model_name: str) -> str | None:
-    """The oldest queued single-image job of ``model_name``, if any."""
-    q = select(Job.id).where(*_queued_image(), Job.model_name == model_name)
-    return s.scalar(q.order_by(Job.created_at).limit(1))
 
 
 def _start_update(now: datetime) -> Any:
@@ -151,12 +134,29 @@ def heartbeat(s: Session, job_id: str, **progress: Any) -> bool:
     return not s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
 
 
-def succeed(s: Session, job_id: str, summary: dict[str, Any], **progress: Any) -> bool:
+def _ours(attempt: int | None) -> tuple[Any, ...]:
+    """The extra WHERE term of a worker's end: the job is still at the attempt it started.
+
+    A job the sweeper requeued and another worker started again is running
+    too, but is no longer this worker's to end.
+    """
+    return () if attempt is None else (Job.attempts == attempt,)
+
+
+def succeed(
+    s: Session,
+    job_id: str,
+    summary: dict[str, Any],
+    *,
+    attempt: int | None = None,
+    **progress: Any,
+) -> bool:
     """running -> succeeded with the study summary (and final ``progress`` columns, if given)."""
     return _move(
         s,
         job_id,
         (JobStatus.RUNNING,),
+        *_ours(attempt),
         status=JobStatus.SUCCEEDED,
         summary=summary,
         error=None,
@@ -166,17 +166,25 @@ def succeed(s: Session, job_id: str, summary: dict[str, Any], **progress: Any) -
 
 
 def fail(
-    s: Session, job_id: str, message: str, *, running_only: bool = False, **progress: Any
+    s: Session,
+    job_id: str,
+    message: str,
+    *,
+    allowed: tuple[JobStatus, ...] = ACTIVE_STATUSES,
+    attempt: int | None = None,
+    **progress: Any,
 ) -> bool:
     """queued|running -> failed, with a message the client can read.
 
-    Workers pass ``running_only``: a job they handed back or lost is not theirs to fail.
+    Workers pass ``allowed=(RUNNING,)``: a job they handed back or lost is not
+    theirs to fail. The API's enqueue failure passes ``(QUEUED,)``: a job a
+    worker already started (the push did reach Redis) is not the API's to fail.
     """
-    allowed = (JobStatus.RUNNING,) if running_only else ACTIVE_STATUSES
     return _move(
         s,
         job_id,
         allowed,
+        *_ours(attempt),
         status=JobStatus.FAILED,
         error=message,
         finished_at=utcnow(),
@@ -217,47 +225,71 @@ def hand_back(s: Session, job_id: str) -> bool:
     )
 
 
-def cancel(s: Session, job_id: str) -> JobStatus | None:
-    """Cancel: a queued job ends at once; a running one is asked to stop after its batch.
-
-    Returns the job's status after the call (``cancelled`` or ``running``), or
-    None if the job had already ended.
-    """
-    if _move(s, job_id, (JobStatus.QUEUED,), status=JobStatus.CANCELLED, finished_at=utcnow()):
-        return JobStatus.CANCELLED
-    if _move(s, job_id, (JobStatus.RUNNING,), cancel_requested=True):
-        return JobStatus.RUNNING
-    return None
+def cancel_queued(s: Session, job_id: str) -> bool:
+    """queued -> cancelled: a job no worker has started ends at once."""
+    return _move(s, job_id, (JobStatus.QUEUED,), status=JobStatus.CANCELLED, finished_at=utcnow())
 
 
-def cancelled(s: Session, job_id: str) -> bool:
+def request_cancel(s: Session, job_id: str) -> bool:
+    """Ask a running job to stop after its current batch (it then ends ``cancelled``)."""
+    return _move(s, job_id, (JobStatus.RUNNING,), cancel_requested=True)
+
+
+def cancelled(s: Session, job_id: str, attempt: int | None = None) -> bool:
     """running -> cancelled: the worker stopped a job whose cancel was requested."""
     return _move(
         s,
         job_id,
         (JobStatus.RUNNING,),
         Job.cancel_requested.is_(True),
+        *_ours(attempt),
         status=JobStatus.CANCELLED,
         finished_at=utcnow(),
     )
 
 
-def stale_running(s: Session, stale_before: datetime) -> list[str]:
-    """IDs of running jobs whose last heartbeat is older than ``stale_before``."""
-    q = select(Job.id).where(
-        Job.status == JobStatus.RUNNING,
-        or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before),
+def bulk_update() -> Any:
+    """An UPDATE of jobs by primary key, for ``session.execute(stmt, [{"id": ..., ...}])``."""
+    return update(Job)
+
+
+def stored_counts(s: Session, job_id: str) -> tuple[int, int]:
+    """(stored slices, stored slices with an error) of a job."""
+    q = select(func.count(), func.count(SlicePrediction.error)).where(
+        SlicePrediction.job_id == job_id
     )
-    return list(s.scalars(q))
+    done, failed = s.execute(q).one()
+    return int(done), int(failed)
 
 
 @dataclass(frozen=True)
 class Waiting:
-    """A job queued (and unchanged) for a while: what the sweeper needs to publish it."""
+    """A job the sweeper may queue again: what it needs to publish it."""
 
     job_id: str
     kind: str
     model_name: str
+
+
+def stale_running(s: Session, stale_before: datetime) -> list[Waiting]:
+    """Running jobs whose last heartbeat is older than ``stale_before``."""
+    q = select(Job.id, Job.kind, Job.model_name).where(
+        Job.status == JobStatus.RUNNING,
+        or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before),
+    )
+    return [Waiting(*row) for row in s.execute(q)]
+
+
+def touch_queued(s: Session, job_ids: list[str]) -> None:
+    """Mark queued jobs as just queued again (the sweeper republishes each at most once
+    per ``STALE_AFTER_S``)."""
+    if job_ids:
+        s.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status == JobStatus.QUEUED)
+            .values(updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
 
 
 def waiting_since(s: Session, before: datetime) -> list[Waiting]:

@@ -193,9 +193,11 @@ def api_env(tmp_path: Path, tiny_models_dir: Path) -> Iterator[dict[str, str]]:
 
 
 def _drop_queue(env: dict[str, str]) -> None:
+    """Forget the stack's Celery queue and its single-image lists."""
     from redis import Redis
 
-    Redis.from_url(env["REDIS_URL"]).delete(env["CELERY_QUEUE"])
+    redis = Redis.from_url(env["REDIS_URL"])
+    redis.delete(env["CELERY_QUEUE"], *redis.keys(f"lungct:images:{env['CELERY_QUEUE']}:*"))
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_terminal_states_are_final(db) -> None:  # type: ignore[no-untyped-def]
         assert lifecycle.succeed(s, job_id, {"label": "normal"})
     with db() as s:
         assert not lifecycle.fail(s, job_id, "late failure")
-        assert lifecycle.cancel(s, job_id) is None
+        assert not lifecycle.cancel_queued(s, job_id) and not lifecycle.request_cancel(s, job_id)
         assert not lifecycle.requeue(s, job_id)
         assert lifecycle.start(s, job_id, stale_after_s=0) is None
     assert _get(db, job_id).status == "succeeded"
@@ -97,59 +97,64 @@ def test_cancel_queued_at_once_running_after_its_batch(db) -> None:  # type: ign
 
     queued, running = _job(db), _job(db, "running")
     with db() as s:
-        assert lifecycle.cancel(s, queued) == "cancelled"
-        assert lifecycle.cancel(s, running) == "running"
+        assert lifecycle.cancel_queued(s, queued) and not lifecycle.cancel_queued(s, running)
+        assert lifecycle.request_cancel(s, running)
         assert lifecycle.heartbeat(s, running) is False  # the worker learns it must stop
         assert lifecycle.cancelled(s, running)
     assert _get(db, queued).status == "cancelled" and _get(db, running).status == "cancelled"
 
 
 def _sweep(api_env):  # type: ignore[no-untyped-def]
+    """One sweep with the real storage and Redis; what it published, by kind."""
     from config import Settings
+    from storage import open_storage
+    from worker.runner import Context
     from worker.sweeper import sweep
 
-    published: list[str] = []
-    redis = Redis.from_url(api_env["REDIS_URL"])
-    report = sweep(Settings(stale_after_s=5, orphan_upload_age_s=60), redis, published.append)
+    settings = Settings(stale_after_s=5, orphan_upload_age_s=60)
+    published: list[tuple[str, str]] = []
+
+    def republish(job_id: str, kind: str, model: str) -> None:
+        published.append((job_id, kind))
+
+    ctx = Context(settings, open_storage(settings), lambda name: None, republish)  # type: ignore[arg-type,return-value]
+    report = sweep(ctx, Redis.from_url(api_env["REDIS_URL"]))
     return report, published
 
 
-def test_sweeper_requeues_stale_jobs_and_republishes_lost_ones(db, api_env) -> None:  # type: ignore[no-untyped-def]
-    from api.queue import enqueue_job
-    from config import Settings
+def test_sweeper_requeues_stale_jobs_and_republishes_waiting_studies(db, api_env) -> None:  # type: ignore[no-untyped-def]
     from db.models import utcnow
-    from worker.sweeper import broker_job_ids
 
     old = utcnow() - timedelta(seconds=60)
     stale = _job(db, "running", heartbeat_at=old)
     alive = _job(db, "running", heartbeat_at=utcnow())
-    lost = _job(db, "queued", updated_at=old)  # its message vanished
-    waiting = _job(db, "queued", updated_at=old)
-    enqueue_job(Settings(), waiting)  # ... while this one's message is in the queue
-    assert broker_job_ids(Redis.from_url(api_env["REDIS_URL"]), api_env["CELERY_QUEUE"]) == {
-        waiting
-    }
+    lost = _job(db, "queued", kind="study", updated_at=old)  # its message may be gone
+    fresh = _job(db, "queued", kind="study")
     report, published = _sweep(api_env)
-    assert report.requeued == [stale] and report.republished == [lost]
-    assert sorted(published) == sorted([stale, lost])
+    assert [w.job_id for w in report.requeued] == [stale] and report.republished == [lost]
+    assert published == [(stale, "image"), (lost, "study")]
     assert _get(db, stale).status == "queued" and _get(db, alive).status == "running"
+    report, published = _sweep(api_env)  # touched: not published again for STALE_AFTER_S
+    assert published == [] and fresh not in report.republished
 
 
-def test_sweeper_rings_once_per_model_for_single_images_without_messages(db, api_env) -> None:  # type: ignore[no-untyped-def]
-    """Single images mostly have no message of their own (the doorbell): the sweeper
-    publishes the oldest of each model, whose delivery claims the rest."""
-    from config import Settings
-    from config.doorbell import doorbell_key
+def test_sweeper_pushes_single_images_missing_from_their_list(db, api_env) -> None:  # type: ignore[no-untyped-def]
+    """Every queued single image has an entry in its model's list: the sweeper pushes
+    those that lost theirs (Redis lost its data, the API died before its push)."""
+    from config import Settings, image_queue
     from db.models import utcnow
 
+    settings = Settings()
     images = [_job(db, updated_at=utcnow() - timedelta(seconds=90 - i)) for i in range(3)]
-    study = _job(db, kind="study", updated_at=utcnow() - timedelta(seconds=60))
-    report, published = _sweep(api_env)
-    assert report.republished == [images[0], study] and published == [images[0], study]
-    bell = Redis.from_url(api_env["REDIS_URL"]).get(doorbell_key(Settings(), TINY_MODEL))
-    assert bell == images[0].encode()  # rung: later submits of this model stay quiet
-    report, published = _sweep(api_env)  # the bell is still pending: no second message
-    assert images[0] not in published
+    image_queue.push(settings, [images[1]], TINY_MODEL)  # this one still has its entry
+    report, _ = _sweep(api_env)
+    assert report.republished == [images[0], images[2]]
+    listed = Redis.from_url(api_env["REDIS_URL"]).lrange(
+        image_queue.list_key(settings, TINY_MODEL), 0, -1
+    )
+    assert [x.decode() for x in listed] == [images[1], images[0], images[2]]
+    report, _ = _sweep(api_env)  # all listed now: nothing pushed twice
+    assert report.republished == []
 
 
 def test_sweeper_removes_orphaned_uploads_and_expired_jobs(db, api_env) -> None:  # type: ignore[no-untyped-def]

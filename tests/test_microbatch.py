@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -98,11 +100,12 @@ def test_one_store_of_many_rows_fits_every_database(stack: Stack) -> None:
 
     from db.models import Job, SlicePrediction
     from db.session import session_scope
-    from worker.pipeline import INSERT_ROWS, _insert_ignore
+    from worker.runner import INSERT_ROWS
+    from worker.runner import insert_rows as _insert_ignore
 
     ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(2)]
     per_job = INSERT_ROWS + INSERT_ROWS // 2  # 2 jobs: 3 statements' worth of rows
-    row = {  # every column the worker writes (worker.pipeline._row): 12 values a row
+    row = {  # every column the worker writes (worker.runner._row): 12 values a row
         "source": "#", "series_uid": "1.2", "instance_number": 1, "slice_position": 0.0,
         "frame": None, "label": "a", "probabilities": {"a": 1.0}, "ood_score": 0.1,
         "out_of_distribution": False, "error": None,
@@ -132,89 +135,96 @@ def _received(log: Path, job_ids: list[str]) -> int:
     return sum(text.count(f"lungct.run_job[{j}] received") for j in job_ids)
 
 
-def test_a_burst_rings_the_doorbell_instead_of_sending_a_message_per_image(
-    stack: Stack, api
-) -> None:  # type: ignore[no-untyped-def]
+def test_a_burst_runs_without_a_celery_message_per_image(stack: Stack, api) -> None:  # type: ignore[no-untyped-def]
     busy = _busy(api)
     ids = [submit(api, png_bytes(400 + i), f"d{i}.png")["id"] for i in range(10)]
     jobs = [wait_done(api, j) for j in ids]
     wait_done(api, busy)
     assert all(j["status"] == "succeeded" for j in jobs)
-    assert _received(stack.log, ids) <= 3  # one ring, maybe another after a claim
+    assert _received(stack.log, ids) == 0  # taken from the list, not delivered as tasks
+    assert _received(stack.log, [busy]) == 1
 
 
-@pytest.mark.parametrize("delivered", ["ended", "unknown"])
-def test_a_delivery_whose_job_is_gone_passes_the_doorbell_on(
-    stack: Stack, api, delivered: str
-) -> None:  # type: ignore[no-untyped-def]
-    """The message that rang may find its own job taken (or deleted): it passes the
-    doorbell on, so the single images that skipped their message are claimed."""
-    import uuid
-
-    from api.queue import enqueue_job
-    from config import Settings
-    from config.doorbell import doorbell_key
-    from config.notices import redis_client
-
-    settings = Settings()
-    ended = wait_done(api, submit(api, png_bytes(500), "e.png")["id"])["id"]
-    busy = _busy(api)
-    model = api.get(f"/api/v1/jobs/{busy}").json["model"]["name"]
-    redis_client(settings).set(doorbell_key(settings, model), "pending")  # a message is pending
-    ids = [submit(api, png_bytes(510 + i), f"w{i}.png")["id"] for i in range(3)]
-    assert _received(stack.log, ids) == 0  # they did not publish
-    enqueue_job(settings, ended if delivered == "ended" else str(uuid.uuid4()))
-    # well before the sweeper would republish them (STALE_AFTER_S, 30 s)
-    jobs = [wait_done(api, j, timeout_s=20) for j in ids]
-    wait_done(api, busy)
-    assert [j["status"] for j in jobs] == ["succeeded"] * 3
-    assert _received(stack.log, ids) == 1  # it rang for the oldest, which claimed the rest
-
-
-def _queue_length(env: dict[str, str]) -> int:
+def _lengths(env: dict[str, str], model: str) -> tuple[int, int]:
+    """(entries in the model's single-image list, messages in the Celery queue)."""
     from redis import Redis
 
-    return int(Redis.from_url(env["REDIS_URL"]).llen(env["CELERY_QUEUE"]))
+    from config import Settings, image_queue
+
+    redis = Redis.from_url(env["REDIS_URL"])
+    images = redis.llen(image_queue.list_key(Settings(), model))
+    return int(images), int(redis.llen(env["CELERY_QUEUE"]))
 
 
-def test_single_images_publish_only_when_no_message_is_pending(api_env, client) -> None:  # type: ignore[no-untyped-def]
-    from config import Settings
-    from config.doorbell import answer
-
+def test_single_images_wait_in_their_models_list_studies_get_a_message(api_env, client) -> None:  # type: ignore[no-untyped-def]
     first = submit(client, png_bytes(1), "a.png")
-    assert _queue_length(api_env) == 1
-    submit(client, png_bytes(2), "b.png")  # the first one's message will claim it
-    assert _queue_length(api_env) == 1
-    submit(client, zip_bytes({"s.png": png_bytes(3)}), "study.zip")  # a study always publishes
-    assert _queue_length(api_env) == 2
-    answer(Settings(), first["model"]["name"])  # a worker claimed: the next image rings
-    submit(client, png_bytes(4), "c.png")
-    assert _queue_length(api_env) == 3
+    submit(client, png_bytes(2), "b.png")
+    submit(client, zip_bytes({"s.png": png_bytes(3)}), "study.zip")
+    assert _lengths(api_env, first["model"]["name"]) == (2, 1)
 
 
-def test_with_the_doorbell_off_every_single_image_publishes(api_env) -> None:  # type: ignore[no-untyped-def]
-    from api import create_app
-    from config import Settings
-    from tests.conftest import authed, new_key
-
-    app = create_app(Settings(microbatch_doorbell=False))
-    client = authed(app, new_key(api_env["DATABASE_URL"]))
-    for i in range(3):
-        submit(client, png_bytes(i), f"{i}.png")
-    assert _queue_length(api_env) == 3
-
-
-def test_a_claim_that_fills_the_batch_rings_for_the_rest(api_env, client) -> None:  # type: ignore[no-untyped-def]
-    from config import Settings
-    from config.doorbell import doorbell_key
-    from config.notices import redis_client
-    from worker.microbatch import claim
+def test_the_claim_takes_each_listed_image_once_and_drops_ended_ones(api_env, client) -> None:  # type: ignore[no-untyped-def]
+    from config import Settings, image_queue
+    from db import lifecycle
+    from db.session import session_scope
 
     ids = [submit(client, png_bytes(10 + i), f"{i}.png")["id"] for i in range(4)]
-    settings = Settings()
+    client.post(f"/api/v1/jobs/{ids[1]}/cancel")
+    settings = Settings(microbatch_wait_ms=0)
     model = client.get(f"/api/v1/jobs/{ids[0]}").json["model"]["name"]
-    published: list[str] = []
-    claimed = claim(model, settings, published.append, room=2)
-    assert sorted(c.job_id for c in claimed) == sorted(ids[:2])  # the oldest two
-    assert published == [ids[2]]  # rang for the oldest one still waiting
-    assert redis_client(settings).get(doorbell_key(settings, model)) == ids[2].encode()
+    taken = image_queue.take(settings, [model], limit=3, block_s=1)
+    assert taken == (model, ids[:3])  # the oldest three, in order
+    with session_scope() as s:
+        started = lifecycle.start_images(s, [*taken[1], *taken[1]])
+    assert sorted(c.job_id for c in started) == sorted([ids[0], ids[2]])  # not the cancelled
+    assert image_queue.take(settings, [model], limit=3, block_s=1) == (model, [ids[3]])
+    assert image_queue.take(settings, [model], limit=3, block_s=0.1) is None
+
+
+def test_an_enqueue_failure_fails_only_a_job_still_queued(api_env) -> None:  # type: ignore[no-untyped-def]
+    """A push that timed out in the API may still have reached Redis, and a worker may
+    have started the job meanwhile: the API's 503 path must not fail that job."""
+    from config import Settings
+    from db import ending, lifecycle
+    from db.models import Job, JobStatus
+    from db.session import session_scope
+    from storage import open_storage
+
+    settings = Settings()
+    storage = open_storage(settings)
+    ids = []
+    for name in ("queued.png", "running.png"):
+        job_id = str(uuid.uuid4())
+        stored = storage.save(job_id, name, io.BytesIO(png_bytes(1)))
+        with session_scope() as s:
+            s.add(Job(id=job_id, kind="image", owner="a", model_name="m", model_version="1",
+                      upload_key=stored.key, upload_bytes=stored.size, warnings=[]))  # fmt: skip
+        ids.append(job_id)
+    with session_scope() as s:
+        assert lifecycle.start(s, ids[1], stale_after_s=30) is not None  # a worker took it
+    end = ending.failed("could not be queued", allowed=(JobStatus.QUEUED,))
+    assert ending.close(settings, storage, {job_id: end for job_id in ids}) == [ids[0]]
+    with session_scope() as s:
+        assert [s.get_one(Job, j).status for j in ids] == ["failed", "running"]
+    uploads = Path(api_env["STORAGE_DIR"])
+    assert not list((uploads / ids[0]).glob("upload*"))  # released
+    assert list((uploads / ids[1]).glob("upload*"))  # the running job keeps its upload
+
+
+def test_a_submit_whose_queue_is_down_answers_503_and_fails_the_job(api_env) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    from api import create_app
+    from config import Settings
+    from db.models import Job
+    from db.session import session_scope
+    from tests.conftest import authed, free_port, new_key
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    app = create_app(Settings(redis_url=dead, broker_timeout_s=0.5))
+    client = authed(app, new_key(api_env["DATABASE_URL"]))
+    answer = client.post("/api/v1/jobs", data={"file": (io.BytesIO(png_bytes(1)), "a.png")})
+    assert answer.status_code == 503 and "queue is unavailable" in answer.json["error"]["message"]
+    with session_scope() as s:
+        (job,) = s.scalars(select(Job)).all()
+        assert (job.status, job.error) == ("failed", "could not be queued")

@@ -4,7 +4,8 @@
 * ``lungct_worker_inference_seconds``: time per batch in the model (histogram);
 * ``lungct_worker_slices_total{outcome}``: slices predicted / failed to decode
   (``rate()`` of it is slices per second);
-* ``lungct_worker_jobs_total{outcome}``: jobs that ended (or were handed back) here;
+* ``lungct_worker_jobs_handed_back_total``: jobs handed back by a stopping worker
+  (jobs that ended: ``lungct_jobs_ended_total{outcome}``, config/counters.py);
 * ``lungct_worker_model_load_seconds{model}``: how long loading each model took.
 
 Each worker's main process serves them on ``WORKER_METRICS_HOST:WORKER_METRICS_PORT``
@@ -34,7 +35,9 @@ INFERENCE_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SLICES = Counter("lungct_worker_slices_total", "Slices processed", ["outcome"])
-JOBS = Counter("lungct_worker_jobs_total", "Jobs that ended or were handed back", ["outcome"])
+HANDED_BACK = Counter(
+    "lungct_worker_jobs_handed_back_total", "Jobs handed back by a stopping worker"
+)
 MODEL_LOAD_SECONDS = Gauge(
     "lungct_worker_model_load_seconds",
     "Seconds the last load of each model took",

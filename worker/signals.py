@@ -2,8 +2,9 @@
 
 * **pool child start** (``worker_process_init``): drop database connections
   inherited from the parent (SQLAlchemy pooling docs), listen for SIGUSR2
-  (stop after the current batch), and load the default model once so the
-  first job does not pay for it.
+  (stop after the current batch), load the default model once so the first
+  job does not pay for it, and start the single-image claimer
+  (worker/claimer.py).
 * **worker ready** (main process): start the sweeper thread
   (:mod:`worker.sweeper`) and the metrics endpoint (:mod:`worker.metrics`).
 * **worker shutting down** (SIGTERM, Ctrl-C, ``docker stop``): send SIGUSR2
@@ -36,33 +37,44 @@ from celery.signals import (
 from redis import Redis
 
 from config import get_settings
-from config.celery import RUN_JOB_TASK, publish_job
+from config.celery import RUN_JOB_TASK
 from config.metrics import mark_process_dead
 from db import lifecycle
+from db.models import JobKind
 from db.session import dispose_after_fork, session_scope
-from worker import metrics, pipeline
+from worker import metrics, runner
+from worker.claimer import Claimer
+from worker.context import worker_context
 
 log = logging.getLogger(__name__)
 STOP_SIGNAL = signal.SIGUSR2
 _sweeper_stop = threading.Event()
+_claimers: list[Claimer] = []
 
 
 @worker_process_init.connect
-def _init_child(**_kwargs: object) -> None:
-    """Fork safety first, then the stop signal, then warm the default model."""
+def _init_child(sender: Any = None, **_kwargs: object) -> None:
+    """Fork safety first, then the stop signal, the default model, the image claimer."""
     dispose_after_fork()
-    signal.signal(STOP_SIGNAL, lambda *_: pipeline.SHUTDOWN.set())
+    signal.signal(STOP_SIGNAL, lambda *_: runner.SHUTDOWN.set())
+    from worker.celery_app import celery
     from worker.inference import warm_up
 
+    ctx = worker_context(celery)
     try:
-        warm_up(get_settings().default_model)
+        warm_up(ctx.settings.default_model)
     except Exception:  # a missing model must not stop the worker; jobs report it
         log.exception("could not preload the default model")
+    claimer = Claimer(ctx)
+    claimer.start()
+    _claimers.append(claimer)
 
 
 @worker_process_shutdown.connect
 def _child_exits(**_kwargs: object) -> None:
-    """A pool process ends: its live gauges stop counting (config/metrics.py)."""
+    """A pool process ends: its micro-batch finishes, its live gauges stop counting."""
+    for claimer in _claimers:
+        claimer.stop()
     mark_process_dead(os.getpid())
 
 
@@ -78,15 +90,15 @@ def _sweep_forever(app: Celery) -> None:
     """Sweep every SWEEP_INTERVAL_S until the worker stops; errors wait for the next round."""
     from worker.sweeper import sweep
 
-    settings = get_settings()
+    ctx = worker_context(app)
     redis = Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.broker_timeout_s,
-        socket_connect_timeout=settings.broker_timeout_s,
+        ctx.settings.redis_url,
+        socket_timeout=ctx.settings.broker_timeout_s,
+        socket_connect_timeout=ctx.settings.broker_timeout_s,
     )
-    while not _sweeper_stop.wait(settings.sweep_interval_s):
+    while not _sweeper_stop.wait(ctx.settings.sweep_interval_s):
         try:
-            sweep(settings, redis, lambda job_id: publish_job(app, job_id))
+            sweep(ctx, redis)
         except Exception as exc:  # broker or database away: try again next round
             log.warning("sweep failed: %s: %s", type(exc).__name__, exc)
 
@@ -111,15 +123,16 @@ def _child_lost(
     if getattr(sender, "name", None) != RUN_JOB_TASK or not args:
         return
     job_id = str(args[0])
+    ctx = worker_context(sender.app)
     try:
         if isinstance(exception, TimeLimitExceeded):
             message = "the job exceeded its time limit (JOB_TIME_LIMIT_S)"
-            pipeline.fail_job(job_id, message, get_settings())
+            runner.fail_running(ctx, job_id, message)
         elif isinstance(exception, WorkerLostError):
-            with session_scope() as s:
+            with session_scope(ctx.settings.database_url) as s:
                 requeued = lifecycle.requeue(s, job_id)
             if requeued:
                 log.warning("job %s: its worker process died; requeued", job_id)
-                publish_job(sender.app, job_id)
+                ctx.republish(job_id, JobKind.STUDY, "")
     except Exception:  # the sweeper recovers it later
         log.exception("job %s: could not recover after %r", job_id, exception)

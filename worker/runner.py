@@ -1,0 +1,508 @@
+"""The one batch runner: from claimed jobs to stored results, in plain stages.
+
+A study is one job with many slices; a burst of single images is many jobs
+with one slice each. Both go through the same stages:
+
+    plan -> decode (+ slice image PNG) -> predict (calibrated, OOD) -> store rows
+         -> summarise -> heat maps -> close (db/ending.py)
+
+Decoding runs in a thread pool at most two batches ahead of the model, so
+reading the next slices (and encoding their slice images) overlaps the
+forward pass of the current batch. Slices of several jobs share forward
+passes. A writer thread stores each batch (slice images, then rows, progress
+and a heartbeat in one transaction) while the next batch is predicted; at
+most one write is in flight, so a slow database applies back-pressure.
+
+Writes are idempotent (unique job/slice index, insert-or-ignore), so a job
+continued by another worker only fills in what is missing. Heat maps are
+stored before a job reads ``succeeded``, so a client that sees the verdict
+finds them too. Between batches a run stops early when its job was cancelled
+(it ends ``cancelled``, keeping what it stored), when this worker is shutting
+down (unfinished jobs are handed back to the queue) or when another worker
+took the job over (this one just stops). Every status change goes through
+db/lifecycle.py, every end through :func:`db.ending.close`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import PurePath
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from config import Settings
+from db import ending, lifecycle
+from db.models import Job, JobKind, JobStatus, SlicePrediction
+from db.session import session_scope
+from ingest import InvalidUpload, SliceError, SliceSource, plan_upload
+from models.preprocessing import preprocess
+from storage import Storage
+from worker import metrics
+from worker.images import image_name, store_heatmaps, to_png
+from worker.inference import Predictor
+from worker.summary import SeriesName, series_names, summarize
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN = threading.Event()
+"""Set (by worker/signals.py) when this worker process is asked to stop: jobs hand back."""
+
+INSERT_ROWS = 2000
+"""Rows per INSERT: 12 values each stays far below PostgreSQL's 65,535 parameters."""
+
+
+class Stop(enum.Enum):
+    """Why a run stopped before its last batch."""
+
+    CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a run needs, passed in by the worker's entry points (no global settings)."""
+
+    settings: Settings
+    storage: Storage
+    predictor: Callable[[str], Predictor]
+    republish: Callable[[str, str, str], None]  # (job ID, kind, model): queue it again
+
+
+@dataclass
+class Decoded:
+    """One slice after decoding: a model-ready tensor (and its PNG), or why it failed."""
+
+    job_id: str
+    source: SliceSource
+    tensor: np.ndarray | None
+    error: str | None
+    png: bytes | None = None
+
+
+@dataclass
+class Work:
+    """One job of a run: its plan, what is left to predict, and what it stored."""
+
+    started: lifecycle.Started
+    todo: list[SliceSource] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)
+    names: dict[str, SeriesName] = field(default_factory=dict)
+    error: str | None = None  # the upload itself could not be read
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    resumed: bool = False  # an earlier attempt stored some slices
+    left: int = 0  # slices not stored yet
+
+    @property
+    def job_id(self) -> str:
+        return self.started.job_id
+
+
+def run(claimed: list[lifecycle.Started], ctx: Context) -> dict[str, str]:
+    """Run claimed jobs (one study, or single images of one model) to their end.
+
+    Returns each job's outcome: ``succeeded``, ``failed``, ``cancelled``,
+    ``handed_back`` or ``lost`` (another worker has it now).
+    """
+    if not claimed:
+        return {}
+    predictor = ctx.predictor(claimed[0].model_name)
+    works = [Work(c) for c in claimed]
+    with ExitStack() as stack:
+        for w in works:
+            _plan(w, ctx, stack)
+        _record_plans(ctx, works)
+        with Heartbeat(ctx.settings, [w.job_id for w in works]) as beat:
+            stop = _predict_and_store(works, predictor, ctx, beat)
+    return _end(works, stop, predictor, ctx)
+
+
+# -- plan ----------------------------------------------------------------------
+
+
+def _plan(w: Work, ctx: Context, stack: ExitStack) -> None:
+    """Open the upload and list its slices; an unreadable upload fails only this job.
+
+    The upload is read from a local file (S3: a temporary download, deleted
+    when the run's ``ExitStack`` closes, before the job is closed).
+    """
+    key = w.started.upload_key
+    try:
+        path = stack.enter_context(ctx.storage.local_file(key))
+        plan = stack.enter_context(plan_upload(path, ctx.settings, filename=PurePath(key).name))
+    except InvalidUpload as exc:
+        w.error = str(exc)
+        return
+    except Exception as exc:  # e.g. the upload vanished: this job fails, not the run
+        log.warning("job %s: upload unreadable: %s", w.job_id, type(exc).__name__)
+        w.error = f"the upload could not be read ({type(exc).__name__})"
+        return
+    w.warnings = [{"source": k.source, "reason": k.reason} for k in plan.skipped]
+    w.names = series_names(plan.series)
+    done = _stored_indexes(ctx, w.job_id) if w.started.attempts > 1 else set()
+    w.resumed = bool(done)
+    w.todo = [s for s in plan.slices if s.index not in done]
+    w.left = len(w.todo)
+
+
+def _stored_indexes(ctx: Context, job_id: str) -> set[int]:
+    """Slice indexes an earlier attempt stored (only asked for a job started again)."""
+    with session_scope(ctx.settings.database_url) as s:
+        q = select(SlicePrediction.slice_index).where(SlicePrediction.job_id == job_id)
+        return set(s.scalars(q))
+
+
+def _record_plans(ctx: Context, works: list[Work]) -> None:
+    """Store slice counts and skipped members before inference, so progress shows."""
+    values = [
+        {"id": w.job_id, "total": len(w.todo), "warnings": w.warnings}
+        for w in works
+        if w.error is None and not w.resumed
+    ]
+    if values:
+        with session_scope(ctx.settings.database_url) as s:
+            s.execute(lifecycle.bulk_update(), values)
+
+
+# -- decode and predict --------------------------------------------------------
+
+
+def _predict_and_store(
+    works: list[Work], predictor: Predictor, ctx: Context, beat: Heartbeat
+) -> Stop | None:
+    """Predict batch after batch while a writer thread stores the previous batch.
+
+    Returns why the run stopped early, or None once every slice is stored.
+    """
+    settings = ctx.settings
+    by_id = {w.job_id: w for w in works}
+    todo = [(w.job_id, s) for w in works for s in w.todo]
+    stop: Stop | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer") as writer:
+        pending: Future[None] | None = None
+        decoded = _decode_ahead(todo, predictor, settings)
+        for batch in _batches(decoded, settings.inference_batch_size):
+            started = time.perf_counter()
+            rows = _predict(batch, predictor)
+            failed = sum(1 for d in batch if d.tensor is None)
+            metrics.observe_batch(len(batch), failed, time.perf_counter() - started)
+            for d, row in zip(batch, rows, strict=True):
+                by_id[d.job_id].rows.append(row)
+                by_id[d.job_id].left -= 1
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(_store_batch, ctx, batch, rows, by_id, beat)
+            if (stop := beat.stop_reason()) is not None:
+                break
+        if pending is not None:
+            pending.result()
+    return stop or beat.stop_reason()
+
+
+def _load(job_id: str, source: SliceSource, predictor: Predictor, images: bool) -> Decoded:
+    """Decode and preprocess one slice (and encode its slice image); errors are recorded."""
+    try:
+        tensor = preprocess(source.load(), predictor.card.input)
+    except SliceError as exc:
+        return Decoded(job_id, source, None, str(exc))
+    except Exception as exc:  # an unexpected decoder failure must not sink the study
+        log.warning("slice %s: %s", source.source, exc)
+        message = source.scrub(f"could not decode: {type(exc).__name__}: {exc}")
+        return Decoded(job_id, source, None, message)
+    return Decoded(job_id, source, tensor, None, to_png(tensor) if images else None)
+
+
+def _decode_ahead(
+    todo: list[tuple[str, SliceSource]], predictor: Predictor, settings: Settings
+) -> Iterator[Decoded]:
+    """Decode in a thread pool, at most two batches ahead of the consumer."""
+    window = 2 * settings.inference_batch_size
+    images = settings.store_slice_images
+    with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
+        pending: list[Future[Decoded]] = []
+        sources = iter(todo)
+        for job_id, source in islice(sources, window):
+            pending.append(pool.submit(_load, job_id, source, predictor, images))
+        while pending:
+            decoded = pending.pop(0).result()
+            nxt = next(sources, None)
+            if nxt is not None:
+                pending.append(pool.submit(_load, nxt[0], nxt[1], predictor, images))
+            yield decoded
+
+
+def _batches(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:
+    """Group an iterator into lists of ``size`` (the last may be shorter)."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def _predict(batch: list[Decoded], predictor: Predictor) -> list[dict[str, Any]]:
+    """Row values for one batch: one forward pass over the decodable slices."""
+    good = [d for d in batch if d.tensor is not None]
+    out = predictor.predict(np.stack([d.tensor for d in good])) if good else None
+    classes = predictor.card.classes
+    rows = []
+    i = 0
+    for d in batch:  # slices of several jobs may share an index: match by position
+        if out is None or d.tensor is None:
+            rows.append(_row(d))
+            continue
+        p = out.probabilities[i]
+        probabilities = {c: round(float(v), 6) for c, v in zip(classes, p, strict=True)}
+        ood = None
+        if out.ood_score is not None and out.out_of_distribution is not None:
+            ood = (round(float(out.ood_score[i]), 4), bool(out.out_of_distribution[i]))
+        rows.append(_row(d, probabilities, classes[int(np.argmax(p))], ood))
+        i += 1
+    return rows
+
+
+def _row(
+    d: Decoded,
+    probabilities: dict[str, float] | None = None,
+    label: str | None = None,
+    ood: tuple[float, bool] | None = None,
+) -> dict[str, Any]:
+    """One slice's result as a ``slice_predictions`` row (without its job ID)."""
+    s = d.source
+    return {
+        "slice_index": s.index,
+        "source": s.source,
+        "series_uid": s.series_uid,
+        "instance_number": s.instance_number,
+        "slice_position": s.slice_position,
+        "frame": s.frame,
+        "label": label,
+        "probabilities": probabilities,
+        "ood_score": None if ood is None else ood[0],
+        "out_of_distribution": None if ood is None else ood[1],
+        "error": d.error,
+    }
+
+
+# -- store ---------------------------------------------------------------------
+
+
+def insert_rows(session: Session, rows: list[dict[str, Any]], chunk: int = INSERT_ROWS) -> None:
+    """Insert rows (each with its ``job_id``), skipping slices a previous attempt stored."""
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    for start in range(0, len(rows), chunk):
+        stmt = insert(SlicePrediction).values(rows[start : start + chunk])
+        session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "slice_index"]))
+
+
+def _store_batch(
+    ctx: Context,
+    batch: list[Decoded],
+    rows: list[dict[str, Any]],
+    works: dict[str, Work],
+    beat: Heartbeat,
+) -> None:
+    """Store one batch's slice images, then its rows with progress and a heartbeat.
+
+    Images first: a slice counted as done has its image. Progress is written
+    here only for jobs with slices still to come; a job whose last slice is in
+    this batch gets its final counts when it is closed.
+    """
+    for d in batch:
+        if d.png is not None:
+            ctx.storage.put(d.job_id, image_name(d.source.index), d.png)
+    with session_scope(ctx.settings.database_url) as s:
+        insert_rows(s, [{"job_id": d.job_id, **r} for d, r in zip(batch, rows, strict=True)])
+        for job_id in dict.fromkeys(d.job_id for d in batch):
+            w = works[job_id]
+            if w.left > 0:
+                done, failed = _progress(s, w)
+                alive = lifecycle.heartbeat(s, job_id, done=done, failed_slices=failed)
+                beat.record(job_id, alive, s)
+
+
+def _progress(s: Session, w: Work) -> tuple[int, int]:
+    """(stored slices, stored slices with an error) of a job so far."""
+    if w.resumed:  # an earlier attempt's rows count too
+        return lifecycle.stored_counts(s, w.job_id)
+    return len(w.rows), sum(1 for r in w.rows if r["error"])
+
+
+# -- end -----------------------------------------------------------------------
+
+
+def _end(
+    works: list[Work], stop: Stop | None, predictor: Predictor, ctx: Context
+) -> dict[str, str]:
+    """Close finished jobs (summary, heat maps, end) and deal with the ones that stopped."""
+    finished = [w for w in works if w.error is not None or w.left == 0]
+    if stop is Stop.CANCELLED or stop is Stop.LOST:
+        finished = []  # a single study: its end is below
+    ends = _finish(finished, predictor, ctx)
+    outcomes = {w.job_id: str(ends[w.job_id].status) for w in finished}
+    moved = set(ending.close(ctx.settings, ctx.storage, ends))
+    for job_id in list(outcomes):
+        if job_id not in moved:
+            outcomes[job_id] = "lost"
+    for w in works:
+        if w.job_id not in outcomes:
+            outcomes[w.job_id] = _stopped(w, stop, ctx)
+    return outcomes
+
+
+def _finish(works: list[Work], predictor: Predictor, ctx: Context) -> dict[str, ending.End]:
+    """Each finished job's end: its verdict (heat maps stored first), or why it failed."""
+    ends: dict[str, ending.End] = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    for w in works:
+        rows = _all_rows(ctx, w)
+        progress = {
+            "total": len(rows),
+            "done": len(rows),
+            "failed_slices": sum(1 for r in rows if r.error),
+            "warnings": w.warnings,
+        }
+        attempt = w.started.attempts
+        if (error := w.error or _all_failed(rows)) is not None:
+            ends[w.job_id] = ending.failed(error, attempt=attempt, **progress)
+            continue
+        summary = summarize(rows, predictor.card, ctx.settings, len(w.warnings), w.names)
+        summaries[w.job_id] = summary
+        ends[w.job_id] = ending.succeeded(summary, attempt=attempt, **progress)
+    if summaries and _heatmaps(works, ctx.settings):
+        store_heatmaps(summaries, predictor, ctx.storage, ctx.settings)
+    return ends
+
+
+def _all_rows(ctx: Context, w: Work) -> list[SlicePrediction]:
+    """Every stored slice of the job, as rows (from the database when it was resumed)."""
+    if w.resumed:
+        with session_scope(ctx.settings.database_url) as s:
+            q = select(SlicePrediction).where(SlicePrediction.job_id == w.job_id)
+            return list(s.scalars(q.order_by(SlicePrediction.slice_index)))
+    return [SlicePrediction(job_id=w.job_id, **r) for r in w.rows]
+
+
+def _heatmaps(works: list[Work], settings: Settings) -> bool:
+    """Heat maps for studies; for single images only with HEATMAPS_FOR_IMAGES."""
+    if not settings.heatmap_slices_per_series:
+        return False
+    study = any(w.started.kind == JobKind.STUDY for w in works)
+    return study or settings.heatmaps_for_images
+
+
+def _all_failed(rows: list[SlicePrediction]) -> str | None:
+    """The job's error when none of its slices could be read."""
+    if not rows:
+        return "the upload holds no slice"
+    if all(r.error for r in rows):
+        return f"no slice could be decoded: {rows[0].error}"
+    return None
+
+
+def _stopped(w: Work, stop: Stop | None, ctx: Context) -> str:
+    """End or hand back a job that stopped before its last slice; its outcome."""
+    if stop is Stop.CANCELLED:
+        moved = ending.close(ctx.settings, ctx.storage, {w.job_id: ending.cancelled()})
+        log.info("job %s cancelled after its current batch", w.job_id)
+        return "cancelled" if moved else "lost"
+    if stop is Stop.SHUTDOWN:
+        with session_scope(ctx.settings.database_url) as s:
+            handed_back = lifecycle.hand_back(s, w.job_id)
+        if handed_back:
+            metrics.HANDED_BACK.inc()
+            try:
+                ctx.republish(w.job_id, w.started.kind, w.started.model_name)
+            except Exception as exc:  # broker away: the job is queued, the sweeper publishes it
+                log.warning("job %s: republish failed (%s); left to the sweeper", w.job_id, exc)
+        log.info("job %s handed back to the queue: this worker is stopping", w.job_id)
+        return "handed_back"
+    log.info("job %s is no longer this worker's (taken over or ended elsewhere)", w.job_id)
+    return "lost"
+
+
+def fail(ctx: Context, started: lifecycle.Started, message: str) -> bool:
+    """End a job this worker started as failed (without running it); True if it moved."""
+    end = ending.failed(message, attempt=started.attempts)
+    return bool(ending.close(ctx.settings, ctx.storage, {started.job_id: end}))
+
+
+def fail_running(ctx: Context, job_id: str, message: str) -> bool:
+    """End a running job as failed after an error outside the stages; True if it moved."""
+    return bool(ending.close(ctx.settings, ctx.storage, {job_id: ending.failed(message)}))
+
+
+# -- heartbeat -----------------------------------------------------------------
+
+
+class Heartbeat:
+    """Beats for a run's jobs from a thread, and says whether the run should stop.
+
+    Stored batches beat too (with progress); the thread covers long phases
+    without batches (a large archive's plan, a model load), so the sweeper
+    only ever takes over jobs whose process is really gone.
+    """
+
+    def __init__(self, settings: Settings, job_ids: list[str]) -> None:
+        self.settings = settings
+        self.job_ids = job_ids
+        self._cancel: set[str] = set()
+        self._lost: set[str] = set()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.settings.heartbeat_interval_s):
+            try:
+                with session_scope(self.settings.database_url) as s:
+                    for job_id in self.job_ids:
+                        self.record(job_id, lifecycle.heartbeat(s, job_id), s)
+            except Exception as exc:  # a database hiccup: the next beat tries again
+                log.warning("heartbeat failed: %s", type(exc).__name__)
+
+    def record(self, job_id: str, alive: bool, s: Session) -> None:
+        """Remember a heartbeat's answer (False: cancel requested, or no longer ours)."""
+        if alive:
+            return
+        row = s.execute(
+            select(Job.status, Job.cancel_requested).where(Job.id == job_id)
+        ).one_or_none()
+        if row is not None and row.status == JobStatus.RUNNING and row.cancel_requested:
+            self._cancel.add(job_id)
+        else:
+            self._lost.add(job_id)
+
+    def stop_reason(self) -> Stop | None:
+        """Why the run should stop now, if it should (checked between batches).
+
+        A run of several single images is never stopped for one of them: each
+        is one slice, so it ends with the batch.
+        """
+        if SHUTDOWN.is_set():
+            return Stop.SHUTDOWN
+        if len(self.job_ids) != 1:
+            return None
+        if self._cancel:
+            return Stop.CANCELLED
+        if self._lost:
+            return Stop.LOST
+        return None
