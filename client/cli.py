@@ -203,10 +203,13 @@ def _wait_all(
     its jobs ends), which paces the rounds; a round that came back early
     without news waits out the rest of ``poll``.
     """
-    jobs = {o.job.id: o for o in outcomes if o.job}
+    jobs: dict[str, list[Outcome]] = {}  # inputs with the same content share one job
+    for o in outcomes:
+        if o.job:
+            jobs.setdefault(o.job.id, []).append(o)
     while True:
         started, ended = time.monotonic(), False
-        waiting = [jid for jid, o in jobs.items() if o.job and not o.job.finished]
+        waiting = [jid for jid, group in jobs.items() if not _job(group).finished]
         for i in range(0, len(waiting), MAX_IDS):
             hold = min(poll, LONG_POLL_S) if i == 0 else 0
             asked = waiting[i : i + MAX_IDS]
@@ -214,18 +217,25 @@ def _wait_all(
             if gone := set(asked) - {job.id for job in answered}:
                 raise NotFound(404, f"job {sorted(gone)[0]} no longer exists (deleted?)")
             for job in answered:
-                o = jobs[job.id]
-                o.job = job
-                if job.finished:
-                    ended = True
-                    state.put(o.item.path, Entry(o.sha256, model, job.id, job.status))
-                    progress.log(f"{job.status:<9} {o.item.path} -> job {job.id}{_detail(job)}")
-        current = [o.job for o in jobs.values() if o.job]
+                for o in jobs[job.id]:
+                    o.job = job
+                    if job.finished:
+                        state.put(o.item.path, Entry(o.sha256, model, job.id, job.status))
+                        progress.log(f"{job.status:<9} {o.item.path} -> job {job.id}{_detail(job)}")
+                ended = ended or job.finished
+        current = [_job(group) for group in jobs.values()]
         progress.slices(sum(j.done for j in current), sum(j.total for j in current))
         if all(j.finished for j in current):
             return
         if not ended and (left := poll - (time.monotonic() - started)) > 0:
             time.sleep(left)
+
+
+def _job(group: list[Outcome]) -> Job:
+    """The job a group of inputs shares, as last seen."""
+    job = group[0].job
+    assert job is not None
+    return job
 
 
 def _detail(job: Job) -> str:

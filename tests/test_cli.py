@@ -135,6 +135,25 @@ def test_folder_of_three_studies_to_one_csv_then_resume(
     assert set(job_ids(base_url, key)) == first_jobs
 
 
+def test_identical_files_share_a_job_and_are_counted_by_its_end(
+    base_url: str, key: str, tmp_path: Path
+) -> None:
+    """Two files with the same bytes get one job (one Idempotency-Key): both inputs are
+    counted by that job's final status, the tally matches the CSV, and the exit code is 0."""
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for name, seed in (("a.png", 1), ("b.png", 1), ("c.png", 2)):
+        (folder / name).write_bytes(png_bytes(seed))
+    out = tmp_path / "r.csv"
+    args = ["submit", "slices", "--model", TINY_MODEL, "--out", str(out), "--poll", "0.2"]
+    run = lungct(base_url, key, *args, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "3 inputs: 3 succeeded" in run.stderr
+    rows = read_csv(out)
+    assert sorted(r["input"] for r in rows) == ["slices/a.png", "slices/b.png", "slices/c.png"]
+    assert len({r["job_id"] for r in rows}) == 2 and all(r["label"] for r in rows)
+
+
 # The kill may cut the next upload off mid-body: the in-process server then leaves
 # werkzeug's spooled temporary file of that request to the garbage collector.
 @pytest.mark.filterwarnings(
@@ -237,13 +256,14 @@ def test_jobs_status_results_cancel_delete(base_url: str, key: str, tmp_path: Pa
     assert "rejected  small.png: unknown model 'nope'" in rejected.stderr
     assert "1 inputs: 1 rejected" in rejected.stderr
 
-    # A long study keeps the single worker busy; the job behind it is still queued.
+    # A long study keeps the single worker busy; the study behind it is still queued
+    # (single images would not wait: the worker takes them beside its studies).
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {key}"
     big = zip_bytes({f"s{i:04d}.png": png_bytes(i % 50, size=32) for i in range(2000)})
     files = {"file": ("big.zip", big)}
     busy_id = http.post(f"{base_url}/api/v1/jobs", files=files, data={"model": TINY_MODEL})
-    files = {"file": ("other.png", png_bytes(2))}
+    files = {"file": ("other.zip", zip_bytes({"s.png": png_bytes(2)}))}
     behind_id = http.post(f"{base_url}/api/v1/jobs", files=files, data={"model": TINY_MODEL})
     busy_id, behind_id = busy_id.json()["id"], behind_id.json()["id"]
     cancel = lungct(base_url, key, "cancel", behind_id, cwd=tmp_path)

@@ -173,6 +173,8 @@ def test_sweeper_removes_orphans_from_s3(s3: S3, api_env: dict[str, str]) -> Non
     """Old job prefixes with no job row go, with unfinished multipart uploads; the rest stays."""
     from db.models import Job
     from db.session import session_scope
+    from worker.inference import get_predictor
+    from worker.runner import Context
     from worker.sweeper import sweep
 
     storage = open_storage(Settings())
@@ -189,12 +191,9 @@ def test_sweeper_removes_orphans_from_s3(s3: S3, api_env: dict[str, str]) -> Non
         )  # fmt: skip
     time.sleep(3)
     storage.save("young", "s.png", io.BytesIO(b"a submit still in progress"))
-    published: list[str] = []
-    report = sweep(
-        Settings(orphan_upload_age_s=1.5, retention_days=0),
-        Redis.from_url(api_env["REDIS_URL"]),
-        published.append,
-    )
+    settings = Settings(orphan_upload_age_s=1.5, retention_days=0)
+    ctx = Context(settings, open_storage(settings), get_predictor, lambda *job: None)
+    report = sweep(ctx, Redis.from_url(api_env["REDIS_URL"]))
     assert report is not None and sorted(report.orphans_removed) == ["killed", "orphan"]
     assert sorted(s3.keys()) == [f"{s3.prefix}/live/upload.png", f"{s3.prefix}/young/upload.png"]
     assert s3.open_uploads() == []
