@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from apiflask import APIFlask, HTTPError
 from flask import request
+from flask.json.provider import DefaultJSONProvider
+from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -88,12 +91,14 @@ def rate_limit_key() -> str:
 
 def _limiter(app: APIFlask, settings: Settings) -> Limiter:
     """Per-key limits on /api/ routes, counted in Redis so every API process shares them."""
+    # Passed on to redis-py, which takes a float timeout (flask-limiter hints str | int).
+    redis_options: dict[str, Any] = {"socket_timeout": settings.broker_timeout_s}
     limiter = Limiter(
         rate_limit_key,
         default_limits=[settings.rate_limit_read],
         default_limits_exempt_when=lambda: not request.path.startswith("/api/"),
         storage_uri=settings.redis_url,
-        storage_options={"socket_timeout": settings.broker_timeout_s},
+        storage_options=redis_options,
         headers_enabled=True,
         swallow_errors=True,
         key_prefix=f"lungct-limits:{settings.celery_queue}",
@@ -103,7 +108,9 @@ def _limiter(app: APIFlask, settings: Settings) -> Limiter:
     # wrapper must be the registered view (decorating jobs.submit_job alone left
     # submits unlimited: the route still called the undecorated function).
     submit_limit = limiter.limit(lambda: settings.rate_limit_submit, methods=["POST"])
-    app.view_functions["jobs.submit_job"] = submit_limit(app.view_functions["jobs.submit_job"])
+    # Flask types a view as sync or async; this one is sync, as the decorator needs.
+    view = cast(Callable[..., ResponseReturnValue], app.view_functions["jobs.submit_job"])
+    app.view_functions["jobs.submit_job"] = submit_limit(view)
     return limiter
 
 
@@ -133,7 +140,8 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     app.config.update(
         docs_config(), HTTP_ERROR_SCHEMA=ERROR_SCHEMA, VALIDATION_ERROR_SCHEMA=ERROR_SCHEMA
     )
-    app.json.sort_keys = False
+    if isinstance(app.json, DefaultJSONProvider):  # always: Flask's own provider
+        app.json.sort_keys = False
     app.error_processor(_error_body)
     app.register_error_handler(RequestEntityTooLarge, _too_large)
     app.register_error_handler(RateLimitExceeded, _rate_limited)

@@ -12,8 +12,9 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from apiflask import HTTPTokenAuth
+from apiflask import HTTPError, HTTPTokenAuth
 from flask import request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -86,7 +87,7 @@ def _verify(token: str) -> Caller | None:
 
 
 @auth.error_processor
-def _unauthorized(error):  # type: ignore[no-untyped-def]
+def _unauthorized(error: HTTPError) -> tuple[dict[str, Any], int, dict[str, str]]:
     """401 with a message that says what to send (the app's JSON error shape)."""
     message = "missing or invalid API key: send 'Authorization: Bearer <key>'"
     headers = {"WWW-Authenticate": 'Bearer realm="lungct"'}
@@ -94,5 +95,12 @@ def _unauthorized(error):  # type: ignore[no-untyped-def]
 
 
 def caller() -> Caller:
-    """The authenticated caller of the current request."""
-    return auth.current_user
+    """The authenticated caller of the current request.
+
+    Only views behind ``auth.login_required`` may ask: elsewhere there is no caller,
+    and saying so here beats an ``AttributeError`` on ``None`` further on.
+    """
+    user = auth.current_user
+    if not isinstance(user, Caller):
+        raise RuntimeError("caller() outside a view that requires an API key")
+    return user

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
 from apiflask import APIBlueprint, abort
+from apiflask.types import ResponsesObjectType
 from flask import Response, current_app, request, url_for
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -56,6 +57,11 @@ bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 T = TypeVar("T")
 LIST_FILTERS = ("id", "status", "model", "since")
+PNG_RESPONSES: ResponsesObjectType = {
+    200: {"description": "PNG", "content": {"image/png": {}}},
+    401: {},
+    404: {},
+}
 
 
 def _choose_model(name: str | None) -> ModelCard:
@@ -298,7 +304,7 @@ def _jobs_page(query: dict[str, Any], who: Caller, ids: list[str]) -> dict[str, 
         items = [job_to_dict(j) for j in rows[:limit]]
     # the filters only (other parameters could be url_for's own, such as _anchor);
     # not wait: the next page is read at once
-    args = {k: request.args.getlist(k) for k in LIST_FILTERS if k in request.args}
+    args: dict[str, Any] = {k: request.args.getlist(k) for k in LIST_FILTERS if k in request.args}
     nxt = (
         url_for("jobs.list_jobs", offset=offset + limit, limit=limit, **args)
         if len(rows) > limit
@@ -456,7 +462,7 @@ def _slice_file(job_id: str, slice_index: int, name: str, what: str) -> Response
 @bp.doc(
     summary="A slice as the model saw it (PNG)",
     description="After windowing, resizing and scaling: the model's input size, 8-bit gray.",
-    responses={200: {"description": "PNG", "content": {"image/png": {}}}, 401: {}, 404: {}},
+    responses=PNG_RESPONSES,
 )
 def slice_image(job_id: str, slice_index: int) -> Response:
     return _slice_file(job_id, slice_index, f"images/{slice_index}.png", "image")
@@ -470,7 +476,7 @@ def slice_image(job_id: str, slice_index: int) -> Response:
         "Red with opacity where the model looked, the size of the slice image; only for the "
         "top slices of each series (HEATMAP_SLICES_PER_SERIES)."
     ),
-    responses={200: {"description": "PNG", "content": {"image/png": {}}}, 401: {}, 404: {}},
+    responses=PNG_RESPONSES,
 )
 def slice_heatmap(job_id: str, slice_index: int) -> Response:
     return _slice_file(job_id, slice_index, f"heatmaps/{slice_index}.png", "heat map")

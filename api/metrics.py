@@ -15,10 +15,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import cast
 
 from apiflask import APIBlueprint, abort
 from flask import Flask, Response, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -55,7 +61,10 @@ class StateCollector(Collector):
             jobs.add_metric([status.value], counts.get(status.value, 0))
         yield jobs
         depth = GaugeMetricFamily("lungct_queue_depth", "Messages waiting in the broker queue")
-        depth.add_metric([], redis_client(self.settings).llen(self.settings.celery_queue))
+        # redis-py types every reply as "value or Awaitable" (one class serves sync and
+        # async); this client is the synchronous one.
+        waiting = cast(int, redis_client(self.settings).llen(self.settings.celery_queue))
+        depth.add_metric([], waiting)
         yield depth
 
 
@@ -90,9 +99,7 @@ def metrics() -> Response:
     return Response(body, mimetype=CONTENT_TYPE_LATEST)
 
 
-def _state_registry(settings: Settings):  # type: ignore[no-untyped-def]
-    from prometheus_client import CollectorRegistry
-
+def _state_registry(settings: Settings) -> CollectorRegistry:
     reg = CollectorRegistry()
     reg.register(StateCollector(settings))
     return reg

@@ -447,7 +447,8 @@ class LungCTClient:
     def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         url: str | None = path
         while url:
-            page = self._request("GET", url, build=lambda p=params: {"params": p}).json()
+            kwargs: dict[str, Any] = {"params": params}
+            page = self._request("GET", url, build=kwargs.copy).json()
             yield page
             url, params = page.get("next"), {}  # ``next`` carries its own query
 
@@ -474,8 +475,8 @@ class LungCTClient:
                     return resp
                 if resp.status_code not in RETRY_STATUSES or attempt >= self.retries:
                     raise _error(resp)
-                delay = _retry_after(resp)
-                delay = self._backoff(attempt) if delay is None else delay
+                after = _retry_after(resp)
+                delay = self._backoff(attempt) if after is None else after
                 delay = min(delay, self.max_retry_after_s)
             attempt += 1
             self._sleep(delay)

@@ -136,5 +136,5 @@ def _walk(root: Path, study_per_path: bool) -> Iterator[Input]:
                 yield Input(f)
             elif f.is_file() and is_dicom(f):
                 groups.setdefault(root if study_per_path else here, []).append(f)
-    for folder in sorted(groups):
-        yield Input(folder, tuple(sorted(groups[folder])))
+    for group in sorted(groups):
+        yield Input(group, tuple(sorted(groups[group])))

@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # prometheus_client is imported only after the folder is set
+    from prometheus_client import CollectorRegistry
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -27,7 +31,7 @@ def prepare_multiprocess_dir(prefix: str) -> str:
     return folder
 
 
-def registry():  # type: ignore[no-untyped-def]
+def registry() -> CollectorRegistry:
     """The registry to expose: every process's samples in multiprocess mode, else this one's."""
     from prometheus_client import REGISTRY, CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol
 
 from config.settings import ArchiveLimits
 from ingest.errors import InvalidUpload, LimitExceeded, SliceError
@@ -132,7 +132,7 @@ def member_skip_reason(info: zipfile.ZipInfo) -> str | None:
 class CappedStream:
     """Read/seek/tell view of a member that fails once more than ``cap`` bytes come out."""
 
-    def __init__(self, raw: BinaryIO, cap: int, on_read: Callable[[int], None]) -> None:
+    def __init__(self, raw: IO[bytes], cap: int, on_read: Callable[[int], None]) -> None:
         self._raw, self._cap, self._on_read = raw, cap, on_read
 
     def read(self, size: int | None = -1) -> bytes:

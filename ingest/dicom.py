@@ -352,10 +352,11 @@ def _expand(member: str, h: DicomHeader) -> list[DicomSlice]:
 
 def _positions_usable(slices: Sequence[DicomSlice]) -> bool:
     """Positions order a series only if all exist and share one orientation."""
-    if any(s.position is None or s.header.orientation is None for s in slices):
+    orientations = [o for s in slices if (o := s.header.orientation) is not None]
+    if len(orientations) < len(slices) or any(s.position is None for s in slices):
         return False
-    ref = np.asarray(slices[0].header.orientation)
-    return all(np.allclose(s.header.orientation, ref, atol=1e-3) for s in slices)
+    ref = np.asarray(orientations[0])
+    return all(np.allclose(o, ref, atol=1e-3) for o in orientations)
 
 
 def _inst(s: DicomSlice) -> int:

@@ -199,4 +199,5 @@ def build_model(arch: str, input_shape: Shape, num_classes: int) -> keras.Model:
         raise ValueError(f"unknown architecture {arch!r}; choose from {known}") from None
     if num_classes < 2:
         raise ValueError(f"need at least 2 classes, got {num_classes}")
-    return builder(tuple(input_shape), num_classes)
+    h, w, c = input_shape  # a list (read from JSON) is taken too
+    return builder((h, w, c), num_classes)

@@ -145,7 +145,8 @@ def _ranges(values: list[int | str]) -> str:
     """``[1, 2, 3, 7]`` -> ``1-3, 7``; names are listed as they are."""
     nums = sorted(v for v in values if isinstance(v, int))
     out: list[str] = []
-    start = prev = None
+    start: int | None = None
+    prev = 0  # read only once start is set
     for n in nums:
         if start is None:
             start = prev = n

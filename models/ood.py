@@ -146,7 +146,7 @@ class OODDetector:
 
     def save(self, path: Path) -> None:
         """Write the detector as a small npz next to the model."""
-        arrays: dict[str, np.ndarray] = {
+        arrays: dict[str, np.ndarray | np.generic] = {
             "input_low": self.input_low,
             "input_high": self.input_high,
             "threshold": np.float64(self.threshold),

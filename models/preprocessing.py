@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -38,7 +39,7 @@ class InputSpec:
         return {"height": self.height, "width": self.width, "channels": self.channels}
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> InputSpec:
+    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
         """Read the card.json form; channels defaults to 1 (grayscale CT)."""
         return cls(int(data["height"]), int(data["width"]), int(data.get("channels", 1)))
 

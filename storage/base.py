@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path, PurePath
-from typing import BinaryIO, NamedTuple
+from typing import IO, NamedTuple
 
 KNOWN_SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".zip"}
 COPY_CHUNK = 1024 * 1024
@@ -61,7 +61,7 @@ class Storage(ABC):
         """Create what must exist before the first save (a local folder; S3: nothing)."""
 
     @abstractmethod
-    def save(self, job_id: str, filename: str, stream: BinaryIO) -> Stored:
+    def save(self, job_id: str, filename: str, stream: IO[bytes]) -> Stored:
         """Copy ``stream`` to ``<job_id>/upload.<ext>``; readers never see a partial upload."""
 
     @abstractmethod
@@ -99,7 +99,7 @@ class Storage(ABC):
 
 
 @contextmanager
-def scratch_file() -> Iterator[tuple[BinaryIO, Path]]:
+def scratch_file() -> Iterator[tuple[IO[bytes], Path]]:
     """A temporary file and a path that opens it, gone when the context ends.
 
     On Linux the file never has a name (an unlinked temporary file, opened
@@ -115,7 +115,7 @@ def scratch_file() -> Iterator[tuple[BinaryIO, Path]]:
 
 
 @contextmanager
-def readable_path(stream: BinaryIO) -> Iterator[Path]:
+def readable_path(stream: IO[bytes]) -> Iterator[Path]:
     """A path with ``stream``'s bytes, for code that wants a file name (ingest).
 
     A request's upload is already a temporary file (werkzeug spools anything
@@ -136,7 +136,7 @@ def readable_path(stream: BinaryIO) -> Iterator[Path]:
         yield path
 
 
-def _fileno(stream: BinaryIO) -> int | None:
+def _fileno(stream: IO[bytes]) -> int | None:
     try:
         return stream.fileno()
     except (AttributeError, OSError, io.UnsupportedOperation):

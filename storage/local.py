@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from storage.base import COPY_CHUNK, Storage, Stored, stored_name, valid_job_id, valid_name
 
@@ -30,7 +30,7 @@ class LocalStorage(Storage):
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def save(self, job_id: str, filename: str, stream: BinaryIO) -> Stored:
+    def save(self, job_id: str, filename: str, stream: IO[bytes]) -> Stored:
         """Written as ``*.part`` and renamed once complete: a crash mid-copy leaves
         a partial file that the sweeper recognises and removes.
         """

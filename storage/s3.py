@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -70,7 +70,7 @@ def s3_client() -> Any:
 class _Counted:
     """A read-only view of a stream that counts the bytes read (the upload's size)."""
 
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: IO[bytes]) -> None:
         self.stream, self.size = stream, 0
 
     def read(self, size: int = -1) -> bytes:
@@ -104,7 +104,7 @@ class S3Storage(Storage):
     def prepare(self) -> None:
         """Nothing: the bucket is created by the deployment (docker-compose: bucket-init)."""
 
-    def save(self, job_id: str, filename: str, stream: BinaryIO) -> Stored:
+    def save(self, job_id: str, filename: str, stream: IO[bytes]) -> Stored:
         """Stream to the bucket: one PutObject, or a multipart upload above 8 MB."""
         key = f"{job_id}/{stored_name(filename)}"
         counted = _Counted(stream)

@@ -129,7 +129,8 @@ def summarize_group(
         }
     counts = Counter(r.label for r in ok if r.label)
     label = _verdict(counts, card, len(ok), settings.min_abnormal_slices)
-    mean = {c: round(sum(r.probabilities[c] for r in ok) / len(ok), 6) for c in card.classes}
+    probabilities = [r.probabilities for r in ok if r.probabilities is not None]  # all of ok
+    mean = {c: round(sum(p[c] for p in probabilities) / len(ok), 6) for c in card.classes}
     return {
         **result,
         "label": label,
@@ -165,12 +166,13 @@ def summarize(
     groups: dict[str | None, list[SlicePrediction]] = {}
     for r in rows:
         groups.setdefault(r.series_uid, []).append(r)
-    names = names or {}
+    # keyed like groups: images have no series UID (None)
+    named: dict[str | None, SeriesName] = {uid: name for uid, name in (names or {}).items()}
     series = [
         {
             "series_uid": uid,
-            "series_description": names[uid].description if uid in names else None,
-            "series_number": names[uid].number if uid in names else None,
+            "series_description": named[uid].description if uid in named else None,
+            "series_number": named[uid].number if uid in named else None,
             **summarize_group(group, card, settings),
         }
         for uid, group in groups.items()
