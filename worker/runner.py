@@ -252,8 +252,8 @@ def _batches(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:
 
 def _predict(batch: list[Decoded], predictor: Predictor) -> list[dict[str, Any]]:
     """Row values for one batch: one forward pass over the decodable slices."""
-    good = [d for d in batch if d.tensor is not None]
-    out = predictor.predict(np.stack([d.tensor for d in good])) if good else None
+    good = [d.tensor for d in batch if d.tensor is not None]
+    out = predictor.predict(np.stack(good)) if good else None
     classes = predictor.card.classes
     rows = []
     i = 0
@@ -302,7 +302,7 @@ def insert_rows(session: Session, rows: list[dict[str, Any]], chunk: int = INSER
     dialect = session.get_bind().dialect.name
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
     for start in range(0, len(rows), chunk):
-        stmt = insert(SlicePrediction).values(rows[start : start + chunk])
+        stmt: Any = insert(SlicePrediction).values(rows[start : start + chunk])
         session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "slice_index"]))
 
 
@@ -367,7 +367,7 @@ def _finish(works: list[Work], predictor: Predictor, ctx: Context) -> dict[str, 
     summaries: dict[str, dict[str, Any]] = {}
     for w in works:
         rows = _all_rows(ctx, w)
-        progress = {
+        progress: dict[str, Any] = {
             "total": len(rows),
             "done": len(rows),
             "failed_slices": sum(1 for r in rows if r.error),
