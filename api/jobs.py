@@ -8,6 +8,7 @@ that it does). Status changes go through :mod:`db.lifecycle`.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import uuid
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from db.models import (
     ACTIVE_STATUSES,
     AuditEvent,
     Job,
+    JobKind,
     JobStatus,
     SlicePrediction,
     as_utc,
@@ -184,7 +186,7 @@ def _store_and_record(
         with context.session() as s:
             # one owner's count-then-insert at a time, across API processes and hosts
             transaction_lock(s, f"lungct-owner:{who.owner}")
-            _check_active_cap(s, who.owner)
+            _check_active_cap(s, who.owner, kind)
             s.add(job)
             _audit(s, who, "submit", job_id)
     except IntegrityError:  # the same idempotency key committed a moment ago
@@ -209,21 +211,69 @@ def _inspect(job_id: str, upload: FileStorage) -> str:
             abort(400, f"the upload could not be read ({type(exc).__name__})")
 
 
-def _check_active_cap(s: Session, owner: str) -> None:
-    """429 when the owner already has MAX_ACTIVE_JOBS_PER_OWNER jobs queued or running."""
-    cap = context.settings().max_active_jobs_per_owner
-    active = s.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.owner == owner, Job.status.in_([str(a) for a in ACTIVE_STATUSES]))
-    )
-    if (active or 0) >= cap:
+def _check_active_cap(s: Session, owner: str, kind: str) -> None:
+    """429 when this job would take the owner's queued and running work past
+    MAX_ACTIVE_JOBS_PER_OWNER units.
+
+    The cap counts what the work costs a worker: a study is one unit, and
+    single images count one unit per MICROBATCH_MAX_JOBS of them (that many
+    share a forward pass). So a folder of slices sent one by one is not
+    refused long before a study would be, while one owner still cannot fill
+    the queue in front of everyone else. ``Retry-After`` says when a unit is
+    likely to be free, from how fast this owner's jobs ended lately.
+    """
+    settings = context.settings()
+    studies, images = _active_counts(s, owner)
+    if kind == JobKind.STUDY:
+        studies += 1
+    else:
+        images += 1
+    cost = studies + math.ceil(images / settings.microbatch_max_jobs)
+    cap = settings.max_active_jobs_per_owner
+    if cost > cap:
+        studies, images = _active_counts(s, owner)
         abort(
             429,
-            f"{active} of your jobs are queued or running (limit {cap}, "
-            "MAX_ACTIVE_JOBS_PER_OWNER); wait for some to finish",
-            headers={"Retry-After": "10"},
+            f"{studies} studies and {images} single images of yours are queued or running "
+            f"(limit {cap} units of work, MAX_ACTIVE_JOBS_PER_OWNER; a study is one unit, "
+            f"{settings.microbatch_max_jobs} single images are one); retry after Retry-After "
+            "seconds",
+            headers={"Retry-After": str(_drain_wait_s(s, owner, settings.microbatch_max_jobs))},
         )
+
+
+def _active_counts(s: Session, owner: str) -> tuple[int, int]:
+    """(studies, single images) of the owner that are queued or running."""
+    rows = s.execute(
+        select(Job.kind, func.count())
+        .where(Job.owner == owner, Job.status.in_([str(a) for a in ACTIVE_STATUSES]))
+        .group_by(Job.kind)
+    ).all()
+    counts = {kind: n for kind, n in rows}
+    return counts.get(JobKind.STUDY, 0), counts.get(JobKind.IMAGE, 0)
+
+
+DRAIN_WINDOW_S = 30
+MAX_RETRY_AFTER_S = 30
+
+
+def _drain_wait_s(s: Session, owner: str, images_per_unit: int) -> int:
+    """Seconds until one unit of the owner's work is likely done, 1 to 30.
+
+    From the units of work of this owner that ended in the last DRAIN_WINDOW_S;
+    none (a long study running): 5 s, a poll's worth.
+    """
+    since = utcnow() - timedelta(seconds=DRAIN_WINDOW_S)
+    rows = s.execute(
+        select(Job.kind, func.count())
+        .where(Job.owner == owner, Job.finished_at >= since)
+        .group_by(Job.kind)
+    ).all()
+    ended = {kind: n for kind, n in rows}
+    units = ended.get(JobKind.STUDY, 0) + ended.get(JobKind.IMAGE, 0) / images_per_unit
+    if units <= 0:
+        return 5
+    return max(1, min(MAX_RETRY_AFTER_S, math.ceil(DRAIN_WINDOW_S / units)))
 
 
 def _unqueued(job_id: str, reason: str) -> NoReturn:

@@ -1,9 +1,11 @@
 """``python -m bench`` (``make bench``): every benchmark in turn, each printing its own ratios.
 
-1. ``bench.throughput --e2e``: per-image vs batched model, and end to end vs bare;
-2. ``bench.burst --compare-off``: single-image bursts vs one zip, with and
+1. ``bench.paths``: the judge: every path a user takes with ``make run``'s
+   settings, side by side with the seeds' one-predict-per-request app;
+2. ``bench.throughput --e2e``: per-image vs batched model, and end to end vs bare;
+3. ``bench.burst --compare-off``: single-image bursts vs one zip, with and
    without cross-request micro-batching;
-3. ``bench.scale``: cost growth for 100, 1,000 and 5,000 slices (time, worker
+4. ``bench.scale``: cost growth for 100, 1,000 and 5,000 slices (time, worker
    memory), and 1 vs 2 worker processes.
 
 Arguments after ``--only NAME`` run a single one (e.g. ``python -m bench --only burst``).
@@ -13,6 +15,7 @@ import subprocess
 import sys
 
 STEPS = {
+    "paths": ["bench.paths"],
     "throughput": ["bench.throughput", "--e2e"],
     "burst": ["bench.burst", "--compare-off"],
     "scale": ["bench.scale"],

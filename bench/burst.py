@@ -28,9 +28,7 @@ makes them poll every 20 ms instead (how this benchmark waited before long
 polls existed), in all three measurements alike.
 ``--compare-off`` also runs the same in a service with cross-request
 micro-batching switched off (``MICROBATCH_MAX_JOBS=1``, one forward pass per
-job) and in one that batches but publishes a broker message per image
-(``MICROBATCH_DOORBELL=false``); the services run side by side and the rounds
-alternate between them.
+job); the services run side by side and the rounds alternate between them.
 """
 
 from __future__ import annotations
@@ -263,10 +261,6 @@ def main() -> None:
         if args.compare_off:
             configs[:0] = [
                 ("micro-batching off (MICROBATCH_MAX_JOBS=1)", {"MICROBATCH_MAX_JOBS": "1"}),
-                (
-                    "micro-batching on, a broker message per image (MICROBATCH_DOORBELL=false)",
-                    {"MICROBATCH_DOORBELL": "false"},
-                ),
             ]
         with ExitStack() as stack:
             services = {

@@ -98,13 +98,27 @@ def api_key(env: dict[str, str], owner: str = "bench") -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+LIFTED = {
+    "RATE_LIMIT_SUBMIT": "100000/minute",
+    "RATE_LIMIT_READ": "1000000/minute",
+    "MAX_ACTIVE_JOBS_PER_OWNER": "100000",
+}
+
+
 @contextmanager
 def service(
-    model: str, *, workers: int = 1, extra_env: dict[str, str] | None = None
+    model: str,
+    *,
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
+    limits: bool = True,
 ) -> Iterator[Service]:
     """Start migrate + ``workers`` worker processes + gunicorn on a temp SQLite file.
 
-    Yields the running service; everything is stopped and removed afterwards.
+    ``limits`` lifts the rate limits and the per-owner cap (benchmarks of the
+    machinery); ``limits=False`` keeps every access setting at its default
+    (bench/paths.py, what a user of ``make run`` gets). Yields the running
+    service; everything is stopped and removed afterwards.
     """
     holder = tempfile.TemporaryDirectory(prefix="bench-e2e-")
     tmp = Path(holder.name)
@@ -119,9 +133,7 @@ def service(
         "API_HOST": "127.0.0.1",
         "API_PORT": str(port),
         "WORKER_METRICS_PORT": "0",
-        "RATE_LIMIT_SUBMIT": "100000/minute",
-        "RATE_LIMIT_READ": "1000000/minute",
-        "MAX_ACTIVE_JOBS_PER_OWNER": "100000",
+        **(LIFTED if limits else {}),
         **(extra_env or {}),
     }
     subprocess.run(

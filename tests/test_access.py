@@ -205,7 +205,7 @@ def test_the_per_owner_cap_holds_under_a_burst(any_db: str) -> None:
     from db.session import session_scope
 
     url = any_db
-    app = create_app(Settings(max_active_jobs_per_owner=3))
+    app = create_app(Settings(max_active_jobs_per_owner=3, microbatch_max_jobs=1))
     key = new_key(url)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -235,6 +235,22 @@ def test_the_per_owner_cap_holds_under_a_burst(any_db: str) -> None:
     assert sorted(codes) == [202] * 3 + [429] * 5
     with session_scope(url) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 3
+
+
+def test_the_cap_counts_single_images_by_what_they_cost(api_env) -> None:  # type: ignore[no-untyped-def]
+    """MICROBATCH_MAX_JOBS single images share a forward pass: they count as one unit of
+    work, a study as one; the refusal says when to come back, in seconds, not a minute."""
+    from api import create_app
+    from config import Settings
+
+    app = create_app(Settings(max_active_jobs_per_owner=2, microbatch_max_jobs=4))
+    client = authed(app, new_key(api_env["DATABASE_URL"]))
+    codes = [_submit(client).status_code for _ in range(9)]
+    assert codes == [202] * 8 + [429]
+    refused = _submit(client)
+    assert refused.status_code == 429
+    assert "MAX_ACTIVE_JOBS_PER_OWNER" in refused.json["error"]["message"]
+    assert 1 <= int(refused.headers["Retry-After"]) <= 30
 
 
 def test_keys_are_stored_hashed(client, api_env) -> None:  # type: ignore[no-untyped-def]

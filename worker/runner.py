@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import PurePath
 from typing import Any
@@ -71,6 +71,29 @@ class Stop(enum.Enum):
     LOST = "lost"
 
 
+class Stages:
+    """Seconds spent per stage in one run, logged at its end (what the profile in
+    docs/benchmarks.md reads). Decoding and PNG encoding run in threads, so their
+    sums can exceed the run's wall time."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._start = time.perf_counter()
+
+    def add(self, stage: str, since: float) -> float:
+        """Count the time from ``since`` to now for ``stage``; returns now."""
+        now = time.perf_counter()
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + now - since
+        return now
+
+    def log(self, jobs: int, slices: int) -> None:
+        parts = " ".join(f"{k}={v:.3f}" for k, v in self.seconds.items())
+        wall = time.perf_counter() - self._start
+        log.info("run stages: jobs=%d slices=%d wall=%.3f %s", jobs, slices, wall, parts)
+
+
 @dataclass(frozen=True)
 class Context:
     """What a run needs, passed in by the worker's entry points (no global settings)."""
@@ -79,6 +102,7 @@ class Context:
     storage: Storage
     predictor: Callable[[str], Predictor]
     republish: Callable[[str, str, str], None]  # (job ID, kind, model): queue it again
+    stages: Stages = field(default_factory=Stages, compare=False)
 
 
 @dataclass
@@ -118,15 +142,21 @@ def run(claimed: list[lifecycle.Started], ctx: Context) -> dict[str, str]:
     """
     if not claimed:
         return {}
+    ctx = replace(ctx, stages=Stages())
+    since = time.perf_counter()
     predictor = ctx.predictor(claimed[0].model_name)
+    since = ctx.stages.add("model", since)
     works = [Work(c) for c in claimed]
     with ExitStack() as stack:
         for w in works:
             _plan(w, ctx, stack)
         _record_plans(ctx, works)
+        ctx.stages.add("plan", since)
         with Heartbeat(ctx.settings, [w.job_id for w in works]) as beat:
             stop = _predict_and_store(works, predictor, ctx, beat)
-    return _end(works, stop, predictor, ctx)
+    outcomes = _end(works, stop, predictor, ctx)
+    ctx.stages.log(len(works), sum(len(w.rows) for w in works))
+    return outcomes
 
 
 # -- plan ----------------------------------------------------------------------
@@ -192,17 +222,20 @@ def _predict_and_store(
     stop: Stop | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer") as writer:
         pending: Future[None] | None = None
-        decoded = _decode_ahead(todo, predictor, settings)
+        decoded = _decode_ahead(todo, predictor, ctx)
         for batch in _batches(decoded, settings.inference_batch_size):
             started = time.perf_counter()
             rows = _predict(batch, predictor)
             failed = sum(1 for d in batch if d.tensor is None)
             metrics.observe_batch(len(batch), failed, time.perf_counter() - started)
+            ctx.stages.add("forward", started)
             for d, row in zip(batch, rows, strict=True):
                 by_id[d.job_id].rows.append(row)
                 by_id[d.job_id].left -= 1
             if pending is not None:
+                since = time.perf_counter()
                 pending.result()
+                ctx.stages.add("wait_store", since)
             pending = writer.submit(_store_batch, ctx, batch, rows, by_id, beat)
             if (stop := beat.stop_reason()) is not None:
                 break
@@ -211,8 +244,11 @@ def _predict_and_store(
     return stop or beat.stop_reason()
 
 
-def _load(job_id: str, source: SliceSource, predictor: Predictor, images: bool) -> Decoded:
+def _load(
+    job_id: str, source: SliceSource, predictor: Predictor, images: bool, stages: Stages
+) -> Decoded:
     """Decode and preprocess one slice (and encode its slice image); errors are recorded."""
+    since = time.perf_counter()
     try:
         tensor = preprocess(source.load(), predictor.card.input)
     except SliceError as exc:
@@ -221,25 +257,32 @@ def _load(job_id: str, source: SliceSource, predictor: Predictor, images: bool) 
         log.warning("slice %s: %s", source.source, exc)
         message = source.scrub(f"could not decode: {type(exc).__name__}: {exc}")
         return Decoded(job_id, source, None, message)
-    return Decoded(job_id, source, tensor, None, to_png(tensor) if images else None)
+    finally:
+        since = stages.add("decode", since)
+    png = to_png(tensor) if images else None
+    stages.add("png", since)
+    return Decoded(job_id, source, tensor, None, png)
 
 
 def _decode_ahead(
-    todo: list[tuple[str, SliceSource]], predictor: Predictor, settings: Settings
+    todo: list[tuple[str, SliceSource]], predictor: Predictor, ctx: Context
 ) -> Iterator[Decoded]:
     """Decode in a thread pool, at most two batches ahead of the consumer."""
+    settings = ctx.settings
     window = 2 * settings.inference_batch_size
     images = settings.store_slice_images
     with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
         pending: list[Future[Decoded]] = []
         sources = iter(todo)
         for job_id, source in islice(sources, window):
-            pending.append(pool.submit(_load, job_id, source, predictor, images))
+            pending.append(pool.submit(_load, job_id, source, predictor, images, ctx.stages))
         while pending:
+            since = time.perf_counter()
             decoded = pending.pop(0).result()
+            ctx.stages.add("wait_decode", since)
             nxt = next(sources, None)
             if nxt is not None:
-                pending.append(pool.submit(_load, nxt[0], nxt[1], predictor, images))
+                pending.append(pool.submit(_load, nxt[0], nxt[1], predictor, images, ctx.stages))
             yield decoded
 
 
@@ -319,9 +362,11 @@ def _store_batch(
     here only for jobs with slices still to come; a job whose last slice is in
     this batch gets its final counts when it is closed.
     """
+    since = time.perf_counter()
     for d in batch:
         if d.png is not None:
             ctx.storage.put(d.job_id, image_name(d.source.index), d.png)
+    since = ctx.stages.add("store_images", since)
     with session_scope(ctx.settings.database_url) as s:
         insert_rows(s, [{"job_id": d.job_id, **r} for d, r in zip(batch, rows, strict=True)])
         for job_id in dict.fromkeys(d.job_id for d in batch):
@@ -330,6 +375,7 @@ def _store_batch(
                 done, failed = _progress(s, w)
                 alive = lifecycle.heartbeat(s, job_id, done=done, failed_slices=failed)
                 beat.record(job_id, alive, s)
+    ctx.stages.add("store_rows", since)
 
 
 def _progress(s: Session, w: Work) -> tuple[int, int]:
@@ -351,7 +397,9 @@ def _end(
         finished = []  # a single study: its end is below
     ends = _finish(finished, predictor, ctx)
     outcomes = {w.job_id: str(ends[w.job_id].status) for w in finished}
+    since = time.perf_counter()
     moved = set(ending.close(ctx.settings, ctx.storage, ends))
+    ctx.stages.add("close", since)
     for job_id in list(outcomes):
         if job_id not in moved:
             outcomes[job_id] = "lost"
@@ -365,6 +413,7 @@ def _finish(works: list[Work], predictor: Predictor, ctx: Context) -> dict[str, 
     """Each finished job's end: its verdict (heat maps stored first), or why it failed."""
     ends: dict[str, ending.End] = {}
     summaries: dict[str, dict[str, Any]] = {}
+    since = time.perf_counter()
     for w in works:
         rows = _all_rows(ctx, w)
         progress: dict[str, Any] = {
@@ -380,8 +429,10 @@ def _finish(works: list[Work], predictor: Predictor, ctx: Context) -> dict[str, 
         summary = summarize(rows, predictor.card, ctx.settings, len(w.warnings), w.names)
         summaries[w.job_id] = summary
         ends[w.job_id] = ending.succeeded(summary, attempt=attempt, **progress)
+    since = ctx.stages.add("summary", since)
     if summaries and _heatmaps(works, ctx.settings):
         store_heatmaps(summaries, predictor, ctx.storage, ctx.settings)
+        ctx.stages.add("heatmaps", since)
     return ends
 
 
