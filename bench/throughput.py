@@ -6,7 +6,7 @@ On the same slices from DATA_DIR/iqoth-nccd and the same model it prints:
 
 (a) images/s calling ``model.predict`` once per image (decode + preprocess +
     predict, one at a time), as the seed projects do;
-(b) images/s of the worker's batched path (``worker.pipeline``: ingest plan of
+(b) images/s of the worker's batched path (``worker.runner``: ingest plan of
     the zip, thread-pool decoding a window ahead, ``predict_on_batch`` per
     batch), in-process, no queue, no database: the bare batched model time;
 (c) with ``--e2e``: a throwaway service (SQLite, Redis at REDIS_URL, a real
@@ -67,12 +67,14 @@ def batched(archive: Path, predictor) -> float:  # type: ignore[no-untyped-def]
     """Seconds for the worker's own plan -> decode-ahead -> batched predict path."""
     from config import get_settings
     from ingest import plan_upload
-    from worker.pipeline import _batches, _decode_ahead
+    from storage import open_storage
+    from worker.runner import Context, _batches, _decode_ahead
 
     settings = get_settings()
+    ctx = Context(settings, open_storage(settings), lambda _: predictor, lambda *_: None)
     start = time.perf_counter()
     with plan_upload(archive, settings) as plan:
-        decoded = _decode_ahead(plan.slices, predictor, settings)
+        decoded = _decode_ahead([("bench", s) for s in plan.slices], predictor, ctx)
         for batch in _batches(decoded, settings.inference_batch_size):
             predictor.predict(np.stack([d.tensor for d in batch if d.tensor is not None]))
     return time.perf_counter() - start
@@ -121,7 +123,7 @@ def main() -> None:
     files = pick_slices(args.n)
     tmp = tempfile.TemporaryDirectory(prefix="bench-")
     archive = make_zip(files, Path(tmp.name) / "study.zip")
-    warm_up(name)
+    warm_up(name, settings)
     predictor = get_predictor(name)
     per_image(files[:5], predictor)  # warm the per-image path too
     batched(archive, predictor)

@@ -37,44 +37,45 @@ def last_conv_layer(model: Any, min_size: int = 8) -> Any:
 
 
 class GradCam:
-    """A reusable Grad-CAM for one model (build once per model, call per batch)."""
+    """A reusable Grad-CAM for one model (build once per model, call per batch).
+
+    The forward and backward pass run as one traced TensorFlow function: eager
+    GradientTape dispatch cost about 0.3 s per call on a CPU, most of a small
+    study's time; traced, a batch of top slices takes milliseconds. The
+    function is traced again only for a new batch size (``reduce_retracing``).
+    """
 
     def __init__(self, model: Any, layer_name: str | None = None) -> None:
         import keras
+        import tensorflow as tf
 
         layer = model.get_layer(layer_name) if layer_name else last_conv_layer(model)
         self.layer_name = layer.name
         self._model = keras.Model(model.inputs, [layer.output, model.outputs[0]])
+        self._cams = tf.function(self._cams_eager, reduce_retracing=True)
+
+    def _cams_eager(self, x: Any, idx: Any) -> Any:
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            fmap, probs = self._model(x, training=False)
+            tape.watch(fmap)
+            idx = tf.where(idx < 0, tf.argmax(probs, axis=1, output_type=tf.int32), idx)
+            score = tf.gather(probs, idx, axis=1, batch_dims=1)
+        grads = tape.gradient(score, fmap)
+        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1, keepdims=True))
+        return tf.image.resize(cam, tf.shape(x)[1:3], method="bilinear")[..., 0]
 
     def __call__(self, batch: np.ndarray, class_index: Sequence[int] | None = None) -> np.ndarray:
         """Heat maps (n, H, W) in [0, 1] for ``class_index`` per slice (default: arg-max)."""
         import tensorflow as tf
 
         x = tf.convert_to_tensor(np.asarray(batch, dtype=np.float32))
-        with tf.GradientTape() as tape:
-            fmap, probs = self._model(x, training=False)
-            tape.watch(fmap)
-            idx = (
-                tf.argmax(probs, axis=1, output_type=tf.int32)
-                if class_index is None
-                else tf.constant(list(class_index), dtype=tf.int32)
-            )
-            score = tf.gather(probs, idx, axis=1, batch_dims=1)
-        grads = tape.gradient(score, fmap)
-        weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1, keepdims=True))
-        cam = tf.image.resize(cam, x.shape[1:3], method="bilinear")[..., 0].numpy()
+        wanted = [-1] * len(batch) if class_index is None else list(class_index)
+        cam = self._cams(x, tf.constant(wanted, dtype=tf.int32)).numpy()
         peak = cam.reshape(len(cam), -1).max(axis=1)
         return (cam / np.where(peak > 0, peak, 1.0)[:, None, None]).astype(np.float32)
-
-
-def heatmap_png(cam: np.ndarray) -> bytes:
-    """One heat map (H, W) in [0, 1] as an 8-bit grayscale PNG (a few kB to store)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.round(np.clip(cam, 0, 1) * 255).astype(np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def overlay_png(image: np.ndarray, cam: np.ndarray, alpha: float = 0.6) -> bytes:

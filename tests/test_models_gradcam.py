@@ -13,7 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 
 from models.architectures import build_model  # noqa: E402
-from models.gradcam import GradCam, heatmap_png, last_conv_layer, overlay_png  # noqa: E402
+from models.gradcam import GradCam, last_conv_layer, overlay_png  # noqa: E402
+from worker.images import heatmap_png  # noqa: E402
 
 
 def test_heat_maps_have_input_size_and_follow_the_evidence() -> None:
@@ -28,8 +29,10 @@ def test_heat_maps_have_input_size_and_follow_the_evidence() -> None:
     x = np.zeros((2, 16, 16, 1), np.float32)
     x[0, :4, :4] = 1.0
     x[1, -4:, -4:] = 1.0
-    cams = GradCam(model, "fmap")(x, class_index=[1, 1])
+    cam = GradCam(model, "fmap")
+    cams = cam(x, class_index=[1, 1])
     assert cams.shape == (2, 16, 16) and cams.min() >= 0 and cams.max() == pytest.approx(1.0)
+    assert np.allclose(cam(x), cams)  # no class given: the arg-max, class 1 here
     assert cams[0, :4, :4].mean() > cams[0, -4:, -4:].mean()
     assert cams[1, -4:, -4:].mean() > cams[1, :4, :4].mean()
 
@@ -44,8 +47,10 @@ def test_default_layer_is_the_last_map_of_at_least_8x8() -> None:
 
 def test_pngs() -> None:
     cam = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
-    gray = Image.open(io.BytesIO(heatmap_png(cam)))
-    assert gray.mode == "L" and gray.size == (8, 8)
+    red = Image.open(io.BytesIO(heatmap_png(cam)))  # what the worker stores
+    assert red.mode == "RGBA" and red.size == (8, 8)
+    alpha = np.asarray(red)[..., 3]
+    assert alpha[0, 0] == 0 and alpha[-1, -1] > 200  # opaque where the map is strong
     over = Image.open(io.BytesIO(overlay_png(np.full((20, 30), 50, np.uint8), cam)))
     px = np.asarray(over)
     assert over.size == (30, 20) and px[..., 0].max() > px[..., 1].max() == 50

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from config import get_settings
+from config import Settings, get_settings
 from models.calibration import apply_temperature
 from models.ood import OODDetector
 from models.registry import ModelCard, Registry
@@ -122,14 +122,17 @@ def get_predictor(name: str) -> Predictor:
         return _cache[name]
 
 
-def warm_up(name: str) -> None:
-    """Load ``name`` and trace its forward pass before the first job arrives.
+def warm_up(name: str, settings: Settings) -> None:
+    """Load ``name`` and trace its forward pass (and Grad-CAM) before the first job arrives.
 
     Two batch sizes, because TensorFlow's ``reduce_retracing`` then generalises
-    the batch dimension: a study's shorter last batch does not trigger a new
-    trace (about a second) in the middle of a job.
+    the batch dimension: a study's shorter last batch, or another number of
+    top slices, does not trigger a new trace (about a second) in a job.
     """
     predictor = get_predictor(name)
     spec = predictor.card.input
-    for n in (get_settings().inference_batch_size, 1):
+    for n in (settings.inference_batch_size, 1):
         predictor.predict(np.zeros((n, spec.height, spec.width, spec.channels), np.float32))
+    if settings.heatmap_slices_per_series:
+        for n in (2, 1):
+            predictor.explain(np.zeros((n, spec.height, spec.width, spec.channels), np.float32))

@@ -62,7 +62,7 @@ def _init_child(sender: Any = None, **_kwargs: object) -> None:
 
     ctx = worker_context(celery)
     try:
-        warm_up(ctx.settings.default_model)
+        warm_up(ctx.settings.default_model, ctx.settings)
     except Exception:  # a missing model must not stop the worker; jobs report it
         log.exception("could not preload the default model")
     claimer = Claimer(ctx)
