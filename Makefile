@@ -1,5 +1,5 @@
 # The two commands people need:
-#   make run    start API + web UI, one Celery worker, Flower (and Redis if none runs)
+#   make run    start API + web UI, one Celery worker, Flower (and Redis if none runs): honcho + Procfile
 #   make test   ruff + mypy + pytest (unit and integration, against a real Redis)
 # Helpers: venv lint migrate bench compose-check clean.  `make help` lists them.
 
@@ -13,14 +13,18 @@ STAMP  := $(VENV)/.installed
 LUNGCT := $(VENV)/bin/lungct
 # Extra pytest arguments: make test ARGS="-k jobs -x"
 ARGS   ?=
+# honcho's environment: var/run.env (written by scripts/prestart.py), and .env if you keep one
+ENV_FILES = $(if $(wildcard .env),.env$(comma))var/run.env
+comma := ,
 
 .PHONY: help run test venv lint migrate bench compose-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-run: venv ## run the whole service locally (Ctrl-C stops it)
-	$(VPY) scripts/run_local.py
+run: venv ## run the whole service locally (Ctrl-C stops it): the processes of the Procfile
+	$(VPY) scripts/prestart.py
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho -e $(ENV_FILES) -f Procfile start
 
 test: venv ## ruff + mypy + pytest (starts a private Redis when REDIS_URL is unset)
 	bash scripts/test.sh $(ARGS)

@@ -1,7 +1,7 @@
 """Fault injection against the real processes: kill, stop and restart them, measure recovery.
 
 Each scenario starts its own throw-away service: a private ``redis-server``
-with AOF (:func:`scripts.ensure_redis.start_embedded`), a migrated database (an
+with AOF (:func:`scripts.redis_server.start_embedded`), a migrated database (an
 SQLite file, or a fresh PostgreSQL schema), one or two ``python -m worker``
 processes and gunicorn (``-c python:api.gunicorn_conf``) on a free port. It
 injects one fault, waits until every job it submitted has ended, and returns
@@ -55,7 +55,7 @@ from sqlalchemy.orm import Session
 
 from bench.e2e import spawn
 from db.session import build_engine
-from scripts.ensure_redis import EmbeddedRedis, free_port, ping, start_embedded
+from scripts.redis_server import EmbeddedRedis, free_port, ping, start_embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_MODEL = "tiny-test"

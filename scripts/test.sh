@@ -17,7 +17,7 @@ echo "== mypy api worker db ingest storage config models client"
 "$PY" -m mypy api worker db ingest storage config models client || lint=1
 
 echo "== pytest $*   (TEST_POSTGRES_URL=${TEST_POSTGRES_URL:-unset: PostgreSQL tests skip})"
-"$PY" scripts/ensure_redis.py -- "$PY" -m pytest "$@"
+"$PY" scripts/redis_server.py --private -- "$PY" -m pytest "$@"
 tests=$?
 if [ "$tests" -eq 5 ]; then
     echo "WARNING: pytest collected no tests (exit code 5); not counted as a failure"
