@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from apiflask import Schema
 from apiflask.fields import (
     AwareDateTime,
@@ -16,7 +19,11 @@ from apiflask.fields import (
 )
 from apiflask.validators import Length, OneOf, Range
 
-JOB_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"]
+from db.models import JobKind, JobStatus
+from db.records import SliceResult
+
+JOB_STATUSES = [str(s) for s in JobStatus]
+JOB_KINDS = [str(k) for k in JobKind]
 MAX_OFFSET = 2**31 - 1
 MAX_LISTED_IDS = 100
 MAX_WAIT_S = 60
@@ -112,7 +119,7 @@ class Summary(SummaryGroup):
 class JobOut(Schema):
     id = String()
     status = String(metadata={"enum": JOB_STATUSES})
-    kind = String(metadata={"enum": ["image", "study"]})
+    kind = String(metadata={"enum": JOB_KINDS})
     owner = String()
     model = Nested(ModelRef)
     progress = Nested(Progress)
@@ -180,19 +187,22 @@ class JobList(Schema):
     next = String(allow_none=True)
 
 
-class SliceOut(SliceRef):
-    frame = Integer(allow_none=True)
-    label = String(allow_none=True)
-    probabilities = Dict(keys=String(), values=Float(), allow_none=True)
-    ood_score = Float(
-        allow_none=True,
-        metadata={"description": "Distance from the training data (about 1 = typical)"},
-    )
-    out_of_distribution = Boolean(
-        allow_none=True,
-        metadata={"description": "ood_score above the model card's threshold, or input checks"},
-    )
-    error = String(allow_none=True)
+def _slice_field(f: dataclasses.Field[Any]) -> Any:
+    """The marshmallow field of one SliceResult field (db/records.py), by its type."""
+    kinds = {"int": Integer, "str": String, "float": Float, "bool": Boolean}
+    text = str(f.type)
+    optional = text.endswith(" | None")
+    base = text.removesuffix(" | None")
+    meta = dict(f.metadata)
+    if base.startswith("dict["):
+        return Dict(keys=String(), values=Float(), allow_none=optional, metadata=meta)
+    return kinds[base](allow_none=optional, required=not optional, metadata=meta)
+
+
+SliceOut = Schema.from_dict(
+    {f.name: _slice_field(f) for f in dataclasses.fields(SliceResult)}, name="SliceOut"
+)
+"""One slice's result: generated from db/records.py, the one definition of it."""
 
 
 class ResultsOut(Schema):

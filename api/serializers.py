@@ -8,6 +8,7 @@ from typing import Any
 from flask import url_for
 
 from db.models import Job, SlicePrediction, as_utc
+from db.records import SliceResult
 
 
 def iso(value: datetime | None) -> str | None:
@@ -42,17 +43,5 @@ def job_to_dict(job: Job) -> dict[str, Any]:
 
 
 def prediction_to_dict(p: SlicePrediction) -> dict[str, Any]:
-    """One slice's result (or its error)."""
-    return {
-        "slice_index": p.slice_index,
-        "source": p.source,
-        "series_uid": p.series_uid,
-        "instance_number": p.instance_number,
-        "slice_position": p.slice_position,
-        "frame": p.frame,
-        "label": p.label,
-        "probabilities": p.probabilities,
-        "ood_score": p.ood_score,
-        "out_of_distribution": p.out_of_distribution,
-        "error": p.error,
-    }
+    """One slice's result (or its error), as db/records.py defines it."""
+    return SliceResult.of(p).to_dict()

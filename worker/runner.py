@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 from config import Settings
 from db import ending, lifecycle
 from db.models import Job, JobKind, JobStatus, SlicePrediction
+from db.records import SliceResult
 from db.session import session_scope
 from ingest import InvalidUpload, SliceError, SliceSource, plan_upload
 from models.preprocessing import preprocess
@@ -125,7 +126,7 @@ class Work:
     warnings: list[dict[str, str]] = field(default_factory=list)
     names: dict[str, SeriesName] = field(default_factory=dict)
     error: str | None = None  # the upload itself could not be read
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[SliceResult] = field(default_factory=list)
     resumed: bool = False  # an earlier attempt stored some slices
     left: int = 0  # slices not stored yet
 
@@ -293,7 +294,7 @@ def _batches(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:
         yield batch
 
 
-def _predict(batch: list[Decoded], predictor: Predictor) -> list[dict[str, Any]]:
+def _predict(batch: list[Decoded], predictor: Predictor) -> list[SliceResult]:
     """Row values for one batch: one forward pass over the decodable slices."""
     good = [d.tensor for d in batch if d.tensor is not None]
     out = predictor.predict(np.stack(good)) if good else None
@@ -319,22 +320,22 @@ def _row(
     probabilities: dict[str, float] | None = None,
     label: str | None = None,
     ood: tuple[float, bool] | None = None,
-) -> dict[str, Any]:
-    """One slice's result as a ``slice_predictions`` row (without its job ID)."""
+) -> SliceResult:
+    """One slice's result (db/records.py)."""
     s = d.source
-    return {
-        "slice_index": s.index,
-        "source": s.source,
-        "series_uid": s.series_uid,
-        "instance_number": s.instance_number,
-        "slice_position": s.slice_position,
-        "frame": s.frame,
-        "label": label,
-        "probabilities": probabilities,
-        "ood_score": None if ood is None else ood[0],
-        "out_of_distribution": None if ood is None else ood[1],
-        "error": d.error,
-    }
+    return SliceResult(
+        slice_index=s.index,
+        source=s.source,
+        series_uid=s.series_uid,
+        instance_number=s.instance_number,
+        slice_position=s.slice_position,
+        frame=s.frame,
+        label=label,
+        probabilities=probabilities,
+        ood_score=None if ood is None else ood[0],
+        out_of_distribution=None if ood is None else ood[1],
+        error=d.error,
+    )
 
 
 # -- store ---------------------------------------------------------------------
@@ -352,7 +353,7 @@ def insert_rows(session: Session, rows: list[dict[str, Any]], chunk: int = INSER
 def _store_batch(
     ctx: Context,
     batch: list[Decoded],
-    rows: list[dict[str, Any]],
+    rows: list[SliceResult],
     works: dict[str, Work],
     beat: Heartbeat,
 ) -> None:
@@ -368,7 +369,7 @@ def _store_batch(
             ctx.storage.put(d.job_id, image_name(d.source.index), d.png)
     since = ctx.stages.add("store_images", since)
     with session_scope(ctx.settings.database_url) as s:
-        insert_rows(s, [{"job_id": d.job_id, **r} for d, r in zip(batch, rows, strict=True)])
+        insert_rows(s, [r.row(d.job_id) for d, r in zip(batch, rows, strict=True)])
         for job_id in dict.fromkeys(d.job_id for d in batch):
             w = works[job_id]
             if w.left > 0:
@@ -382,7 +383,7 @@ def _progress(s: Session, w: Work) -> tuple[int, int]:
     """(stored slices, stored slices with an error) of a job so far."""
     if w.resumed:  # an earlier attempt's rows count too
         return lifecycle.stored_counts(s, w.job_id)
-    return len(w.rows), sum(1 for r in w.rows if r["error"])
+    return len(w.rows), sum(1 for r in w.rows if r.error)
 
 
 # -- end -----------------------------------------------------------------------
@@ -436,13 +437,13 @@ def _finish(works: list[Work], predictor: Predictor, ctx: Context) -> dict[str, 
     return ends
 
 
-def _all_rows(ctx: Context, w: Work) -> list[SlicePrediction]:
-    """Every stored slice of the job, as rows (from the database when it was resumed)."""
+def _all_rows(ctx: Context, w: Work) -> list[SliceResult]:
+    """Every stored slice of the job (from the database when it was resumed)."""
     if w.resumed:
         with session_scope(ctx.settings.database_url) as s:
             q = select(SlicePrediction).where(SlicePrediction.job_id == w.job_id)
-            return list(s.scalars(q.order_by(SlicePrediction.slice_index)))
-    return [SlicePrediction(job_id=w.job_id, **r) for r in w.rows]
+            return [SliceResult.of(r) for r in s.scalars(q.order_by(SlicePrediction.slice_index))]
+    return w.rows
 
 
 def _heatmaps(works: list[Work], settings: Settings) -> bool:
@@ -453,7 +454,7 @@ def _heatmaps(works: list[Work], settings: Settings) -> bool:
     return study or settings.heatmaps_for_images
 
 
-def _all_failed(rows: list[SlicePrediction]) -> str | None:
+def _all_failed(rows: list[SliceResult]) -> str | None:
     """The job's error when none of its slices could be read."""
     if not rows:
         return "the upload holds no slice"

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from config import Settings
-from db.models import SlicePrediction
+from db.records import SliceResult
 from models.ood import STUDY_MIN_FRACTION
 from models.registry import ModelCard
 
@@ -55,7 +55,7 @@ def _ood_min_fraction(card: ModelCard) -> float:
     return float(rule.get("min_fraction", STUDY_MIN_FRACTION))
 
 
-def _ood(ok: Sequence[SlicePrediction], card: ModelCard) -> dict[str, Any]:
+def _ood(ok: Sequence[SliceResult], card: ModelCard) -> dict[str, Any]:
     """``ood_fraction`` and ``out_of_distribution`` of one group (rule 5)."""
     known = [r.out_of_distribution for r in ok if r.out_of_distribution is not None]
     if not known:
@@ -96,7 +96,7 @@ def _verdict(counts: Counter[str], card: ModelCard, readable: int, min_slices: i
     return severity[0]
 
 
-def _top(rows: Sequence[SlicePrediction], label: str, k: int) -> list[dict[str, Any]]:
+def _top(rows: Sequence[SliceResult], label: str, k: int) -> list[dict[str, Any]]:
     best = sorted(rows, key=lambda r: (-(r.probabilities or {}).get(label, 0.0), r.slice_index))
     return [
         {
@@ -112,7 +112,7 @@ def _top(rows: Sequence[SlicePrediction], label: str, k: int) -> list[dict[str, 
 
 
 def summarize_group(
-    rows: Sequence[SlicePrediction], card: ModelCard, settings: Settings
+    rows: Sequence[SliceResult], card: ModelCard, settings: Settings
 ) -> dict[str, Any]:
     """Verdict, mean probabilities, counts and top slices for one group of slices."""
     ok = [r for r in rows if r.probabilities is not None and r.label is not None]
@@ -152,7 +152,7 @@ def _rule_text(card: ModelCard, settings: Settings) -> str:
 
 
 def summarize(
-    rows: Sequence[SlicePrediction],
+    rows: Sequence[SliceResult],
     card: ModelCard,
     settings: Settings,
     skipped: int = 0,
@@ -163,7 +163,7 @@ def summarize(
     ``names`` gives each DICOM series its SeriesDescription and SeriesNumber
     (what a radiologist calls it; not identifiers, and scrubbed by ingest).
     """
-    groups: dict[str | None, list[SlicePrediction]] = {}
+    groups: dict[str | None, list[SliceResult]] = {}
     for r in rows:
         groups.setdefault(r.series_uid, []).append(r)
     # keyed like groups: images have no series UID (None)

@@ -82,7 +82,7 @@ def run_job(job_id: str, ctx: runner.Context) -> None:
         runner.fail(ctx, started, message)
         raise JobFailed(message)
     outcome = runner.run([started], ctx)[job_id]
-    if outcome in ("failed", "cancelled"):
+    if outcome in (JobStatus.FAILED, JobStatus.CANCELLED):
         _report(job_id, ctx)
 
 
