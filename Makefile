@@ -13,6 +13,7 @@ STAMP  := $(VENV)/.installed
 LUNGCT := $(VENV)/bin/lungct
 # Extra pytest arguments: make test ARGS="-k jobs -x"
 ARGS   ?=
+UV_VERSION := 0.13.9
 # honcho's environment: var/run.env (written by scripts/prestart.py), and .env if you keep one
 ENV_FILES = $(if $(wildcard .env),.env$(comma))var/run.env
 comma := ,
@@ -38,13 +39,15 @@ $(VPY):
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
 		echo "Creating the venv failed; on Debian: sudo apt-get install python3-venv" >&2; exit 1; }
 
+# uv installs from its cache in seconds (pip took minutes, TensorFlow most of them)
 $(STAMP): requirements.txt requirements-dev.txt | $(VPY)
-	$(VPY) -m pip install -r requirements-dev.txt
+	$(VPY) -m pip install -q uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip install --python $(VPY) -r requirements-dev.txt
 	@touch $@
 
 # The client package, editable, for the `lungct` console script (pyproject.toml).
 $(LUNGCT): pyproject.toml | $(STAMP)
-	$(VPY) -m pip install --no-deps -e .
+	$(VENV)/bin/uv pip install --python $(VPY) --no-deps -e .
 	@touch $@
 
 TYPED := api worker db ingest storage config models client
