@@ -3,7 +3,8 @@
 * ``lungct_api_request_seconds{method,endpoint,status}``: request latency
   histogram, by Flask endpoint (not URL, so job IDs do not explode the series);
 * ``lungct_jobs{status}``: jobs in the database by status, counted at scrape time;
-* ``lungct_queue_depth``: messages waiting in the broker queue;
+* ``lungct_queue_depth{kind}``: studies waiting in the broker queue, single images
+  waiting in their models' lists (config/image_queue.py);
 * gunicorn's processes are summed (multiprocess mode, config/metrics.py).
 
 The route needs an admin key like the audit log: counts and endpoints are
@@ -31,11 +32,12 @@ from sqlalchemy import func, select
 
 from api import context
 from api.auth import auth, caller
-from config import Settings
+from config import Settings, image_queue
 from config.metrics import registry
 from config.notices import redis_client
 from db.models import Job, JobStatus
 from db.session import session_scope
+from models.registry import Registry
 
 bp = APIBlueprint("metrics", __name__, enable_openapi=False)
 
@@ -60,11 +62,17 @@ class StateCollector(Collector):
         for status in JobStatus:
             jobs.add_metric([status.value], counts.get(status.value, 0))
         yield jobs
-        depth = GaugeMetricFamily("lungct_queue_depth", "Messages waiting in the broker queue")
+        depth = GaugeMetricFamily(
+            "lungct_queue_depth",
+            "Jobs waiting in Redis: study messages and single images",
+            labels=["kind"],
+        )
         # redis-py types every reply as "value or Awaitable" (one class serves sync and
         # async); this client is the synchronous one.
-        waiting = cast(int, redis_client(self.settings).llen(self.settings.celery_queue))
-        depth.add_metric([], waiting)
+        studies = cast(int, redis_client(self.settings).llen(self.settings.celery_queue))
+        models = [c.name for c in Registry(self.settings.models_dirs).cards()]
+        depth.add_metric(["study"], studies)
+        depth.add_metric(["image"], image_queue.length(self.settings, models))
         yield depth
 
 
