@@ -15,7 +15,7 @@ from config import get_settings, image_queue
 from config.celery import publish_job
 from db.models import JobKind
 from storage import open_storage
-from worker.inference import get_predictor
+from worker.inference import Predictor, get_predictor
 from worker.runner import Context
 
 
@@ -31,4 +31,7 @@ def worker_context(app: Celery) -> Context:
         else:
             publish_job(app, job_id)
 
-    return Context(settings, open_storage(settings), get_predictor, republish)
+    def predictor(name: str) -> Predictor:
+        return get_predictor(name, settings.models_dirs)
+
+    return Context(settings, open_storage(settings), predictor, republish)

@@ -17,7 +17,9 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,11 +95,6 @@ class Predictor:
         return BatchPrediction(apply_temperature(probs, self.temperature), scores, flags)
 
 
-def registry() -> Registry:
-    """The registry over the configured model folders."""
-    return Registry(get_settings().models_dirs)
-
-
 def _enable_gpu_memory_growth() -> None:
     """Let several processes share a GPU instead of one grabbing all memory."""
     try:
@@ -109,12 +106,16 @@ def _enable_gpu_memory_growth() -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def get_predictor(name: str) -> Predictor:
-    """The cached predictor for model ``name``, loading it on first use."""
+def get_predictor(name: str, models_dirs: Sequence[Path] | None = None) -> Predictor:
+    """The cached predictor for model ``name``, loading it on first use.
+
+    ``models_dirs``: where to look (the worker passes its settings'); tools that
+    run outside a worker may leave it to MODELS_DIRS.
+    """
     with _lock:
         if name not in _cache:
             _enable_gpu_memory_growth()
-            card = registry().get(name)
+            card = Registry(models_dirs or get_settings().models_dirs).get(name)
             log.info("loading model %s %s from %s", card.name, card.version, card.path)
             started = time.perf_counter()
             _cache[name] = Predictor.load(card)
@@ -129,7 +130,7 @@ def warm_up(name: str, settings: Settings) -> None:
     the batch dimension: a study's shorter last batch, or another number of
     top slices, does not trigger a new trace (about a second) in a job.
     """
-    predictor = get_predictor(name)
+    predictor = get_predictor(name, settings.models_dirs)
     spec = predictor.card.input
     for n in (settings.inference_batch_size, 1):
         predictor.predict(np.zeros((n, spec.height, spec.width, spec.channels), np.float32))
