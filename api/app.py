@@ -13,6 +13,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from api import context
 from api.auth import bearer_token, hash_key
+from api.body_guard import BodyGuard
 from api.docs import docs_config
 from api.schemas import ERROR_SCHEMA
 from config import Settings, get_settings
@@ -145,8 +146,11 @@ def create_app(settings: Settings | None = None) -> APIFlask:
         app.register_blueprint(module.bp)
     metrics.init_app(app)
     app.extensions["lungct_limiter"] = _limiter(app, settings)
+    app.wsgi_app = BodyGuard(app.wsgi_app, settings.upload_idle_timeout_s)  # type: ignore[method-assign]
     # requests held by GET /api/v1/jobs/<id>?wait=S (api/jobs.py), per process
-    # (one thread always stays free for other requests)
-    waiters = min(settings.job_waiters_per_process, settings.web_threads - 1)
+    # (with gthread, one thread always stays free for other requests)
+    waiters = settings.job_waiters_per_process
+    if settings.web_worker_class == "gthread":
+        waiters = min(waiters, settings.web_threads - 1)
     app.extensions["lungct_waiters"] = threading.BoundedSemaphore(waiters)
     return app

@@ -137,6 +137,13 @@ class Settings(BaseSettings):
     web_concurrency: PositiveInt = 2
     web_threads: PositiveInt = 8
     web_timeout_s: PositiveInt = 30
+    # gevent: every connection is a greenlet, so stalled uploads cost no thread
+    # (docs/hardening.md); gthread: WEB_THREADS threads per process, the fallback.
+    web_worker_class: Literal["gevent", "gthread"] = "gevent"
+    # Connections one gevent process holds at once (beyond them it stops accepting).
+    web_worker_connections: PositiveInt = 1000
+    # An upload that sends nothing for this long is answered 408 and closed.
+    upload_idle_timeout_s: PositiveFloat = 30.0
     # GET /api/v1/jobs/<id>?wait=S holds a request until the job ends (config/notices.py):
     # at most this many seconds, and at most this many waiting requests per API process
     # (each holds a thread; beyond it a wait answers at once, like a plain poll).
