@@ -59,7 +59,7 @@ class GuardedInput:
             raise HTTPError(
                 408,
                 f"the upload sent nothing for {self._idle_s:g} s (UPLOAD_IDLE_TIMEOUT_S); "
-                "the connection is closed, please send it again"
+                "the connection is closed, please send it again",
             ) from None
         except NoMoreData:
             self._give_up()
