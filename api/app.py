@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from typing import Any
 
 from apiflask import APIFlask, HTTPError
-from flask import request
+from flask import Response, request
 from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -72,7 +74,7 @@ def _too_large(error: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
 
 
 def _rate_limited(error: RateLimitExceeded) -> tuple[dict[str, Any], int]:
-    """429 naming the limit and its setting (Flask-Limiter adds Retry-After and X-RateLimit-*)."""
+    """429 naming the limit and its setting (:func:`_limit_headers` adds Retry-After)."""
     setting = "RATE_LIMIT_SUBMIT" if request.method == "POST" else "RATE_LIMIT_READ"
     message = (
         f"rate limit exceeded: {error.limit.limit} per API key ({setting}); "
@@ -95,17 +97,37 @@ def _limiter(app: APIFlask, settings: Settings) -> Limiter:
         default_limits_exempt_when=lambda: not request.path.startswith("/api/"),
         storage_uri=settings.redis_url,
         storage_options={"socket_timeout": settings.broker_timeout_s},
-        headers_enabled=True,
+        # Flask-Limiter's own headers put Retry-After on every answer (a 202 said
+        # "Retry-After: 60") and raised a view's own Retry-After to its window:
+        # _limit_headers writes them instead.
+        headers_enabled=False,
         swallow_errors=True,
         key_prefix=f"lungct-limits:{settings.celery_queue}",
     )
     limiter.init_app(app)
+    app.after_request(lambda response: _limit_headers(limiter, response))
     # A decorated limit is checked by the wrapper the decorator returns, so that
     # wrapper must be the registered view (decorating jobs.submit_job alone left
     # submits unlimited: the route still called the undecorated function).
     submit_limit = limiter.limit(lambda: settings.rate_limit_submit, methods=["POST"])
     app.view_functions["jobs.submit_job"] = submit_limit(app.view_functions["jobs.submit_job"])
     return limiter
+
+
+def _limit_headers(limiter: Limiter, response: Response) -> Response:
+    """X-RateLimit-Limit/-Remaining/-Reset on every limited answer, so clients can pace
+    themselves; Retry-After only on the limiter's own 429 (never on a 2xx, and a view's
+    own 429, such as the active-jobs cap, keeps the Retry-After it chose)."""
+    current = limiter.current_limit
+    if current is None:  # not a limited route, or Redis unreachable (limits swallowed)
+        return response
+    reset_at = int(current.reset_at)
+    response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
+    response.headers["X-RateLimit-Remaining"] = str(current.remaining)
+    response.headers["X-RateLimit-Reset"] = str(reset_at)
+    if response.status_code == 429 and "Retry-After" not in response.headers:
+        response.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
+    return response
 
 
 def create_app(settings: Settings | None = None) -> APIFlask:
