@@ -18,6 +18,7 @@ from api.auth import bearer_token, hash_key
 from api.body_guard import BodyGuard
 from api.docs import docs_config
 from api.schemas import ERROR_SCHEMA
+from api.web_headers import ServiceApp, security_headers
 from config import Settings, get_settings
 from storage import open_storage
 
@@ -133,7 +134,7 @@ def _limit_headers(limiter: Limiter, response: Response) -> Response:
 def create_app(settings: Settings | None = None) -> APIFlask:
     """Build the API from ``settings`` (default: the environment)."""
     settings = settings or get_settings()
-    app = APIFlask(
+    app = ServiceApp(
         __name__,
         title="Lung-CT classifier API",
         version="1.0.0",
@@ -167,6 +168,7 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     for module in (jobs, model_routes, admin, health, ui, docs, metrics):
         app.register_blueprint(module.bp)
     metrics.init_app(app)
+    app.after_request(security_headers)
     app.extensions["lungct_limiter"] = _limiter(app, settings)
     app.wsgi_app = BodyGuard(app.wsgi_app, settings.upload_idle_timeout_s)  # type: ignore[method-assign]
     # requests held by GET /api/v1/jobs/<id>?wait=S (api/jobs.py), per process

@@ -11,6 +11,8 @@ export function el(tag, attrs = {}, ...children) {
     if (value === null || value === undefined || value === false) continue;
     if (name.startsWith("on") && typeof value === "function") {
       node.addEventListener(name.slice(2), value);
+    } else if (name === "style") {
+      node.style.cssText = String(value); // CSSOM: allowed by the strict CSP, a style attribute is not
     } else {
       node.setAttribute(name, value === true ? "" : String(value));
     }
