@@ -39,6 +39,10 @@ class ArchiveLimits:
     max_member_bytes: int = 512 * MB
     max_compression_ratio: float = 200.0
     max_image_pixels: int = 8192 * 8192
+    # the slice selection rule, so a single DICOM file that the job would refuse
+    # (an MR, a localizer) is refused at upload already
+    allowed_modalities: tuple[str, ...] = ("CT",)
+    skip_image_types: tuple[str, ...] = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM")
 
 
 def _project_path(value: str | Path) -> Path:
@@ -228,6 +232,8 @@ class Settings(BaseSettings):
             max_member_bytes=self.max_member_mb * MB,
             max_compression_ratio=self.max_compression_ratio,
             max_image_pixels=self.max_image_pixels,
+            allowed_modalities=self.allowed_modalities,
+            skip_image_types=self.skip_image_types,
         )
 
 
