@@ -1,4 +1,9 @@
-"""Database rows -> JSON-ready dicts for the v1 API."""
+"""Database rows -> JSON-ready dicts for the v1 API.
+
+Text that came from an upload (member names, messages quoting them) is shown
+without control or bidirectional characters (ingest/visible.py), whatever was
+stored before that rule existed.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 from flask import url_for
 
 from db.models import Job, SlicePrediction, as_utc
+from ingest.visible import visible, visible_json
 
 
 def iso(value: datetime | None) -> str | None:
@@ -30,10 +36,10 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "updated_at": iso(job.updated_at),
-        "error": job.error,
+        "error": visible(job.error) if job.error else job.error,
         "warnings_count": len(job.warnings or []) + job.failed_slices,
-        "warnings": job.warnings or [],
-        "summary": job.summary,
+        "warnings": visible_json(job.warnings or []),
+        "summary": visible_json(job.summary),
         "links": {
             "self": url_for("jobs.get_job", job_id=job.id),
             "results": url_for("jobs.get_results", job_id=job.id),
@@ -45,7 +51,7 @@ def prediction_to_dict(p: SlicePrediction) -> dict[str, Any]:
     """One slice's result (or its error)."""
     return {
         "slice_index": p.slice_index,
-        "source": p.source,
+        "source": visible(p.source) if p.source else p.source,
         "series_uid": p.series_uid,
         "instance_number": p.instance_number,
         "slice_position": p.slice_position,
@@ -54,5 +60,5 @@ def prediction_to_dict(p: SlicePrediction) -> dict[str, Any]:
         "probabilities": p.probabilities,
         "ood_score": p.ood_score,
         "out_of_distribution": p.out_of_distribution,
-        "error": p.error,
+        "error": visible(p.error) if p.error else p.error,
     }

@@ -21,10 +21,20 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// Controls, format characters (the right-to-left override U+202E, zero-width
+// spaces), separators other than the plain space: what Python's str.isprintable()
+// refuses, the rule of the service (ingest/visible.py) and of the lungct CLI.
+const NOT_PRINTABLE = /[\p{C}\p{Zl}\p{Zp}]|(?! )\p{Zs}/gu;
+
+/** Text as the page shows it: a name from an upload cannot fake its extension. */
+export function shown(text) {
+  return String(text).replace(NOT_PRINTABLE, "\uFFFD");
+}
+
 function append(node, children) {
   for (const child of children.flat()) {
     if (child === null || child === undefined || child === false) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    node.append(child instanceof Node ? child : document.createTextNode(shown(child)));
   }
 }
 
