@@ -165,6 +165,10 @@ class Settings(BaseSettings):
     max_active_jobs_per_owner: PositiveInt = 50
     idempotency_hours: PositiveFloat = 24.0
     flower_basic_auth: str = ""
+    # python -m worker.flower refuses to start without credentials unless this is
+    # set, and then listens on the loopback interface only (worker/flower.py).
+    # (Not FLOWER_*: Flower reads every FLOWER_ variable as one of its options.)
+    allow_unauthenticated_flower: bool = False
 
     @field_validator("storage_dir", mode="before")
     @classmethod
