@@ -84,6 +84,9 @@ def _rate_limited(error: RateLimitExceeded) -> tuple[dict[str, Any], int]:
     return {"error": {"code": 429, "message": message}}, 429
 
 
+LIMITER_TIMEOUT_S = 0.5
+
+
 def rate_limit_key() -> str:
     """Rate limits count per API key (its hash), or per address without one."""
     token = bearer_token()
@@ -97,7 +100,12 @@ def _limiter(app: APIFlask, settings: Settings) -> Limiter:
         default_limits=[settings.rate_limit_read],
         default_limits_exempt_when=lambda: not request.path.startswith("/api/"),
         storage_uri=settings.redis_url,
-        storage_options={"socket_timeout": settings.broker_timeout_s},
+        # a limit is best effort (swallow_errors): a Redis that does not answer
+        # must cost a request a fraction of a second, not BROKER_TIMEOUT_S
+        storage_options={
+            "socket_timeout": min(LIMITER_TIMEOUT_S, settings.broker_timeout_s),
+            "socket_connect_timeout": min(LIMITER_TIMEOUT_S, settings.broker_timeout_s),
+        },
         # Flask-Limiter's own headers put Retry-After on every answer (a 202 said
         # "Retry-After: 60") and raised a view's own Retry-After to its window:
         # _limit_headers writes them instead.

@@ -768,7 +768,9 @@ def worker_sigterm(cfg: Config, database: str = "sqlite") -> Result:
 
 
 def redis_sigstop_submit(cfg: Config, database: str = "sqlite") -> Result:
-    """4. Redis frozen (SIGSTOP) during a submit: a JSON 503 within seconds; SIGCONT heals."""
+    """4. Redis frozen (SIGSTOP) during a submit: a JSON 503 within 5 s; SIGCONT heals."""
+    from config.settings import Settings
+
     with Stack(cfg, database, "redis-sigstop") as st:
         _start(st, "w1")
         res = st.result("redis-sigstop", "Redis frozen (SIGSTOP) during a submit")
@@ -797,11 +799,12 @@ def redis_sigstop_submit(cfg: Config, database: str = "sqlite") -> Result:
             res.measures["503s after SIGCONT"] = retries
         t_end = st.wait_all_terminal()
         res.recovery_s = t_end - t_clear
-        timeout = cfg.profile.seconds("BROKER_TIMEOUT_S", 3.0)
+        default = Settings.model_fields["broker_timeout_s"].default
+        timeout = cfg.profile.seconds("BROKER_TIMEOUT_S", default)
         res.checks["JSON 503 while frozen"] = stalled.status == 503 and stalled.is_json
-        res.checks[f"503 within {3 * timeout + 1:g} s"] = (
-            res.measures["503 after s"] <= 3 * timeout + 1
-        )
+        # the limiter's 0.5 s, the doorbell's SET and DELETE (issue 21: at most 5 s)
+        limit = min(5.0, 2 * timeout + 1.0)
+        res.checks[f"503 within {limit:g} s"] = res.measures["503 after s"] <= limit
         res.checks["its row failed 'could not be queued' (or none)"] = all(
             j.status == "failed" and j.error == "could not be queued" for j in stranded.values()
         )

@@ -132,7 +132,9 @@ class Settings(BaseSettings):
     sweep_interval_s: PositiveFloat = 10.0
     orphan_upload_age_s: PositiveFloat = 3600.0
     retention_days: float = Field(30.0, ge=0)
-    broker_timeout_s: PositiveFloat = 3.0
+    # socket timeout of the API's Redis calls: a hung Redis answers a submit 503
+    # within about 2 x this + 0.5 s (config/celery.py, docs/hardening.md)
+    broker_timeout_s: PositiveFloat = 1.5
     readyz_cache_s: float = Field(5.0, ge=0)
 
     # --- the API server (api/gunicorn_conf.py) ---

@@ -117,7 +117,7 @@ def test_sigterm_hands_the_job_back_at_once(scenario: Run) -> None:
 
 
 def test_frozen_redis_gives_a_quick_json_503(scenario: Run) -> None:
-    """4. SIGSTOP of Redis during a submit: JSON 503 within seconds, row failed; SIGCONT heals."""
+    """4. SIGSTOP of Redis during a submit: JSON 503 within 5 s, row failed; SIGCONT heals."""
     result = scenario("redis-sigstop")
     assert_checks(result)
     assert result.checks["another owner's submit after SIGCONT succeeds"]
