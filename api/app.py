@@ -135,7 +135,8 @@ def _limit_headers(limiter: Limiter, response: Response) -> Response:
     response.headers["X-RateLimit-Remaining"] = str(current.remaining)
     response.headers["X-RateLimit-Reset"] = str(reset_at)
     if response.status_code == 429 and "Retry-After" not in response.headers:
-        response.headers["Retry-After"] = str(max(1, math.ceil(reset_at - time.time())))
+        wait = math.ceil(current.reset_at - time.time())  # never past the limit's window
+        response.headers["Retry-After"] = str(max(1, min(wait, current.limit.get_expiry())))
     return response
 
 

@@ -261,3 +261,45 @@ def test_hostile_member_names_are_shown_and_exported_safely(api: Stack, tmp_path
     assert all(not s.startswith(("=", "+", "-", "@")) for s in sources), sources
     assert '\'=HYPERLINK("http://evil.example","x").dcm' in sources
     assert all(not any(c in s for c in "\r\n\x1b\u202e") for s in sources), sources
+
+
+# --- item 9: Flower never starts open to anyone ------------------------------------------
+
+
+def _flower_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    env.pop("ALLOW_UNAUTHENTICATED_FLOWER", None)
+    return {**env, "PYTHONPATH": str(ROOT), **extra}
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        ([], {}, "refusing to start Flower without credentials"),
+        (["--address=0.0.0.0"], {"ALLOW_UNAUTHENTICATED_FLOWER": "1"}, "loopback"),
+    ],
+)
+def test_flower_without_credentials_refuses_to_start(
+    argv: list[str], env: dict[str, str], message: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker.flower", "--port=0", *argv],
+        cwd=ROOT,
+        env=_flower_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
+def test_flower_opt_in_listens_on_loopback_only() -> None:
+    from config import Settings
+    from worker.flower import checked_argv
+
+    opted_in = Settings(allow_unauthenticated_flower=True)
+    assert checked_argv(["--port=5555"], opted_in, {}) == ["--port=5555", "--address=127.0.0.1"]
+    assert checked_argv(["--address", "::1"], opted_in, {}) == ["--address", "::1"]
+    with_auth = Settings(flower_basic_auth="admin:s3cret-pass")
+    assert checked_argv(["--address=0.0.0.0"], with_auth, {}) == ["--address=0.0.0.0"]
+    assert checked_argv(["--basic_auth=a:b"], Settings(), {}) == ["--basic_auth=a:b"]
