@@ -95,6 +95,8 @@ def rate_limit_key() -> str:
 
 def _limiter(app: APIFlask, settings: Settings) -> Limiter:
     """Per-key limits on /api/ routes, counted in Redis so every API process shares them."""
+    timeout_s = min(LIMITER_TIMEOUT_S, settings.broker_timeout_s)
+    redis_options: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
     limiter = Limiter(
         rate_limit_key,
         default_limits=[settings.rate_limit_read],
@@ -102,10 +104,7 @@ def _limiter(app: APIFlask, settings: Settings) -> Limiter:
         storage_uri=settings.redis_url,
         # a limit is best effort (swallow_errors): a Redis that does not answer
         # must cost a request a fraction of a second, not BROKER_TIMEOUT_S
-        storage_options={
-            "socket_timeout": min(LIMITER_TIMEOUT_S, settings.broker_timeout_s),
-            "socket_connect_timeout": min(LIMITER_TIMEOUT_S, settings.broker_timeout_s),
-        },
+        storage_options=redis_options,
         # Flask-Limiter's own headers put Retry-After on every answer (a 202 said
         # "Retry-After: 60") and raised a view's own Retry-After to its window:
         # _limit_headers writes them instead.
