@@ -96,7 +96,10 @@ def rate_limit_key() -> str:
 def _limiter(app: APIFlask, settings: Settings) -> Limiter:
     """Per-key limits on /api/ routes, counted in Redis so every API process shares them."""
     timeout_s = min(LIMITER_TIMEOUT_S, settings.broker_timeout_s)
-    redis_options: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
+    redis_options: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+    }
     limiter = Limiter(
         rate_limit_key,
         default_limits=[settings.rate_limit_read],
