@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 from apiflask import APIFlask, HTTPError
-from flask import request
+from flask import Response, request
 from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 from flask_limiter import Limiter, RateLimitExceeded
@@ -16,8 +18,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from api import context
 from api.auth import bearer_token, hash_key
+from api.body_guard import BodyGuard
 from api.docs import docs_config
 from api.schemas import ERROR_SCHEMA
+from api.web_headers import ServiceApp, security_headers
 from config import Settings, get_settings
 from storage import open_storage
 
@@ -74,13 +78,16 @@ def _too_large(error: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
 
 
 def _rate_limited(error: RateLimitExceeded) -> tuple[dict[str, Any], int]:
-    """429 naming the limit and its setting (Flask-Limiter adds Retry-After and X-RateLimit-*)."""
+    """429 naming the limit and its setting (:func:`_limit_headers` adds Retry-After)."""
     setting = "RATE_LIMIT_SUBMIT" if request.method == "POST" else "RATE_LIMIT_READ"
     message = (
         f"rate limit exceeded: {error.limit.limit} per API key ({setting}); "
         "retry after the number of seconds in Retry-After"
     )
     return {"error": {"code": 429, "message": message}}, 429
+
+
+LIMITER_TIMEOUT_S = 0.5
 
 
 def rate_limit_key() -> str:
@@ -91,19 +98,28 @@ def rate_limit_key() -> str:
 
 def _limiter(app: APIFlask, settings: Settings) -> Limiter:
     """Per-key limits on /api/ routes, counted in Redis so every API process shares them."""
-    # Passed on to redis-py, which takes a float timeout (flask-limiter hints str | int).
-    redis_options: dict[str, Any] = {"socket_timeout": settings.broker_timeout_s}
+    timeout_s = min(LIMITER_TIMEOUT_S, settings.broker_timeout_s)
+    redis_options: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+    }
     limiter = Limiter(
         rate_limit_key,
         default_limits=[settings.rate_limit_read],
         default_limits_exempt_when=lambda: not request.path.startswith("/api/"),
         storage_uri=settings.redis_url,
+        # a limit is best effort (swallow_errors): a Redis that does not answer
+        # must cost a request a fraction of a second, not BROKER_TIMEOUT_S
         storage_options=redis_options,
-        headers_enabled=True,
+        # Flask-Limiter's own headers put Retry-After on every answer (a 202 said
+        # "Retry-After: 60") and raised a view's own Retry-After to its window:
+        # _limit_headers writes them instead.
+        headers_enabled=False,
         swallow_errors=True,
         key_prefix=f"lungct-limits:{settings.celery_queue}",
     )
     limiter.init_app(app)
+    app.after_request(lambda response: _limit_headers(limiter, response))
     # A decorated limit is checked by the wrapper the decorator returns, so that
     # wrapper must be the registered view (decorating jobs.submit_job alone left
     # submits unlimited: the route still called the undecorated function).
@@ -114,10 +130,27 @@ def _limiter(app: APIFlask, settings: Settings) -> Limiter:
     return limiter
 
 
+def _limit_headers(limiter: Limiter, response: Response) -> Response:
+    """X-RateLimit-Limit/-Remaining/-Reset on every limited answer, so clients can pace
+    themselves; Retry-After only on the limiter's own 429 (never on a 2xx, and a view's
+    own 429, such as the active-jobs cap, keeps the Retry-After it chose)."""
+    current = limiter.current_limit
+    if current is None:  # not a limited route, or Redis unreachable (limits swallowed)
+        return response
+    reset_at = int(current.reset_at)
+    response.headers["X-RateLimit-Limit"] = str(current.limit.amount)
+    response.headers["X-RateLimit-Remaining"] = str(current.remaining)
+    response.headers["X-RateLimit-Reset"] = str(reset_at)
+    if response.status_code == 429 and "Retry-After" not in response.headers:
+        wait = math.ceil(current.reset_at - time.time())  # never past the limit's window
+        response.headers["Retry-After"] = str(max(1, min(wait, current.limit.get_expiry())))
+    return response
+
+
 def create_app(settings: Settings | None = None) -> APIFlask:
     """Build the API from ``settings`` (default: the environment)."""
     settings = settings or get_settings()
-    app = APIFlask(
+    app = ServiceApp(
         __name__,
         title="Lung-CT classifier API",
         version="1.0.0",
@@ -152,9 +185,13 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     for module in (jobs, model_routes, admin, health, ui, docs, metrics):
         app.register_blueprint(module.bp)
     metrics.init_app(app)
+    app.after_request(security_headers)
     app.extensions["lungct_limiter"] = _limiter(app, settings)
+    app.wsgi_app = BodyGuard(app.wsgi_app, settings.upload_idle_timeout_s)  # type: ignore[method-assign]
     # requests held by GET /api/v1/jobs/<id>?wait=S (api/jobs.py), per process
-    # (one thread always stays free for other requests)
-    waiters = min(settings.job_waiters_per_process, settings.web_threads - 1)
+    # (with gthread, one thread always stays free for other requests)
+    waiters = settings.job_waiters_per_process
+    if settings.web_worker_class == "gthread":
+        waiters = min(waiters, settings.web_threads - 1)
     app.extensions["lungct_waiters"] = threading.BoundedSemaphore(waiters)
     return app

@@ -1,11 +1,13 @@
 """gunicorn settings for the API: ``gunicorn -c python:api.gunicorn_conf api.wsgi:app``.
 
-Threaded workers (``gthread``): a slow upload occupies one thread, not a whole
-worker process, and the worker keeps answering its heartbeat while the upload
-streams in, so uploads may take far longer than ``WEB_TIMEOUT_S`` (a 1 GB study
-at 5 MB/s takes 200 s) and ``/healthz`` stays fast with slow clients connected.
-``WEB_CONCURRENCY`` processes x ``WEB_THREADS`` threads serve requests at once;
-behind the documented reverse proxy, the proxy buffers uploads as well.
+gevent workers by default (``WEB_WORKER_CLASS``): every connection is a
+greenlet, so slow or stalled uploads cost a little memory each, not one of a
+few threads, and cannot starve ``/healthz`` or other clients (issue 21: 16
+stalled uploads took every thread of the former ``gthread`` set-up). A body
+that sends nothing for ``UPLOAD_IDLE_TIMEOUT_S`` is answered 408 and closed
+(:mod:`api.body_guard`). Uploads may take far longer than ``WEB_TIMEOUT_S``,
+the worker's heartbeat. Why gevent and what it costs: docs/hardening.md.
+``WEB_WORKER_CLASS=gthread`` brings back ``WEB_THREADS`` threads per process.
 
 gunicorn answers some requests itself (a request line or headers over its
 limits, a malformed request, a crash before Flask runs); those answers are
@@ -28,9 +30,10 @@ prepare_multiprocess_dir("api")  # before any worker imports prometheus_client
 
 bind = f"{_settings.api_host}:{_settings.api_port}"
 workers = _settings.web_concurrency
-worker_class = "gthread"
-threads = _settings.web_threads
-timeout = _settings.web_timeout_s  # the worker's heartbeat, not a per-request limit (gthread)
+worker_class = _settings.web_worker_class
+threads = _settings.web_threads  # gthread only
+worker_connections = _settings.web_worker_connections  # gevent only
+timeout = _settings.web_timeout_s  # the worker's heartbeat, not a per-request limit
 graceful_timeout = 30
 keepalive = 5
 accesslog = "-"

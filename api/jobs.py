@@ -7,9 +7,11 @@ that it does). Status changes go through :mod:`db.lifecycle`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -99,10 +101,11 @@ def _audit(s: Session, who: Caller, action: str, job_id: str) -> None:
     summary="Submit a slice or a study",
     description=(
         "Answers 202 with the new job. With an `Idempotency-Key` header, a retry by the same "
-        "owner with the same key within IDEMPOTENCY_HOURS answers 200 with the original job "
-        "instead of creating a second one."
+        "owner with the same key and the same upload within IDEMPOTENCY_HOURS answers 200 "
+        "with the original job instead of creating a second one; the same key with another "
+        "upload answers 422. Only a hash of the key is stored."
     ),
-    responses=[200, 202, 400, 401, 413, 429, 503],
+    responses=[200, 202, 400, 401, 408, 413, 422, 429, 503],
 )
 def submit_job(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Store the upload, record a job and queue it; answers at once with the job."""
@@ -111,12 +114,13 @@ def submit_job(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str
     if upload is None or not upload.filename:
         abort(400, "missing file: send the image or study archive as multipart field 'file'")
     key = _idempotency_key()
-    if key and (earlier := _replay(who, key)) is not None:
+    digest = _upload_sha256(upload) if key else None
+    if key and (earlier := _replay(who, key, digest)) is not None:
         return earlier
     card = _choose_model(form.get("model"))
     job_id = str(uuid.uuid4())
     try:
-        job = _store_and_record(job_id, upload, card, who, key)
+        job = _store_and_record(job_id, upload, card, who, key, digest)
     except BaseException:
         context.storage().discard(job_id)  # a rejected or failed submit leaves nothing
         raise
@@ -134,21 +138,59 @@ def _created(job: Job, status: int) -> tuple[dict[str, Any], int, dict[str, str]
 
 
 def _idempotency_key() -> str | None:
+    """SHA-256 (hex) of the Idempotency-Key header: the key itself is never stored.
+
+    Clients choose the key, and one was seen holding a patient's name.
+    """
     key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
     if len(key) > 255:
         abort(400, f"{IDEMPOTENCY_HEADER} must be at most 255 characters")
-    return key or None
+    return hashlib.sha256(key.encode()).hexdigest() if key else None
 
 
-def _replay(who: Caller, key: str) -> tuple[dict[str, Any], int, dict[str, str]] | None:
+HASH_CHUNK = 1024 * 1024
+
+
+def _upload_sha256(upload: FileStorage) -> str:
+    """SHA-256 (hex) of the spooled upload; the stream is left at its start.
+
+    ``time.sleep(0)`` between chunks lets the other requests of a gevent
+    worker run while a large upload is hashed (a thread switch under gthread).
+    """
+    digest = hashlib.sha256()
+    upload.stream.seek(0)
+    while chunk := upload.stream.read(HASH_CHUNK):
+        digest.update(chunk)
+        time.sleep(0)
+    upload.stream.seek(0)
+    return digest.hexdigest()
+
+
+def _replay(
+    who: Caller, key: str, digest: str | None
+) -> tuple[dict[str, Any], int, dict[str, str]] | None:
     """The original answer for a retried submit, if this owner used ``key`` recently."""
     with context.session() as s:
         job = _job_by_key(s, who.owner, key)
-        return None if job is None else _created(job, 200)
+        return None if job is None else _created(_same_upload(job, digest), 200)
+
+
+def _same_upload(job: Job, digest: str | None) -> Job:
+    """``job`` if it was made from the same bytes, else 422 (the IETF draft's answer).
+
+    A key reused for other content would otherwise silently lose that upload.
+    """
+    if job.upload_sha256 is not None and digest is not None and job.upload_sha256 != digest:
+        abort(
+            422,
+            f"this {IDEMPOTENCY_HEADER} was already used for a different upload (job {job.id}); "
+            "send a new key for new content",
+        )
+    return job
 
 
 def _job_by_key(s: Session, owner: str, key: str) -> Job | None:
-    """The owner's job with this idempotency key, if it is recent; an old one lets go of it."""
+    """The owner's job with this (hashed) key, if it is recent; an old one lets go of it."""
     job = s.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
     if job is None:
         return None
@@ -161,7 +203,12 @@ def _job_by_key(s: Session, owner: str, key: str) -> Job | None:
 
 
 def _store_and_record(
-    job_id: str, upload: FileStorage, card: ModelCard, who: Caller, key: str | None
+    job_id: str,
+    upload: FileStorage,
+    card: ModelCard,
+    who: Caller,
+    key: str | None,
+    digest: str | None = None,
 ) -> Job:
     """Check the upload (4xx if it cannot be a slice or study), save it, commit the job.
 
@@ -175,6 +222,7 @@ def _store_and_record(
         kind=kind,
         owner=who.owner,
         idempotency_key=key,
+        upload_sha256=digest,
         model_name=card.name,
         model_version=card.version,
         upload_key=stored.key,
@@ -195,7 +243,7 @@ def _store_and_record(
             earlier = _job_by_key(s, who.owner, key or "")
         if earlier is None:
             raise
-        return earlier
+        return _same_upload(earlier, digest)
     return job
 
 

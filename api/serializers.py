@@ -1,4 +1,9 @@
-"""Database rows -> JSON-ready dicts for the v1 API."""
+"""Database rows -> JSON-ready dicts for the v1 API.
+
+Text that came from an upload (member names, messages quoting them) is shown
+without control or bidirectional characters (ingest/visible.py), whatever was
+stored before that rule existed.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from flask import url_for
 
 from db.models import Job, SlicePrediction, as_utc
 from db.records import SliceResult
+from ingest.visible import visible, visible_json
 
 
 def iso(value: datetime | None) -> str | None:
@@ -31,10 +37,10 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
         "updated_at": iso(job.updated_at),
-        "error": job.error,
+        "error": visible(job.error) if job.error else job.error,
         "warnings_count": len(job.warnings or []) + job.failed_slices,
-        "warnings": job.warnings or [],
-        "summary": job.summary,
+        "warnings": visible_json(job.warnings or []),
+        "summary": visible_json(job.summary),
         "links": {
             "self": url_for("jobs.get_job", job_id=job.id),
             "results": url_for("jobs.get_results", job_id=job.id),
@@ -43,5 +49,9 @@ def job_to_dict(job: Job) -> dict[str, Any]:
 
 
 def prediction_to_dict(p: SlicePrediction) -> dict[str, Any]:
-    """One slice's result (or its error), as db/records.py defines it."""
-    return SliceResult.of(p).to_dict()
+    """One slice's result (or its error), as db/records.py defines it; names shown safely."""
+    out = SliceResult.of(p).to_dict()
+    for name in ("source", "error"):
+        if out[name]:
+            out[name] = visible(out[name])
+    return out

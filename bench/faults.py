@@ -73,6 +73,12 @@ class Profile:
     env: dict[str, str]
     slow_upload_s: float = 32.0  # longer than WEB_TIMEOUT_S (30): gunicorn's heartbeat
     measure_known_bugs: bool = False  # wait out known bugs to measure how long they last
+    # stalled-uploads (issue 21): clients that stop sending, held this long, and a
+    # slow but progressing upload of trickle_mb at 1 MB/s alongside them
+    stalled_clients: int = 64
+    stalled_hold_s: float = 60.0
+    upload_idle_timeout_s: float = 30.0
+    trickle_mb: float = 40.0
 
     def seconds(self, name: str, default: float) -> float:
         return float(self.env.get(name, default))
@@ -86,6 +92,10 @@ FAST = Profile(
         "HEARTBEAT_INTERVAL_S": "1",
         "MAX_ATTEMPTS": "2",
     },
+    stalled_clients=24,
+    stalled_hold_s=12.0,
+    upload_idle_timeout_s=5.0,
+    trickle_mb=8.0,
 )
 DEFAULT = Profile("default", {}, measure_known_bugs=True)
 
@@ -758,7 +768,9 @@ def worker_sigterm(cfg: Config, database: str = "sqlite") -> Result:
 
 
 def redis_sigstop_submit(cfg: Config, database: str = "sqlite") -> Result:
-    """4. Redis frozen (SIGSTOP) during a submit: a JSON 503 within seconds; SIGCONT heals."""
+    """4. Redis frozen (SIGSTOP) during a submit: a JSON 503 within 5 s; SIGCONT heals."""
+    from config.settings import Settings
+
     with Stack(cfg, database, "redis-sigstop") as st:
         _start(st, "w1")
         res = st.result("redis-sigstop", "Redis frozen (SIGSTOP) during a submit")
@@ -787,11 +799,12 @@ def redis_sigstop_submit(cfg: Config, database: str = "sqlite") -> Result:
             res.measures["503s after SIGCONT"] = retries
         t_end = st.wait_all_terminal()
         res.recovery_s = t_end - t_clear
-        timeout = cfg.profile.seconds("BROKER_TIMEOUT_S", 3.0)
+        default = Settings.model_fields["broker_timeout_s"].default
+        timeout = cfg.profile.seconds("BROKER_TIMEOUT_S", default)
         res.checks["JSON 503 while frozen"] = stalled.status == 503 and stalled.is_json
-        res.checks[f"503 within {3 * timeout + 1:g} s"] = (
-            res.measures["503 after s"] <= 3 * timeout + 1
-        )
+        # the limiter's 0.5 s, the doorbell's SET and DELETE (issue 21: at most 5 s)
+        limit = min(5.0, 2 * timeout + 1.0)
+        res.checks[f"503 within {limit:g} s"] = res.measures["503 after s"] <= limit
         res.checks["its row failed 'could not be queued' (or none)"] = all(
             j.status == "failed" and j.error == "could not be queued" for j in stranded.values()
         )
@@ -856,7 +869,7 @@ def slow_clients(cfg: Config, database: str = "sqlite") -> Result:
             t.join()
         st.wait_worker("w1")
         st.wait_all_terminal()
-        res.measures["healthz max s"] = round(max(health), 3)
+        res.measures["healthz max s"] = round(max(health, default=99.0), 3)
         res.measures["healthz probes"] = len(health)
         res.measures["upload min s"] = round(min(a.seconds for a in answers.values()), 1)
         res.checks[f"uploads took longer than {seconds - 1:g} s"] = all(
@@ -871,6 +884,158 @@ def slow_clients(cfg: Config, database: str = "sqlite") -> Result:
             j.status == "succeeded" for j in jobs.values()
         )
         return st.finish(res)
+
+
+def big_png(megabytes: float, seed: int = 0) -> bytes:
+    """A random grayscale PNG of about ``megabytes`` MB (noise does not compress)."""
+    side = int((megabytes * 1024**2) ** 0.5)
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (side, side), dtype=np.uint8)).save(
+        buf, "PNG", compress_level=1
+    )
+    return buf.getvalue()
+
+
+@dataclass
+class Stalled:
+    """What one stalled-upload client saw: the answers that closed its connections."""
+
+    statuses: list[int] = field(default_factory=list)
+    closed_after_s: list[float] = field(default_factory=list)
+    bodies_json: list[bool] = field(default_factory=list)
+
+
+def _stall(st: Stack, until: float, seen: Stalled) -> None:
+    """Keep one stalled upload open until ``until``: headers, a few bytes, then nothing.
+
+    When the server answers and closes it, open the next one at once, so the
+    API faces this many stalled uploads for the whole time.
+    """
+    head = (
+        f"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {st.key}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000000\r\n\r\n"
+        '--b\r\nContent-Disposition: form-data; name="file"; filename="s.zip"\r\n\r\nPK'
+    ).encode()
+    while (left := until - time.monotonic()) > 0.5:
+        with socket.create_connection(("127.0.0.1", st.port), timeout=left) as sock:
+            start = time.monotonic()
+            sock.sendall(head)
+            raw = b""
+            try:
+                while data := sock.recv(65536):
+                    raw += data
+            except (TimeoutError, ConnectionResetError):
+                pass
+            if not raw:  # held to the end (or reset without an answer)
+                continue
+            ex = parse_raw("stalled upload", raw, time.monotonic() - start)
+            seen.statuses.append(ex.status)
+            seen.closed_after_s.append(ex.seconds)
+            seen.bodies_json.append(ex.is_json)
+
+
+def stalled_uploads(cfg: Config, database: str = "sqlite") -> Result:
+    """12. Many uploads stall after their headers; the API stays up and closes them."""
+    p = cfg.profile
+    env = {"UPLOAD_IDLE_TIMEOUT_S": f"{p.upload_idle_timeout_s:g}", **p.env}
+    with Stack(cfg, database, "stalled-uploads", env) as st:
+        st.start_api()
+        st.wait_api()
+        res = st.result(
+            "stalled-uploads",
+            f"{p.stalled_clients} stalled uploads held {p.stalled_hold_s:g} s; "
+            f"{p.trickle_mb:g} MB at 1 MB/s alongside",
+        )
+        trickle = big_png(p.trickle_mb)
+        until = time.monotonic() + p.stalled_hold_s
+        seen = Stalled()
+        attackers = [
+            threading.Thread(target=_stall, args=(st, until, seen), daemon=True)
+            for _ in range(p.stalled_clients)
+        ]
+        for t in attackers:
+            t.start()
+        time.sleep(1.0)  # every stalled upload is in
+        slow: list[Exchange] = []
+        uploader = threading.Thread(
+            target=lambda: slow.append(_steady_upload(st, trickle, 1024**2)), daemon=True
+        )
+        uploader.start()
+        other = _other_client(st)
+        health = _probe_health(st, until)
+        for t in attackers:
+            t.join(timeout=p.upload_idle_timeout_s + 30)
+        uploader.join(timeout=p.trickle_mb + 60)
+        res.measures["healthz max s"] = round(max(health, default=99.0), 3)
+        res.measures["healthz probes"] = len(health)
+        res.measures["stalled closed"] = len(seen.statuses)
+        if seen.closed_after_s:
+            res.measures["stalled closed after s (min)"] = round(min(seen.closed_after_s), 1)
+            res.measures["stalled closed after s (max)"] = round(max(seen.closed_after_s), 1)
+        if slow:
+            res.measures["progressing upload s"] = round(slow[0].seconds, 1)
+        res.checks["healthz under 1 s on every probe"] = bool(health) and max(health) < 1.0
+        res.checks["another client's submit: 202"] = other[0] == 202
+        res.checks["its poll: 200"] = other[1] == 200
+        timeout = p.upload_idle_timeout_s
+        res.checks[f"stalled uploads answered 408 after ~{timeout:g} s"] = bool(seen.statuses) and (
+            all(s == 408 for s in seen.statuses)
+            and all(timeout - 0.5 <= s <= timeout + 5 for s in seen.closed_after_s)
+        )
+        res.checks["408 answers are JSON"] = bool(seen.bodies_json) and all(seen.bodies_json)
+        res.checks["progressing upload: 202"] = bool(slow) and slow[0].status == 202
+        res.checks[f"progressing upload took ~{p.trickle_mb:g} s"] = bool(slow) and (
+            slow[0].seconds >= p.trickle_mb * 0.9
+        )
+        # gunicorn writes a stalled upload's 408 to its access log; nothing may crash
+        res.checks["no traceback in the API log"] = "Traceback" not in st.log_text("api")
+        return st.finish(res)
+
+
+def _other_client(st: Stack) -> tuple[int, int]:
+    """Another owner submits an image and polls it: (submit status, poll status); 0: no answer."""
+    key = st.new_key("faults-other")
+    try:
+        other = st.submit(png(5), "other-client.png", key=key, timeout_s=10)
+        if other.status != 202:
+            return other.status, 0
+        url = f"{st.base}/api/v1/jobs/{other.json['id']}"
+        poll = st.record(
+            "poll", requests.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        )
+        return 202, poll.status
+    except requests.RequestException:
+        return 0, 0
+
+
+def _steady_upload(st: Stack, data: bytes, bytes_per_s: int) -> Exchange:
+    """POST ``data`` as a multipart upload at ``bytes_per_s`` (raw socket, 16 sends a second)."""
+    body, ctype = multipart([], ("big.png", data))
+    size = bytes_per_s // 16
+    chunks = [body[i : i + size] for i in range(0, len(body), size)]
+    head = (
+        f"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {st.key}\r\n"
+        f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    ex = raw_http(st.port, "progressing upload", head, chunks, 1 / 16, len(chunks) / 16 + 60)
+    st.exchanges.append(ex)
+    return ex
+
+
+def _probe_health(st: Stack, until: float) -> list[float]:
+    """Seconds each ``/healthz`` took, probed twice a second until ``until`` (10 s: a miss)."""
+    seconds: list[float] = []
+    while time.monotonic() < until:
+        start = time.monotonic()
+        try:
+            r = requests.get(f"{st.base}/healthz", timeout=10)
+            st.record("healthz", r)
+            seconds.append(time.monotonic() - start)
+        except requests.RequestException:
+            seconds.append(10.0)
+        time.sleep(0.5)
+    return seconds
 
 
 @contextlib.contextmanager
@@ -1067,6 +1232,18 @@ def json_errors(cfg: Config, database: str = "sqlite") -> Result:
             ),
         )
         expected["400 5000 urlencoded fields"] = (urlenc, 400)
+        # malformed chunked bodies on the submit route (issue 21: they answered 500)
+        for what, chunked in {
+            "chunk size zz": b"zz\r\nabc\r\n0\r\n\r\n",
+            "chunk size -5": b"-5\r\nabc\r\n0\r\n\r\n",
+            "chunk terminator missing": b"3\r\nabcXY0\r\n\r\n",
+        }.items():
+            head = (
+                f"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {st.key}\r\n"
+                "Content-Type: multipart/form-data; boundary=b\r\n"
+                "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            )
+            expected[f"400 {what}"] = (raw(what, head + chunked.decode("latin-1")), 400)
         expected["404 unknown route"] = (get("404", "/no/such/route"), 404)
         expected["404 unknown job"] = (get("404 job", f"/api/v1/jobs/{uuid.uuid4()}"), 404)
         expected["405 wrong method"] = (
@@ -1084,6 +1261,7 @@ def json_errors(cfg: Config, database: str = "sqlite") -> Result:
         res.measures["requests"] = len(expected)
         message = str(((fields.json or {}).get("error") or {}).get("message", ""))
         res.checks["5000 fields: the message says why"] = "too many form fields" in message
+        res.checks["no traceback in the API log"] = "Traceback" not in st.log_text("api")
         return st.finish(res)
 
 
@@ -1227,6 +1405,7 @@ SCENARIOS: dict[str, Callable[[Config, str], Result]] = {
     "crash-loop": crashing_child,
     "sigterm-redis-down": sigterm_redis_down,
     "reserved-dead": reserved_by_dead_worker,
+    "stalled-uploads": stalled_uploads,
 }
 POSTGRES_TOO = ("long-path", "redis-restart")
 

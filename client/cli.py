@@ -36,6 +36,7 @@ from client.export import JobResults, format_for, write
 from client.inputs import Input, discover
 from client.progress import Progress
 from client.state import Entry, State
+from client.text import shown
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 STATE_NAME = ".lungct-state.json"
@@ -259,9 +260,9 @@ def _print_outcomes(outcomes: list[Outcome]) -> None:
     for o in outcomes:
         if o.job:
             label = o.job.label or ""
-            print(f"{o.job.id}\t{o.job.status}\t{label}\t{o.item.path}")
+            print(f"{o.job.id}\t{o.job.status}\t{shown(label)}\t{shown(str(o.item.path))}")
         else:
-            print(f"-\trejected\t\t{o.item.path}")
+            print(f"-\trejected\t\t{shown(str(o.item.path))}")
 
 
 def _report(outcomes: list[Outcome], waited: bool) -> int:
@@ -329,7 +330,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ]
     for name, value in fields:
         if value not in (None, ""):
-            print(f"{name:<9} {value}")
+            print(f"{name:<9} {shown(str(value))}")
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Per-slice results as CSV (one row per slice) or JSON (jobs with their slices)."""
+"""Per-slice results as CSV (one row per slice) or JSON (jobs with their slices).
+
+CSV text cells are neutralised as the web UI's export does (client/text.py):
+member names such as ``=HYPERLINK(...).dcm`` come from uploads.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from client.api import Job, SliceResult
+from client.text import shown, spreadsheet_safe
 
 BASE_COLUMNS = (
     "job_id",
@@ -50,10 +55,13 @@ def csv_columns(results: Sequence[JobResults]) -> list[str]:
 
 
 def _cell(value: Any) -> str:
+    """A CSV cell; text from the server is shown safely and never read as a formula."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, str):
+        return spreadsheet_safe(shown(value))
     return str(value)
 
 

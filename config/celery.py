@@ -6,8 +6,11 @@ importing worker code (which would pull in TensorFlow).
 The numbers that make recovery work (README, "Reliability"):
 
 * the Celery task ID of a job is its job ID, so Flower finds a job by its ID;
-* a publish gives up after about ``2 * BROKER_TIMEOUT_S`` (socket timeouts and
-  one retry), so a hung Redis costs a client a few seconds and a JSON 503;
+* a hung Redis costs a submit at most about ``2 * BROKER_TIMEOUT_S + 0.5`` s
+  (3.5 s at the default 1.5) and a JSON 503: a publish gives up after one
+  socket timeout (it retries only a connection that Redis dropped), a single
+  image's doorbell after its SET and the DELETE that takes the key back, and
+  the rate limiter waits 0.5 s at most (docs/hardening.md);
 * the broker's visibility timeout is longer than the hard time limit of a
   job, so Redis never hands a message to a second worker while the first may
   still legitimately run it; lost work is recovered by the sweeper instead
@@ -19,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.settings import Settings
 
@@ -72,10 +76,14 @@ def celery_config(settings: Settings, *, producer: bool = False) -> dict[str, An
 
 
 def publish_job(app: Celery, job_id: str) -> None:
-    """Send only the job ID (as the task ID too); give up after one quick retry.
+    """Send only the job ID (as the task ID too); retry once on a dropped connection only.
 
     Raises the broker's error when Redis does not answer; the caller decides
     what the job becomes (the API fails it, the sweeper tries again later).
+    A connection that Redis closed (a restart) fails at once and the retry on
+    a fresh one succeeds; a read that timed out means a hung Redis, where a
+    retry would only make the client wait twice more (issue 21: a frozen
+    Redis answered a submit after 12 s), so it gives up after one timeout.
     """
     app.send_task(
         RUN_JOB_TASK,
@@ -87,5 +95,23 @@ def publish_job(app: Celery, job_id: str) -> None:
             "interval_start": 0.2,
             "interval_step": 0.5,
             "interval_max": 0.5,
+            "errback": _no_retry_after_timeout,
         },
     )
+
+
+def _no_retry_after_timeout(exc: BaseException, _interval: float) -> None:
+    """kombu's retry callback: raising here ends the retries with this error."""
+    if timed_out(exc):
+        raise exc
+
+
+def timed_out(exc: BaseException | None) -> bool:
+    """Whether ``exc`` or an exception it chains to is a socket or Redis timeout."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, TimeoutError | RedisTimeoutError):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -39,6 +39,10 @@ class ArchiveLimits:
     max_member_bytes: int = 512 * MB
     max_compression_ratio: float = 200.0
     max_image_pixels: int = 8192 * 8192
+    # the slice selection rule, so a single DICOM file that the job would refuse
+    # (an MR, a localizer) is refused at upload already
+    allowed_modalities: tuple[str, ...] = ("CT",)
+    skip_image_types: tuple[str, ...] = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM")
 
 
 def _project_path(value: str | Path) -> Path:
@@ -126,7 +130,9 @@ class Settings(BaseSettings):
     sweep_interval_s: PositiveFloat = 10.0
     orphan_upload_age_s: PositiveFloat = 3600.0
     retention_days: float = Field(30.0, ge=0)
-    broker_timeout_s: PositiveFloat = 3.0
+    # socket timeout of the API's Redis calls: a hung Redis answers a submit 503
+    # within about 2 x this + 0.5 s (config/celery.py, docs/hardening.md)
+    broker_timeout_s: PositiveFloat = 1.5
     readyz_cache_s: float = Field(5.0, ge=0)
 
     # --- the API server (api/gunicorn_conf.py) ---
@@ -135,6 +141,13 @@ class Settings(BaseSettings):
     web_concurrency: PositiveInt = 2
     web_threads: PositiveInt = 8
     web_timeout_s: PositiveInt = 30
+    # gevent: every connection is a greenlet, so stalled uploads cost no thread
+    # (docs/hardening.md); gthread: WEB_THREADS threads per process, the fallback.
+    web_worker_class: Literal["gevent", "gthread"] = "gevent"
+    # Connections one gevent process holds at once (beyond them it stops accepting).
+    web_worker_connections: PositiveInt = 1000
+    # An upload that sends nothing for this long is answered 408 and closed.
+    upload_idle_timeout_s: PositiveFloat = 30.0
     # GET /api/v1/jobs/<id>?wait=S holds a request until the job ends (config/notices.py):
     # at most this many seconds, and at most this many waiting requests per API process
     # (each holds a thread; beyond it a wait answers at once, like a plain poll).
@@ -152,6 +165,10 @@ class Settings(BaseSettings):
     max_active_jobs_per_owner: PositiveInt = 50
     idempotency_hours: PositiveFloat = 24.0
     flower_basic_auth: str = ""
+    # python -m worker.flower refuses to start without credentials unless this is
+    # set, and then listens on the loopback interface only (worker/flower.py).
+    # (Not FLOWER_*: Flower reads every FLOWER_ variable as one of its options.)
+    allow_unauthenticated_flower: bool = False
 
     @field_validator("storage_dir", mode="before")
     @classmethod
@@ -219,6 +236,8 @@ class Settings(BaseSettings):
             max_member_bytes=self.max_member_mb * MB,
             max_compression_ratio=self.max_compression_ratio,
             max_image_pixels=self.max_image_pixels,
+            allowed_modalities=self.allowed_modalities,
+            skip_image_types=self.skip_image_types,
         )
 
 

@@ -84,7 +84,11 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), index=True, default=JobStatus.QUEUED)
     kind: Mapped[str] = mapped_column(String(16))
     owner: Mapped[str] = mapped_column(String(128), default="local")
+    # SHA-256 (hex) of the client's Idempotency-Key, never the key itself (it may
+    # hold anything, a patient's name included), and of the uploaded bytes: a
+    # retry with the same key must carry the same upload (api/jobs.py).
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    upload_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
     upload_key: Mapped[str] = mapped_column(String(255))

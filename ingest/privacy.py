@@ -4,7 +4,8 @@ Everything the worker stores, shows, logs or raises about an upload passes throu
 the :class:`Scrubber` that :func:`apply` puts on the :class:`~ingest.plan.UploadPlan`:
 
 * member paths (``SliceSource.source``, ``Skipped.source``) are stored as the
-  ``STORE_SOURCE_PATHS`` mode says (:class:`SourcePaths`);
+  ``STORE_SOURCE_PATHS`` mode says (:class:`SourcePaths`), with control and
+  bidirectional characters replaced (:mod:`ingest.visible`);
 * free text (skip reasons, slice errors, job error messages, series
   descriptions) goes through ``plan.scrub(text)``;
 * log records: while a plan is open, and for any exception that escaped one,
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from ingest.archive import Skipped
 from ingest.redact import TEXT_UNITS, Identifiers, Matcher, known_suffix, redact
+from ingest.visible import visible
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -88,8 +90,8 @@ class Scrubber:
     def path(self, member: str) -> str:
         """How an archive member's path is stored and shown."""
         shown = self._shown.get(member)
-        if shown is None:
-            shown = self._shown[member] = self._path(member)
+        if shown is None:  # control and bidi characters never stored (ingest/visible.py)
+            shown = self._shown[member] = visible(self._path(member))
         return shown
 
     def _path(self, member: str) -> str:
@@ -134,13 +136,15 @@ def apply(plan: UploadPlan, scrubber: Scrubber) -> UploadPlan:
     scrubbed = replace(
         plan,
         slices=[replace(s, source=scrubber.path(s.source), scrub=scrubber) for s in plan.slices],
-        skipped=[Skipped(_source(scrubber, k.source), scrubber(k.reason)) for k in plan.skipped],
+        skipped=[
+            Skipped(_source(scrubber, k.source), visible(scrubber(k.reason))) for k in plan.skipped
+        ],
         series=[
             replace(
                 i,
-                modality=scrubber(i.modality),
-                description=scrubber(i.description) if i.description else i.description,
-                note=scrubber(i.note) if i.note else i.note,
+                modality=visible(scrubber(i.modality)),
+                description=visible(scrubber(i.description)) if i.description else i.description,
+                note=visible(scrubber(i.note)) if i.note else i.note,
             )
             for i in plan.series
         ],
@@ -152,7 +156,7 @@ def apply(plan: UploadPlan, scrubber: Scrubber) -> UploadPlan:
 
 def _source(scrubber: Scrubber, source: str) -> str:
     """A skipped member's path, or a text such as ``series <uid>`` (not a member)."""
-    return scrubber.path(source) if scrubber.is_member(source) else scrubber(source)
+    return scrubber.path(source) if scrubber.is_member(source) else visible(scrubber(source))
 
 
 # --- log records ---------------------------------------------------------------------

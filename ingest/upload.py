@@ -33,10 +33,10 @@ from ingest.dicom import (
     DicomSlice,
     TooManyFrames,
     exclusion_reason,
-    image_problem,
     order_series,
     read_header,
 )
+from ingest.dicom_checks import pixel_data_problem
 from ingest.errors import InvalidUpload, LimitExceeded
 from ingest.images import open_image, verify_image
 from ingest.plan import MemberReader, SeriesInfo, SliceSource, UploadPlan
@@ -152,7 +152,15 @@ def _inspect_dicom(path: Path, kind: str, limits: ArchiveLimits) -> None:
         except Exception as exc:  # any parser failure on untrusted bytes
             corrupt = "corrupt DICOM file: header unreadable"
             raise InvalidUpload(_NOT_SUPPORTED if kind == "dicom?" else corrupt) from exc
-    problem = image_problem(header, limits.max_image_pixels)
+    problem = exclusion_reason(
+        header, limits.allowed_modalities, limits.skip_image_types, limits.max_image_pixels
+    )
+    if problem is None:
+        with path.open("rb") as fp:
+            try:
+                problem = pixel_data_problem(fp, force=kind == "dicom?")
+            except Exception:  # the header parsed above; the rest of the file did not
+                problem = "truncated or corrupt file after the header"
     if problem:
         raise InvalidUpload(f"DICOM file cannot be used: {problem}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 import sys
@@ -123,14 +124,19 @@ def test_idempotent_retry_returns_the_original_job(client, bob) -> None:  # type
     from db.session import session_scope
 
     first = _submit(client, **{"Idempotency-Key": "upload-42"})
-    retry = _submit(client, seed=1, **{"Idempotency-Key": "upload-42"})
+    retry = _submit(client, **{"Idempotency-Key": "upload-42"})  # the same bytes again
     assert first.status_code == 202 and retry.status_code == 200
     assert retry.json["id"] == first.json["id"]
     assert retry.headers["Location"] == first.headers["Location"]
+    other_content = _submit(client, seed=1, **{"Idempotency-Key": "upload-42"})
+    assert other_content.status_code == 422, other_content.json  # not silently the first job
+    assert "different upload" in other_content.json["error"]["message"]
     other = _submit(bob, **{"Idempotency-Key": "upload-42"})  # keys are per owner
     assert other.status_code == 202 and other.json["id"] != first.json["id"]
     with session_scope() as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 2
+        keys = set(s.scalars(select(Job.idempotency_key)))
+    assert keys == {hashlib.sha256(b"upload-42").hexdigest()}  # a hash, never the key
 
 
 def test_an_expired_idempotency_key_makes_a_new_job(client) -> None:  # type: ignore[no-untyped-def]

@@ -44,8 +44,10 @@ SCENARIO_OF = {
     "test_job_that_crashes_its_worker_ends_failed": "crash-loop",
     "test_sigterm_while_redis_is_down_keeps_the_job": "sigterm-redis-down",
     "test_job_prefetched_by_a_dead_worker_is_republished": "reserved-dead",
+    "test_stalled_uploads_neither_starve_the_api_nor_stay_open": "stalled-uploads",
 }
 COST = {
+    "stalled-uploads": 20,
     "reserved-dead": 60,
     "slow-clients": 40,
     "crash-loop": 35,
@@ -115,7 +117,7 @@ def test_sigterm_hands_the_job_back_at_once(scenario: Run) -> None:
 
 
 def test_frozen_redis_gives_a_quick_json_503(scenario: Run) -> None:
-    """4. SIGSTOP of Redis during a submit: JSON 503 within seconds, row failed; SIGCONT heals."""
+    """4. SIGSTOP of Redis during a submit: JSON 503 within 5 s, row failed; SIGCONT heals."""
     result = scenario("redis-sigstop")
     assert_checks(result)
     assert result.checks["another owner's submit after SIGCONT succeeds"]
@@ -145,7 +147,8 @@ def test_long_member_path_is_stored_in_full(scenario: Run, database: str) -> Non
 
 
 def test_every_error_is_json(scenario: Run) -> None:
-    """8. gunicorn's 414/431/400 and the app's 400/401/404/405: JSON bodies."""
+    """8. gunicorn's 414/431/400, malformed chunked bodies (400, no traceback) and the
+    app's 400/401/404/405: JSON bodies."""
     assert_checks(scenario("json-errors"))
 
 
@@ -166,3 +169,16 @@ def test_job_prefetched_by_a_dead_worker_is_republished(scenario: Run) -> None:
     if not result.checks["a message prefetched after the reconnect"]:  # the set-up failed
         pytest.fail(result.report())
     assert_checks(result)
+
+
+def test_stalled_uploads_neither_starve_the_api_nor_stay_open(scenario: Run) -> None:
+    """12. Stalled uploads (headers, a few bytes, nothing): /healthz under 1 s throughout,
+    another client submits and polls, each stalled one is answered 408 after
+    UPLOAD_IDLE_TIMEOUT_S, and a slow but progressing upload succeeds.
+
+    FAST: 24 stalled for 12 s, a 5 s idle timeout, 8 MB at 1 MB/s; ``python -m
+    bench.faults --only stalled-uploads`` runs the target (64, 60 s, 30 s, 40 MB).
+    """
+    result = scenario("stalled-uploads")
+    assert_checks(result)
+    assert result.measures["stalled closed"] >= 24, result.report()

@@ -201,3 +201,45 @@ def test_corrupt_dicom(tmp_path: Path) -> None:
     data = _slice_bytes()[:132] + b"\xff" * 300
     with pytest.raises(InvalidUpload, match="corrupt DICOM"):
         inspect_upload(_file(tmp_path, "x.dcm", data), "x.dcm", LIMITS)
+
+
+# --- issue 21, item 11: a single DICOM file the job would refuse is refused at upload
+
+
+def _refused(tmp_path: Path, ds_or_bytes: object, match: str) -> None:
+    data = ds_or_bytes if isinstance(ds_or_bytes, bytes) else to_bytes(ds_or_bytes)  # type: ignore[arg-type]
+    with pytest.raises(InvalidUpload, match=match):
+        inspect_upload(_file(tmp_path, "x.dcm", data), "x.dcm", LIMITS)
+
+
+def test_single_mr_file_is_refused_at_upload(tmp_path: Path) -> None:
+    _refused(tmp_path, ct_slice(series_uid="1.2.3.4.1", instance=1, z=0.0, modality="MR"),
+             r"modality MR is not one of the allowed \(CT\)")  # fmt: skip
+
+
+def test_single_localizer_is_refused_at_upload(tmp_path: Path) -> None:
+    ds = ct_slice(series_uid="1.2.3.4.1", instance=1, z=0.0,
+                  image_type=("ORIGINAL", "PRIMARY", "LOCALIZER"))  # fmt: skip
+    _refused(tmp_path, ds, "localizer image")
+
+
+def test_dicom_without_pixel_data_is_refused_at_upload(tmp_path: Path) -> None:
+    ds = ct_slice(series_uid="1.2.3.4.1", instance=1, z=0.0)
+    del ds.PixelData
+    _refused(tmp_path, ds, "no pixel data")
+
+
+@pytest.mark.parametrize("cut", [1, 100, 500])
+def test_truncated_dicom_is_refused_at_upload(tmp_path: Path, cut: int) -> None:
+    data = _slice_bytes()
+    _refused(tmp_path, data[:-cut], "cut short")
+
+
+def test_short_pixel_data_is_refused_at_upload(tmp_path: Path) -> None:
+    ds = ct_slice(series_uid="1.2.3.4.1", instance=1, z=0.0)
+    ds.PixelData = ds.PixelData[:64]  # the element is whole, the image is not
+    _refused(tmp_path, ds, "the image needs 512")
+
+
+def test_whole_ct_slice_still_passes(tmp_path: Path) -> None:
+    assert inspect_upload(_file(tmp_path, "x.dcm", _slice_bytes()), "x.dcm", LIMITS) == "image"

@@ -183,3 +183,21 @@ def test_store_source_paths_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().store_source_paths is None
     with pytest.raises(ValueError, match="store_source_paths"):
         Settings(store_source_paths="hidden")
+
+
+# --- issue 21, item 8: control and bidi characters never stored ---------------------------
+
+CONTROL_NAMES = ["a\rb.png", "a\nb.png", "esc\x1b[31m.png", "scan\u202egnp.png", "tab\tx.png"]
+
+
+@pytest.mark.parametrize("mode", ["full", "redacted"])
+def test_control_characters_in_member_names_are_replaced(tmp_path: Path, mode: str) -> None:
+    members = [(f"study/{name}", image_bytes()) for name in CONTROL_NAMES]
+    members.append(("study/notes\u202etxt.exe", b"x"))  # skipped: its name is shown too
+    plan = plan_upload(write_zip(tmp_path / "c.zip", members), Settings(store_source_paths=mode))
+    shown = [s.source for s in plan.slices] + [k.source for k in plan.skipped]
+    assert len(plan.slices) == len(CONTROL_NAMES)
+    for name in shown:
+        assert name.isprintable(), repr(name)
+    assert "study/scan\ufffdgnp.png" in shown
+    assert "study/esc\ufffd[31m.png" in shown

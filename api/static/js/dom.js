@@ -11,6 +11,8 @@ export function el(tag, attrs = {}, ...children) {
     if (value === null || value === undefined || value === false) continue;
     if (name.startsWith("on") && typeof value === "function") {
       node.addEventListener(name.slice(2), value);
+    } else if (name === "style") {
+      node.style.cssText = String(value); // CSSOM: allowed by the strict CSP, a style attribute is not
     } else {
       node.setAttribute(name, value === true ? "" : String(value));
     }
@@ -19,10 +21,20 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// Controls, format characters (the right-to-left override U+202E, zero-width
+// spaces), separators other than the plain space: what Python's str.isprintable()
+// refuses, the rule of the service (ingest/visible.py) and of the lungct CLI.
+const NOT_PRINTABLE = /[\p{C}\p{Zl}\p{Zp}]|(?! )\p{Zs}/gu;
+
+/** Text as the page shows it: a name from an upload cannot fake its extension. */
+export function shown(text) {
+  return String(text).replace(NOT_PRINTABLE, "\uFFFD");
+}
+
 function append(node, children) {
   for (const child of children.flat()) {
     if (child === null || child === undefined || child === false) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    node.append(child instanceof Node ? child : document.createTextNode(shown(child)));
   }
 }
 
