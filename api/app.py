@@ -20,6 +20,7 @@ from api import context
 from api.auth import bearer_token, hash_key
 from api.body_guard import BodyGuard
 from api.docs import docs_config
+from api.errors import error_body
 from api.schemas import ERROR_SCHEMA
 from api.web_headers import ServiceApp, security_headers
 from config import Settings, get_settings
@@ -31,10 +32,9 @@ def _error_body(error: HTTPError) -> tuple[dict[str, Any], int, Any]:
     message = error.message
     if error.status_code == 400 and error.detail and message == "Invalid request":
         message = f"Invalid request: {_first_problem(error.detail)}"
-    body: dict[str, Any] = {"code": error.status_code, "message": message}
-    if error.detail:
-        body["detail"] = _capped(error.detail)
-    return {"error": body}, error.status_code, error.headers
+    detail = _capped(error.detail) if error.detail else None
+    body = error_body(error.status_code, message or "error", detail)
+    return body, error.status_code, error.headers
 
 
 MAX_DETAIL_FIELDS = 20
@@ -72,9 +72,9 @@ def _too_large(error: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
             f"too many form fields: at most {settings.max_form_parts} are accepted "
             "(send the upload as the multipart field 'file', plus 'model')"
         )
-        return {"error": {"code": 400, "message": message}}, 400
+        return error_body(400, message), 400
     message = f"upload too large: the limit is {limit / 1024**2:g} MB (MAX_UPLOAD_MB)"
-    return {"error": {"code": 413, "message": message}}, 413
+    return error_body(413, message), 413
 
 
 def _rate_limited(error: RateLimitExceeded) -> tuple[dict[str, Any], int]:
@@ -84,7 +84,7 @@ def _rate_limited(error: RateLimitExceeded) -> tuple[dict[str, Any], int]:
         f"rate limit exceeded: {error.limit.limit} per API key ({setting}); "
         "retry after the number of seconds in Retry-After"
     )
-    return {"error": {"code": 429, "message": message}}, 429
+    return error_body(429, message), 429
 
 
 LIMITER_TIMEOUT_S = 0.5

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import context
+from api.errors import error_body
 from db.models import ApiKey, as_utc, utcnow
 
 KEY_PREFIX = "lct_"
@@ -91,7 +92,7 @@ def _unauthorized(error: HTTPError) -> tuple[dict[str, Any], int, dict[str, str]
     """401 with a message that says what to send (the app's JSON error shape)."""
     message = "missing or invalid API key: send 'Authorization: Bearer <key>'"
     headers = {"WWW-Authenticate": 'Bearer realm="lungct"'}
-    return {"error": {"code": 401, "message": message}}, 401, headers
+    return error_body(401, message), 401, headers
 
 
 def caller() -> Caller:

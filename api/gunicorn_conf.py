@@ -48,7 +48,9 @@ control_socket_disable = True
 def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
     """gunicorn's own error answer, as ``{"error": {"code", "message"}}``."""
     message = f"{reason}: {mesg}" if mesg else reason
-    body = json.dumps({"error": {"code": status_int, "message": message}}).encode()
+    from api.errors import error_body  # not at import: api/ loads prometheus_client
+
+    body = json.dumps(error_body(status_int, message)).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\n"
         "Connection: close\r\n"

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,12 +116,23 @@ def test_a_202_carries_no_retry_after(api: Stack) -> None:
 
 
 def test_the_active_jobs_429_keeps_its_own_retry_after(api: Stack) -> None:
+    """No worker runs here: studies stay queued, each one unit of the owner's cap."""
     http = _session(api, "cap")
     for seed in range(ACTIVE_CAP):
-        assert _submit(api, http, png(10 + seed)).status_code == 202
-    capped = _submit(api, http, png(20))
+        study = _zip({"s.png": png(10 + seed)})
+        assert _submit(api, http, study, "s.zip").status_code == 202
+    capped = _submit(api, http, _zip({"s.png": png(20)}), "s.zip")
     assert capped.status_code == 429 and "MAX_ACTIVE_JOBS_PER_OWNER" in capped.text
-    assert capped.headers["Retry-After"] == "10"  # the view's, not the limiter's window
+    # the view's estimate (nothing of this owner ended lately: 5 s), not the limiter's window
+    assert capped.headers["Retry-After"] == "5"
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
 
 
 def test_the_limiters_429_has_a_correct_retry_after(api: Stack) -> None:
