@@ -23,6 +23,9 @@ same in both: the tiny test model, ``INFERENCE_BATCH_SIZE=2`` and zips of
 Scenarios 1-9 are issue 7's list; 10 and 11 combine faults (a worker stopped
 while Redis is down; a worker killed after a Redis restart) and reproduce two
 bugs (tests/test_faults.py marks them ``xfail``). Scenario 4 shows a third.
+Scenario 12 (``stalled-uploads``) is issue 21's slow-client target: its size
+and timings come from the profile (``Profile.stalled_*``), so the test suite
+runs a smaller one (FAST) and ``--only stalled-uploads`` the full one.
 """
 
 from __future__ import annotations

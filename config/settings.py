@@ -150,7 +150,7 @@ class Settings(BaseSettings):
     upload_idle_timeout_s: PositiveFloat = 30.0
     # GET /api/v1/jobs/<id>?wait=S holds a request until the job ends (config/notices.py):
     # at most this many seconds, and at most this many waiting requests per API process
-    # (each holds a thread; beyond it a wait answers at once, like a plain poll).
+    # (with gthread each holds a thread; beyond it a wait answers at once, like a plain poll).
     job_wait_max_s: float = Field(20.0, ge=0, le=60)
     job_waiters_per_process: int = Field(4, ge=0)
 

@@ -315,3 +315,21 @@ def test_flower_opt_in_listens_on_loopback_only() -> None:
     with_auth = Settings(flower_basic_auth="admin:s3cret-pass")
     assert checked_argv(["--address=0.0.0.0"], with_auth, {}) == ["--address=0.0.0.0"]
     assert checked_argv(["--basic_auth=a:b"], Settings(), {}) == ["--basic_auth=a:b"]
+
+
+def test_csv_neutralises_formula_text_but_not_numbers() -> None:
+    """The web UI's rule (api/static/js/export.js): text cells only; numbers stay numbers."""
+    from client.api import Job, SliceResult
+    from client.export import JobResults, write_csv
+
+    job = Job.from_dict({"id": "j1", "status": "succeeded"})
+    slices = [
+        SliceResult(0, source="@SUM(1).dcm", slice_position=-12.5, label="normal"),
+        SliceResult(1, source="ok.dcm", error="=cmd|' /C calc'!A0", slice_position=3.0),
+    ]
+    out = io.StringIO()
+    write_csv([JobResults(job, "+input.zip", slices)], out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert [r["source"] for r in rows] == ["'@SUM(1).dcm", "ok.dcm"]
+    assert rows[0]["slice_position"] == "-12.5" and rows[0]["input"] == "'+input.zip"
+    assert rows[1]["error"].startswith("'=")
