@@ -52,7 +52,9 @@ class GradCam:
         layer = model.get_layer(layer_name) if layer_name else last_conv_layer(model)
         self.layer_name = layer.name
         self._model = keras.Model(model.inputs, [layer.output, model.outputs[0]])
-        self._cams = tf.function(self._cams_eager, reduce_retracing=True)
+        # autograph off: no Python control flow to convert, and no generated source
+        # files left in the temporary folder
+        self._cams = tf.function(self._cams_eager, reduce_retracing=True, autograph=False)
 
     def _cams_eager(self, x: Any, idx: Any) -> Any:
         import tensorflow as tf

@@ -72,10 +72,10 @@ def server_args(port: int, data_dir: Path, persistent: bool) -> list[str]:
 def serve(url: str) -> int:
     """Use the Redis at ``url``, or become one on its port (until stopped)."""
     if answers(url):
+        stops = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # before saying so: none is missed
         where = f"{urlparse(url).hostname}:{urlparse(url).port}"
         print(f"using the Redis that answers at {where}", flush=True)
-        stops = {signal.SIGTERM, signal.SIGINT}
-        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         signal.sigwait(stops)
         return 0
     port = urlparse(url).port or 6379
