@@ -74,13 +74,31 @@ class SliceRef(Schema):
 
 
 class TopSlice(SliceRef):
-    probability = Float(metadata={"description": "probability of the verdict's class"})
+    label = String(allow_none=True, metadata={"description": "the slice's own label"})
+    probability = Float(metadata={"description": "probability of top_class (the most severe)"})
+    heatmap = Boolean(metadata={"description": "a heat map is stored for this slice"})
+
+
+class Evidence(Schema):
+    """The verdict rule's numbers (docs/review.md, "The verdict")."""
+
+    readable_slices = Integer()
+    needed_slices = Integer(metadata={"description": "slices an abnormal class needs"})
+    label_slices = Integer(metadata={"description": "slices labelled like the model output"})
+    label_fraction = Float()
 
 
 class SummaryGroup(Schema):
-    """The verdict of the whole study, or of one series (README, "Aggregation rule")."""
+    """The verdict of the whole study, or of one series (docs/review.md, "The verdict")."""
 
-    label = String(allow_none=True)
+    verdict = String(
+        allow_none=True,
+        metadata={"description": "a class, or 'inconclusive' when out of distribution"},
+    )
+    verdict_text = String(allow_none=True, metadata={"description": "the verdict and its numbers"})
+    label = String(allow_none=True, metadata={"description": "the model output (rule applied)"})
+    evidence = Nested(Evidence, allow_none=True)
+    top_class = String(allow_none=True, metadata={"description": "the class ranking top_slices"})
     probabilities = Dict(keys=String(), values=Float(), allow_none=True)
     slice_counts = Dict(keys=String(), values=Integer())
     slices_predicted = Integer()
@@ -104,8 +122,10 @@ class SeriesSummary(SummaryGroup):
 
 class Summary(SummaryGroup):
     series = List(Nested(SeriesSummary))
+    heatmaps = List(Integer(), metadata={"description": "slice indexes with a heat map"})
     skipped_files = Integer()
     rule = String()
+    ood_rule = String(allow_none=True)
     disclaimer = String()
 
 

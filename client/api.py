@@ -103,8 +103,33 @@ class Job:
 
     @property
     def label(self) -> str | None:
-        """The study verdict once the job has succeeded."""
+        """The model output for the study once the job has succeeded (not a verdict alone)."""
         return (self.summary or {}).get("label")
+
+    @property
+    def verdict(self) -> str | None:
+        """The study verdict: a class, or "inconclusive" when out of distribution.
+
+        A server older than the ``verdict`` field: the label, marked when flagged.
+        """
+        summary = self.summary or {}
+        if "verdict" in summary:
+            return summary["verdict"]
+        if summary.get("out_of_distribution") and summary.get("label"):
+            return "inconclusive"
+        return summary.get("label")
+
+    @property
+    def verdict_line(self) -> str:
+        """The verdict with what it rests on, for one line of a terminal."""
+        verdict = self.verdict
+        if verdict is None:
+            return ""
+        if verdict == "inconclusive":
+            share = (self.summary or {}).get("ood_fraction")
+            why = f"{share:.0%} of slices " if isinstance(share, (int, float)) else ""
+            return f"inconclusive ({why}out of distribution; model output {self.label})"
+        return verdict
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, replayed: bool = False) -> Job:

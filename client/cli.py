@@ -230,7 +230,7 @@ def _wait_all(
 
 def _detail(job: Job) -> str:
     if job.status == "succeeded":
-        return f": {job.label} ({job.total} slices)"
+        return f": {job.verdict_line} ({job.total} slices)"
     return f": {job.error}" if job.error else ""
 
 
@@ -248,8 +248,7 @@ def _fetch_results(api: LungCTClient, outcomes: list[Outcome], workers: int) -> 
 def _print_outcomes(outcomes: list[Outcome]) -> None:
     for o in outcomes:
         if o.job:
-            label = o.job.label or ""
-            print(f"{o.job.id}\t{o.job.status}\t{label}\t{o.item.path}")
+            print(f"{o.job.id}\t{o.job.status}\t{o.job.verdict_line}\t{o.item.path}")
         else:
             print(f"-\trejected\t\t{o.item.path}")
 
@@ -281,7 +280,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([j.raw for j in jobs], indent=1))
         return 0
-    rows = [("ID", "STATUS", "KIND", "MODEL", "PROGRESS", "CREATED", "LABEL")]
+    rows = [("ID", "STATUS", "KIND", "MODEL", "PROGRESS", "CREATED", "VERDICT")]
     rows += [
         (
             j.id,
@@ -290,7 +289,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             j.model_name or "",
             f"{j.done}/{j.total}",
             j.created_at.strftime("%Y-%m-%d %H:%M:%S") if j.created_at else "",
-            j.label or "",
+            j.verdict_line,
         )
         for j in jobs
     ]
@@ -313,7 +312,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("progress", f"{job.done}/{job.total} slices"),
         ("created", job.created_at and job.created_at.isoformat()),
         ("finished", job.finished_at and job.finished_at.isoformat()),
-        ("label", job.label),
+        ("verdict", job.verdict_line),
+        ("evidence", (job.summary or {}).get("verdict_text")),
         ("warnings", job.warnings_count),
         ("error", job.error),
     ]

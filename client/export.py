@@ -16,6 +16,7 @@ from client.api import Job, SliceResult
 BASE_COLUMNS = (
     "job_id",
     "input",
+    "study_verdict",
     "slice_index",
     "source",
     "series_uid",
@@ -58,7 +59,11 @@ def _cell(value: Any) -> str:
 
 
 def write_csv(results: Sequence[JobResults], out: IO[str]) -> int:
-    """One row per slice; ``p_<class>`` per class; empty cells for absent values."""
+    """One row per slice; ``p_<class>`` per class; empty cells for absent values.
+
+    ``study_verdict`` repeats the job's verdict (``inconclusive`` when out of
+    distribution) on each of its rows; ``label`` is the slice's own.
+    """
     names = classes(results)
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(csv_columns(results))
@@ -70,6 +75,7 @@ def write_csv(results: Sequence[JobResults], out: IO[str]) -> int:
                 for v in (
                     r.job.id,
                     r.input,
+                    r.job.verdict,
                     s.slice_index,
                     s.source,
                     s.series_uid,

@@ -174,5 +174,26 @@ def test_csv_has_a_probability_column_per_class_and_empty_cells_for_absent_value
     assert write_csv([JobResults(job, "in.zip", slices)], out) == 2
     header, *rows = out.getvalue().splitlines()
     assert header.split(",")[-5:] == ["p_a", "p_b", "out_of_distribution", "ood_score", "error"]
-    assert rows[0].startswith("j1,in.zip,0,") and rows[0].endswith(",a,0.7,,,,")
+    assert rows[0].startswith("j1,in.zip,,0,") and rows[0].endswith(",a,0.7,,,,")
     assert rows[1].endswith(",0.2,0.8,false,,")
+
+
+def test_an_out_of_distribution_study_reads_inconclusive_with_the_model_output() -> None:
+    flagged = {"label": "normal", "verdict": "inconclusive", "out_of_distribution": True}
+    job = Job.from_dict(
+        {**JOB, "status": "succeeded", "summary": {**flagged, "ood_fraction": 0.27}}
+    )
+    assert job.verdict == "inconclusive" and job.label == "normal"
+    assert (
+        job.verdict_line == "inconclusive (27% of slices out of distribution; model output normal)"
+    )
+    # a server without the verdict field: the flag alone still demotes the label
+    older = {"label": "normal", "out_of_distribution": True}
+    assert Job.from_dict({**JOB, "summary": older}).verdict == "inconclusive"
+    assert Job.from_dict({**JOB, "summary": {"label": "benign"}}).verdict_line == "benign"
+    out = io.StringIO()
+    write_csv([JobResults(job, "a.zip", [SliceResult(0, label="normal")])], out)
+    header, row = out.getvalue().splitlines()
+    assert (
+        dict(zip(header.split(","), row.split(","), strict=True))["study_verdict"] == "inconclusive"
+    )

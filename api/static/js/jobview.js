@@ -235,15 +235,25 @@ export class JobView {
       return;
     }
     const what = this.job.kind === "image" ? "Verdict" : "Study verdict";
+    const verdict = verdictOf(s);
     const parts = [
-      el(this.#h(1), {}, what, ": ", el("strong", { class: "label" }, s.label ?? "none (no readable slice)")),
+      el(this.#h(1), {}, what, ": ",
+        el("strong", { class: `label verdict-${verdict ?? "none"}` }, verdict ?? "none (no readable slice)")),
     ];
     if (s.out_of_distribution) parts.push(oodWarning(s.ood_fraction, "this study"));
+    if (verdict === "inconclusive") {
+      parts.push(el("p", { class: "model-output" }, "Model output (not a diagnosis): ", el("span", {}, s.label)));
+    }
+    if (s.verdict_text) parts.push(el("p", { class: "evidence" }, "Evidence: ", s.verdict_text));
     parts.push(
       el("p", {}, `${s.slices_predicted} slices predicted`,
         s.slices_failed ? `, ${s.slices_failed} could not be read` : "",
         s.skipped_files ? `, ${s.skipped_files} files skipped` : ""),
     );
+    if (s.slice_counts && Object.keys(s.slice_counts).length) {
+      parts.push(el("p", { class: "counts" }, "Slices per label: ",
+        Object.entries(s.slice_counts).map(([k, v]) => `${k} ${v}`).join(", ")));
+    }
     if (s.probabilities) {
       parts.push(el("p", { class: "hint" }, "Mean slice probabilities:"), probabilityBars(s.probabilities, this.classes));
     }
@@ -369,23 +379,41 @@ export class JobView {
       return;
     }
     const toggleId = `heat-${this.jobId}`;
+    const anyHeat = top.some((t) => t.heatmap);
     const toggle = el("input", { type: "checkbox", id: toggleId, class: "heat-toggle", checked: true, disabled: true });
     toggle.addEventListener("change", () => this.top.classList.toggle("no-heat", !toggle.checked));
+    const cls = s.top_class || s.label;
     const figures = top.map((t) => {
       const alt = `slice #${t.slice_index}`;
+      // only slices the summary lists with a heat map get one requested (no 404s)
+      const layers = [this.#lazyImage(t.slice_index, "image", alt, "base")];
+      if (t.heatmap) layers.push(this.#lazyImage(t.slice_index, "heatmap", `heat map of ${alt}`, "overlay"));
       return el("figure", { class: "large" },
-        el("div", { class: "stack" },
-          this.#lazyImage(t.slice_index, "image", alt, "base"),
-          this.#lazyImage(t.slice_index, "heatmap", `heatmap of ${alt}`, "overlay")),
+        el("a", { href: this.#viewerHref(t.slice_index), class: "open-viewer", "aria-label": `open ${alt} in the viewer` },
+          el("div", { class: "stack" }, layers)),
         el("figcaption", {}, `#${t.slice_index} `, el("code", {}, t.source ?? ""),
-          ` · p(${s.label}) ${percent(t.probability ?? 0)}`));
+          ` · p(${cls}) ${percent(t.probability ?? 0)}`,
+          t.label ? ` · slice label ${t.label}` : "",
+          t.heatmap ? "" : el("span", { class: "hint" }, " · no heat map")));
     });
     fill(this.top,
-      el(this.#h(1), {}, "Slices that drove the verdict"),
-      el("p", {}, toggle, el("label", { for: toggleId }, " Show heatmap overlay"),
-        el("span", { class: "hint heat-hint" }, " (once a heatmap has loaded)")),
+      el(this.#h(1), {}, "Most suspicious slices"),
+      el("p", { class: "hint" }, `Ranked by p(${cls}), the most severe class, whatever the verdict.`),
+      anyHeat
+        ? el("p", {}, toggle, el("label", { for: toggleId }, " Show heat map overlay"),
+          el("span", { class: "hint heat-hint" }, " (once a heat map has loaded)"))
+        : el("p", { class: "hint" }, "No heat maps were computed for this job."),
       el("div", { class: "large-row" }, figures));
     this.top.hidden = false;
+  }
+
+  /** The shareable viewer URL of one slice (its series number is its place in the summary). */
+  #viewerHref(sliceIndex) {
+    const groups = this.#seriesGroups();
+    const n = groups.findIndex((g) => g.slices.some((r) => r.slice_index === sliceIndex));
+    const group = groups[Math.max(0, n)];
+    const i = group ? group.slices.findIndex((r) => r.slice_index === sliceIndex) : 0;
+    return `/jobs/${encodeURIComponent(this.jobId)}/series/${Math.max(0, n) + 1}/slices/${Math.max(0, i) + 1}`;
   }
 
   // --- series with thumbnails --------------------------------------------------
@@ -413,7 +441,8 @@ export class JobView {
       const head = el(this.#h(2), {}, name);
       if (entry.series_uid) head.append(" ", el("small", { class: "uid", title: entry.series_uid }, `…${uidTail(entry.series_uid)}`));
       const facts = [];
-      if (entry.label !== undefined) facts.push(el("span", {}, "verdict ", el("strong", {}, entry.label ?? "none")));
+      if (entry.label !== undefined) facts.push(el("span", {}, "verdict ", el("strong", {}, verdictOf(entry) ?? "none")));
+      if (verdictOf(entry) === "inconclusive") facts.push(el("span", {}, `model output ${entry.label}`));
       if (entry.slice_counts) {
         facts.push(el("span", {}, Object.entries(entry.slice_counts).map(([k, v]) => `${k} ${v}`).join(", ")));
       }
@@ -541,6 +570,13 @@ export function seriesName(entry, order, kind) {
     return number != null ? `${entry.series_description} (series ${number})` : entry.series_description;
   }
   return `Series ${number ?? order}`;
+}
+
+/** The verdict to headline: a class, or "inconclusive" (an older summary: the flag demotes its label). */
+export function verdictOf(group) {
+  if (!group) return null;
+  if (group.verdict !== undefined) return group.verdict;
+  return group.out_of_distribution && group.label ? "inconclusive" : group.label ?? null;
 }
 
 function oodWarning(fraction, what) {
