@@ -473,3 +473,36 @@ def slice_image(job_id: str, slice_index: int) -> Response:
 )
 def slice_heatmap(job_id: str, slice_index: int) -> Response:
     return _slice_file(job_id, slice_index, f"heatmaps/{slice_index}.png", "heat map")
+
+
+VIEW_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg"}
+HU_VIEW_TYPE = "application/vnd.lungct.hu16"
+
+
+@bp.get("/jobs/<job_id>/slices/<int:slice_index>/view")
+@bp.auth_required(auth)
+@bp.doc(
+    summary="A slice at full resolution, for the slice viewer",
+    description=(
+        "PNG/JPEG inputs: the uploaded image (text chunks and comments removed). DICOM: "
+        f"`{HU_VIEW_TYPE}`, sent with `Content-Encoding: deflate` (the browser inflates it): "
+        "a 24-byte little-endian header (`HU16`, rows, columns, flags (1: MONOCHROME1), the "
+        "model's window center and width as float32), then rows x columns int16 modality "
+        "values (HU for CT). 404 when no viewing copy was kept (STORE_SLICE_VIEWS=0)."
+    ),
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}, HU_VIEW_TYPE: {}}},
+        401: {},
+        404: {},
+    },
+)
+def slice_view(job_id: str, slice_index: int) -> Response:
+    response = _slice_file(job_id, slice_index, f"views/{slice_index}.view", "viewing copy")
+    data = response.get_data()
+    mimetype = next((t for magic, t in VIEW_TYPES.items() if data.startswith(magic)), None)
+    if mimetype is None:
+        response.mimetype = HU_VIEW_TYPE
+        response.headers["Content-Encoding"] = "deflate"
+    else:
+        response.mimetype = mimetype
+    return response

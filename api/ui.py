@@ -2,7 +2,8 @@
 
 The page holds no data itself: the browser sends the API key with every
 request, so the shell is the same for every URL the app knows (``/`` and a
-shareable ``/jobs/<id>``, which the script reads from ``location``).
+shareable ``/jobs/<id>`` and ``/jobs/<id>/series/<n>/slices/<i>``, which the
+script reads from ``location``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ def index() -> str:
 @bp.get("/jobs/<job_id>")
 def job_page(job_id: str) -> str:
     """One job's page; the script reads the ID from the URL and fetches the job with the key."""
+    return render_template("index.html")
+
+
+@bp.get("/jobs/<job_id>/series/<int:series>/slices/<int:slice_number>")
+def slice_page(job_id: str, series: int, slice_number: int) -> str:
+    """A shareable slice viewer link: series and slice numbered from 1, in the job's order."""
     return render_template("index.html")
 
 

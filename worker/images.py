@@ -15,7 +15,10 @@ to look at while it predicts:
   only, and single-image jobs get one only with ``HEATMAPS_FOR_IMAGES`` (it
   would dominate the cost of a burst).
 
-Both live in the job's storage (storage/) and go when the job is deleted.
+* ``views/<slice_index>.view``: the full-resolution viewing copy for the slice
+  viewer (``STORE_SLICE_VIEWS``; ingest/views.py), stored with the images.
+
+All live in the job's storage (storage/) and go when the job is deleted.
 """
 
 from __future__ import annotations
@@ -83,6 +86,24 @@ def store_images(storage: Storage, job_id: str, decoded: Iterable[Any]) -> None:
 def _groups(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """The study and each of its series (a summary without series: itself)."""
     return [summary, *(summary.get("series") or [])]
+
+
+def view_name(slice_index: int) -> str:
+    return f"views/{slice_index}.view"
+
+
+def store_views(storage: Storage, job_id: str, decoded: Iterable[Any]) -> None:
+    """Store the full-resolution viewing copy of every readable slice (``Decoded`` items).
+
+    The bytes were made in the decode threads (ingest/views.py): HU as zlib'd
+    int16 for DICOM, the upload's own PNG/JPEG bytes without text for images.
+    None (STORE_SLICE_VIEWS off, or a colour DICOM) stores nothing; the viewer
+    then shows the model-input image.
+    """
+    for d in decoded:
+        view = getattr(d, "view", None)
+        if d.tensor is not None and view is not None:
+            storage.put(job_id, view_name(d.source.index), view)
 
 
 def top_slices(summary: dict[str, Any], per_series: int) -> dict[int, str]:

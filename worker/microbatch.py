@@ -40,7 +40,7 @@ from db.session import session_scope
 from ingest import InvalidUpload, plan_upload
 from storage import Storage
 from worker import metrics
-from worker.images import store_heatmaps, store_images
+from worker.images import store_heatmaps, store_images, store_views  # VIEWER HOOK
 from worker.inference import Predictor, get_predictor
 from worker.pipeline import (
     Decoded,
@@ -93,6 +93,7 @@ def _run(members: list[Member], settings: Settings, storage: Storage) -> list[st
     if settings.store_slice_images:
         for m in members:
             store_images(storage, m.started.job_id, m.decoded)
+            store_views(storage, m.started.job_id, m.decoded)  # VIEWER HOOK
     outcomes = _store(members, predictor, settings)
     ended = {
         m.started.job_id: "failed" if error else "succeeded"

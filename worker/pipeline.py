@@ -40,7 +40,7 @@ from ingest import InvalidUpload, SliceError, SliceSource, UploadPlan, plan_uplo
 from models.preprocessing import preprocess
 from storage import Storage, open_storage
 from worker import metrics
-from worker.images import store_heatmaps, store_images
+from worker.images import store_heatmaps, store_images, store_views  # VIEWER HOOK
 from worker.inference import Predictor, get_predictor
 from worker.summary import SeriesName, series_names, summarize
 
@@ -69,6 +69,7 @@ class Decoded:
     source: SliceSource
     tensor: np.ndarray | None
     error: str | None
+    view: bytes | None = None  # VIEWER HOOK: full-resolution viewing copy (ingest/views.py)
 
 
 class Heartbeat:
@@ -291,7 +292,9 @@ def _done_indexes(job_id: str) -> set[int]:
 def _load(source: SliceSource, predictor: Predictor) -> Decoded:
     """Decode and preprocess one slice; a bad slice becomes a recorded error."""
     try:
-        return Decoded(source, preprocess(source.load(), predictor.card.input), None)
+        views = get_settings().store_slice_views  # VIEWER HOOK
+        image, view = source.load_with_view() if views else (source.load(), None)  # VIEWER HOOK
+        return Decoded(source, preprocess(image, predictor.card.input), None, view)  # VIEWER HOOK
     except SliceError as exc:
         return Decoded(source, None, str(exc))
     except Exception as exc:  # an unexpected decoder failure must not sink the study
@@ -388,6 +391,7 @@ def _store_batch(
     Images first: a slice counted as done has its image.
     """
     store_images(storage, job_id, images)
+    store_views(storage, job_id, images)  # VIEWER HOOK
     with session_scope() as s:
         _insert_ignore(s, [{"job_id": job_id, **r} for r in rows])
         done, failed = _counts(s, job_id)

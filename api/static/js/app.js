@@ -7,9 +7,15 @@ import { JobList } from "./joblist.js";
 import { JobView, modelMetrics } from "./jobview.js";
 
 const $ = (id) => document.getElementById(id);
+const jobPath = () => location.pathname.match(/^\/jobs\/([^/]+)(?:\/series\/(\d+)\/slices\/(\d+))?\/?$/);
 const jobIdInPath = () => {
-  const m = location.pathname.match(/^\/jobs\/([^/]+)\/?$/);
+  const m = jobPath();
   return m ? decodeURIComponent(m[1]) : null;
+};
+/** {series, slice} of a shareable viewer URL /jobs/<id>/series/<n>/slices/<i>, else null. */
+const sliceInPath = () => {
+  const m = jobPath();
+  return m && m[2] ? { series: Number(m[2]), slice: Number(m[3]) } : null;
 };
 
 const views = new Set(); // live JobViews, polled again when a new key is accepted
@@ -157,7 +163,7 @@ function start() {
     const existing = [...views].find((v) => v.jobId === id);
     if (existing) existing.poll();
     else {
-      const view = new JobView($("job-view"), id, { models, headingLevel: 2 });
+      const view = new JobView($("job-view"), id, { models, headingLevel: 2, slice: sliceInPath() });
       views.add(view);
     }
     return;
@@ -167,6 +173,16 @@ function start() {
   jobList ??= new JobList({ table: $("job-list"), status: $("list-status"), error: $("list-error") });
   jobList.refresh();
 }
+
+// Back and forward between a job page and its viewer URLs, without a reload.
+window.addEventListener("popstate", () => {
+  const id = jobIdInPath();
+  const view = [...views].find((v) => v.jobId === id);
+  const at = sliceInPath();
+  if (!view) return;
+  if (at) view.openViewer(at.series, at.slice);
+  else view.viewer?.o.onClose();
+});
 
 async function main() {
   const id = jobIdInPath();

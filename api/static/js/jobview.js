@@ -7,6 +7,7 @@
 import { ApiError, allResults, getJson, imageUrl, request } from "./api.js";
 import { classesOf, columnsOf, download, resultRows, toCsv } from "./export.js";
 import { el, fill, localTime, percent, probabilityBars, progressBar } from "./dom.js";
+import { SliceViewer } from "./viewer.js";
 
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 const POLL_MS = 1000;
@@ -26,11 +27,13 @@ export class JobView {
    * @param {HTMLElement} container  the view owns this element's content
    * @param {string} jobId
    * @param {object} options  models: Promise of /api/v1/models items; headingLevel: 2 or 3;
-   *                          onDeleted(jobId): called after a delete
+   *                          onDeleted(jobId): called after a delete;
+   *                          slice: {series, slice} (from 1) to open in the viewer once loaded
    */
-  constructor(container, jobId, { models, headingLevel = 2, onDeleted = () => {} } = {}) {
+  constructor(container, jobId, { models, headingLevel = 2, onDeleted = () => {}, slice = null } = {}) {
     this.container = container;
     this.jobId = jobId;
+    this.openAt = slice;
     this.models = models || Promise.resolve([]);
     this.onDeleted = onDeleted;
     this.job = null;
@@ -59,6 +62,7 @@ export class JobView {
     this.meta = el("p", { class: "meta" });
     this.actions = el("div", { class: "actions" });
     this.verdict = el("section", { class: "verdict", hidden: true });
+    this.viewerBox = el("section", { class: "viewer", hidden: true, "aria-label": "Slice viewer" });
     this.warnings = el("section", { class: "warnings", hidden: true });
     this.top = el("section", { class: "top-slices", hidden: true });
     this.series = el("section", { class: "series", hidden: true });
@@ -78,6 +82,7 @@ export class JobView {
       this.live,
       this.error,
       this.actions,
+      this.viewerBox,
       this.verdict,
       this.warnings,
       this.top,
@@ -224,6 +229,63 @@ export class JobView {
     this.#renderTopSlices();
     this.#renderSeries();
     this.#renderTable();
+    if (this.openAt) this.openViewer(this.openAt.series, this.openAt.slice);
+  }
+
+  // --- the slice viewer ----------------------------------------------------------
+
+  /** Open the viewer on series n, slice i (both from 1); the page's URL follows it. */
+  openViewer(n, i) {
+    if (!this.results || !this.results.length) return;
+    const series = this.#seriesGroups().map(({ entry, number, slices }) => ({
+      name: seriesName(entry, number, this.job.kind), slices,
+    }));
+    const onMove = (sn, si) => {
+      if (this.level === 2) history.replaceState(null, "", this.#viewerPath(sn, si));
+    };
+    const onClose = () => {
+      this.viewer = null;
+      fill(this.viewerBox);
+      this.viewerBox.hidden = true;
+      if (this.level === 2) history.replaceState(null, "", `/jobs/${encodeURIComponent(this.jobId)}`);
+    };
+    if (this.viewer) this.viewer.show(n, i);
+    else {
+      this.viewer = new SliceViewer(this.viewerBox, {
+        jobId: this.jobId, series, summary: this.job.summary, classes: this.classes,
+        seriesNumber: n, sliceNumber: i, onMove, onClose,
+      });
+    }
+    this.viewerBox.scrollIntoView({ block: "start" });
+    this.viewer.stage.focus({ preventScroll: true });
+  }
+
+  #viewerPath(n, i) {
+    return `/jobs/${encodeURIComponent(this.jobId)}/series/${n}/slices/${i}`;
+  }
+
+  /** A link that opens the viewer in place (the shareable URL works in a new tab too). */
+  #viewerLink(sliceIndex, label, ...children) {
+    const { n, i } = this.#position(sliceIndex);
+    return el("a", {
+      href: this.#viewerPath(n, i), class: "open-viewer", "aria-label": label,
+      onclick: (ev) => {
+        if (ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button !== 0) return;
+        ev.preventDefault();
+        if (this.level === 2) history.pushState(null, "", this.#viewerPath(n, i));
+        this.openViewer(n, i);
+      },
+    }, children);
+  }
+
+  /** Series number and slice number (both from 1) of a slice index. */
+  #position(sliceIndex) {
+    const groups = this.#seriesGroups();
+    for (const g of groups) {
+      const k = g.slices.findIndex((r) => r.slice_index === sliceIndex);
+      if (k >= 0) return { n: g.number, i: k + 1 };
+    }
+    return { n: 1, i: 1 };
   }
 
   // --- verdict -------------------------------------------------------------
@@ -389,8 +451,7 @@ export class JobView {
       const layers = [this.#lazyImage(t.slice_index, "image", alt, "base")];
       if (t.heatmap) layers.push(this.#lazyImage(t.slice_index, "heatmap", `heat map of ${alt}`, "overlay"));
       return el("figure", { class: "large" },
-        el("a", { href: this.#viewerHref(t.slice_index), class: "open-viewer", "aria-label": `open ${alt} in the viewer` },
-          el("div", { class: "stack" }, layers)),
+        this.#viewerLink(t.slice_index, `open ${alt} in the viewer`, el("div", { class: "stack" }, layers)),
         el("figcaption", {}, `#${t.slice_index} `, el("code", {}, t.source ?? ""),
           ` · p(${cls}) ${percent(t.probability ?? 0)}`,
           t.label ? ` · slice label ${t.label}` : "",
@@ -400,20 +461,11 @@ export class JobView {
       el(this.#h(1), {}, "Most suspicious slices"),
       el("p", { class: "hint" }, `Ranked by p(${cls}), the most severe class, whatever the verdict.`),
       anyHeat
-        ? el("p", {}, toggle, el("label", { for: toggleId }, " Show heat map overlay"),
-          el("span", { class: "hint heat-hint" }, " (once a heat map has loaded)"))
+        ? el("p", {}, toggle, el("label", { for: toggleId }, " Show heatmap overlay"),
+          el("span", { class: "hint heat-hint" }, " (once a heatmap has loaded)"))
         : el("p", { class: "hint" }, "No heat maps were computed for this job."),
       el("div", { class: "large-row" }, figures));
     this.top.hidden = false;
-  }
-
-  /** The shareable viewer URL of one slice (its series number is its place in the summary). */
-  #viewerHref(sliceIndex) {
-    const groups = this.#seriesGroups();
-    const n = groups.findIndex((g) => g.slices.some((r) => r.slice_index === sliceIndex));
-    const group = groups[Math.max(0, n)];
-    const i = group ? group.slices.findIndex((r) => r.slice_index === sliceIndex) : 0;
-    return `/jobs/${encodeURIComponent(this.jobId)}/series/${Math.max(0, n) + 1}/slices/${Math.max(0, i) + 1}`;
   }
 
   // --- series with thumbnails --------------------------------------------------
@@ -449,7 +501,8 @@ export class JobView {
       if (entry.slices_failed) facts.push(el("span", { class: "err" }, `${entry.slices_failed} unreadable`));
       const strip = el("div", { class: "strip", tabindex: 0, role: "group", "aria-label": `${name}: ${slices.length} slice thumbnails` },
         slices.map((r) => el("figure", { class: `thumb${r.error ? " has-error" : ""}`, title: `#${r.slice_index} ${r.label ?? r.error ?? ""}` },
-          this.#lazyImage(r.slice_index, "image", `slice #${r.slice_index}${r.label ? ` (${r.label})` : ""}`, "small"),
+          this.#viewerLink(r.slice_index, `open slice #${r.slice_index} in the viewer`,
+            this.#lazyImage(r.slice_index, "image", `slice #${r.slice_index}${r.label ? ` (${r.label})` : ""}`, "small")),
           el("figcaption", {}, `#${r.slice_index}`, r.label ? ` ${r.label}` : " error"))));
       return el("section", { class: "series-block" },
         head,
