@@ -145,6 +145,10 @@ class JobOut(Schema):
     error = String(allow_none=True)
     warnings_count = Integer()
     warnings = List(Dict())
+    input_name = String(
+        allow_none=True,
+        metadata={"description": "The upload's name as sent, if STORE_SOURCE_PATHS allows it"},
+    )
     summary = Nested(
         Summary, allow_none=True, metadata={"description": "Study result once succeeded"}
     )
@@ -189,6 +193,19 @@ class JobListQuery(Page):
     wait = _wait("one of the jobs named by id has ended (only with id)")
     status = String(validate=OneOf(JOB_STATUSES))
     model = String(validate=Length(max=128))
+    verdict = String(
+        validate=Length(max=64),
+        metadata={"description": "Only jobs with this study verdict (a class, or inconclusive)"},
+    )
+    ood = Boolean(
+        metadata={
+            "description": "Only jobs whose study is (true) or is not (false) out of distribution"
+        }
+    )
+    q = String(
+        validate=Length(min=1, max=255),
+        metadata={"description": "Only jobs whose input name contains this (case-insensitive)"},
+    )
     since = AwareDateTime(
         default_timezone=None,
         metadata={"description": "Only jobs created at or after this ISO 8601 time (with zone)"},

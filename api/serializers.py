@@ -33,6 +33,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "error": job.error,
         "warnings_count": len(job.warnings or []) + job.failed_slices,
         "warnings": job.warnings or [],
+        "input_name": job.input_name,
         "summary": job.summary,
         "links": {
             "self": url_for("jobs.get_job", job_id=job.id),

@@ -64,7 +64,13 @@ $("forget-key").addEventListener("click", () => {
   $("api-key").value = "";
   $("key-error").textContent = "";
   $("key-status").textContent = "Key forgotten.";
-  jobList?.stop();
+  // nothing the key showed stays on screen: the job list, this tab's submissions, a job page
+  jobList?.clear();
+  for (const view of views) view.destroy();
+  views.clear();
+  fill($("submissions"));
+  $("subs-title").hidden = true;
+  fill($("job-view"));
 });
 
 // --- home page: submit and list -------------------------------------------------
@@ -101,6 +107,12 @@ function setUploading(delta) {
 $("submit-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   $("submit-error").textContent = "";
+  if (!getKey() && $("api-key").value.trim()) {
+    // a key pasted into the field but not yet "used": use it now
+    setKey($("api-key").value.trim());
+    if (!(await useKey())) return;
+    start();
+  }
   if (!getKey()) {
     $("submit-error").textContent = "Enter your API key first.";
     $("api-key").focus();
@@ -170,7 +182,10 @@ function start() {
   }
   fillModels();
   for (const view of views) view.poll();
-  jobList ??= new JobList({ table: $("job-list"), status: $("list-status"), error: $("list-error") });
+  jobList ??= new JobList({
+    table: $("job-list"), status: $("list-status"), error: $("list-error"),
+    pager: $("list-pager"), filters: $("list-filters"),
+  });
   jobList.refresh();
 }
 
