@@ -33,7 +33,7 @@ from client.api import (
     idempotency_key,
 )
 from client.export import JobResults, format_for, write
-from client.inputs import Input, discover
+from client.inputs import Input, Skipped, discover
 from client.progress import Progress
 from client.state import Entry, State
 
@@ -98,10 +98,13 @@ class Outcome:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    skipped: list[Skipped] = []
     try:
-        inputs = discover(args.paths, study_per_path=args.study_per_path)
+        inputs = discover(args.paths, study_per_path=args.study_per_path, skipped=skipped)
     except (FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from exc
+    for s in skipped:
+        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
     out = args.out
     wait = args.wait or bool(out)
     args.state_path = Path(args.state) if args.state else _default_state(out)
