@@ -242,7 +242,8 @@ def _fetch_results(api: LungCTClient, outcomes: list[Outcome], workers: int) -> 
 
     def fetch(o: Outcome) -> JobResults:
         assert o.job is not None
-        return JobResults(o.job, str(o.item.path), list(api.results(o.job.id)))
+        slices = list(api.results(o.job.id))
+        return JobResults(o.job, str(o.item.path), slices, o.item.members())
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(fetch, done))

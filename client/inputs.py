@@ -66,6 +66,23 @@ class Input:
     def upload_name(self) -> str:
         return f"{self.path.name or 'study'}.zip" if self.is_dicom_folder else self.path.name
 
+    def members(self) -> list[str]:
+        """The member names of the zip this input is uploaded as, in the zip's order.
+
+        A folder: the paths :func:`zip_folder` gives its files; a ``.zip``: its
+        central directory; a single file: none. The API numbers members from 1
+        in this order (``#<n>.png`` when STORE_SOURCE_PATHS keeps no paths).
+        """
+        if self.is_dicom_folder:
+            return [f.relative_to(self.path).as_posix() for f in self.dicom_files]
+        if self.path.suffix.lower() == ZIP_SUFFIX:
+            try:
+                with zipfile.ZipFile(self.path) as zf:
+                    return [info.filename for info in zf.infolist()]
+            except (OSError, zipfile.BadZipFile):
+                return []
+        return []
+
     def content_sha256(self) -> str:
         """Identifies the content: the file's SHA-256, or one over a folder's names and files.
 
@@ -172,5 +189,5 @@ def _walk(root: Path, study_per_path: bool) -> Iterator[Input]:
                 yield Input(f)
             elif f.is_file() and is_dicom(f):
                 groups.setdefault(root if study_per_path else here, []).append(f)
-    for folder in sorted(groups):
-        yield Input(folder, tuple(sorted(groups[folder])))
+    for study in sorted(groups):
+        yield Input(study, tuple(sorted(groups[study])))

@@ -113,6 +113,12 @@ def test_folder_of_three_studies_to_one_csv_then_resume(
     assert len(dicom_rows) == 4 and {r["series_uid"] for r in dicom_rows} == {
         "1.2.826.0.1.3680043.8.498.77"
     }
+    # issue 20: each row names the file it came from as it is on this machine
+    assert {r["input_member"] for r in dicom_rows} == {f"IM{i:04d}" for i in range(1, 5)}
+    png_rows = [r for r in rows if r["input"].endswith("a.zip")]
+    assert [r["source"] for r in png_rows] == ["#1.png", "#2.png", "#3.png"]  # no paths kept
+    assert [r["input_member"] for r in png_rows] == ["s0.png", "s1.png", "s2.png"]
+    assert {r["study_verdict"] for r in rows} <= {"benign", "malignant", "normal", "inconclusive"}
     state = json.loads((out.parent / ".lungct-state.json").read_text())["inputs"]
     assert len(state) == 3 and {e["status"] for e in state.values()} == {"succeeded"}
     assert "3 inputs: 3 succeeded" in run.stderr
@@ -226,7 +232,7 @@ def test_jobs_status_results_cancel_delete(base_url: str, key: str, tmp_path: Pa
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc[0]["job"]["id"] == job_id and len(doc[0]["results"]) == 1
     as_csv = lungct(base_url, key, "results", job_id, cwd=tmp_path)
-    assert as_csv.stdout.splitlines()[0].startswith("job_id,input,slice_index")
+    assert as_csv.stdout.splitlines()[0].startswith("job_id,input,input_member,study_verdict,")
 
     ended = lungct(base_url, key, "cancel", job_id, cwd=tmp_path)
     assert ended.returncode == 1

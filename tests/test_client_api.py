@@ -174,7 +174,7 @@ def test_csv_has_a_probability_column_per_class_and_empty_cells_for_absent_value
     assert write_csv([JobResults(job, "in.zip", slices)], out) == 2
     header, *rows = out.getvalue().splitlines()
     assert header.split(",")[-5:] == ["p_a", "p_b", "out_of_distribution", "ood_score", "error"]
-    assert rows[0].startswith("j1,in.zip,,0,") and rows[0].endswith(",a,0.7,,,,")
+    assert rows[0].startswith("j1,in.zip,,,0,") and rows[0].endswith(",a,0.7,,,,")
     assert rows[1].endswith(",0.2,0.8,false,,")
 
 
@@ -197,3 +197,15 @@ def test_an_out_of_distribution_study_reads_inconclusive_with_the_model_output()
     assert (
         dict(zip(header.split(","), row.split(","), strict=True))["study_verdict"] == "inconclusive"
     )
+
+
+def test_input_member_maps_each_source_form_back_to_the_local_name() -> None:
+    from client.export import input_member
+
+    members = ["Doe_Jane/IM1.dcm", "Doe_Jane/IM2.dcm", "notes/a.png"]
+    assert input_member("#2.dcm", members) == "Doe_Jane/IM2.dcm"  # STORE_SOURCE_PATHS=none
+    assert input_member("#9.dcm", members) == ""  # out of range: unknown, not a guess
+    assert input_member("notes/a.png", members) == "notes/a.png"  # full
+    assert input_member("[redacted]/IM1.dcm", members) == "Doe_Jane/IM1.dcm"  # redacted
+    assert input_member("[redacted]/IM3.dcm", members) == ""
+    assert input_member("x.png", []) == ""  # a single file: nothing inside it

@@ -4,7 +4,7 @@
 import { forgetKey, getJson, getKey, onKeyRefused, setKey, uploadJob } from "./api.js";
 import { el, fill, percent, progressBar } from "./dom.js";
 import { JobList } from "./joblist.js";
-import { JobView, modelMetrics } from "./jobview.js";
+import { INPUT_NAME_KEY, JobView, modelMetrics } from "./jobview.js";
 
 const $ = (id) => document.getElementById(id);
 const jobPath = () => location.pathname.match(/^\/jobs\/([^/]+)(?:\/series\/(\d+)\/slices\/(\d+))?\/?$/);
@@ -71,6 +71,9 @@ $("forget-key").addEventListener("click", () => {
   fill($("submissions"));
   $("subs-title").hidden = true;
   fill($("job-view"));
+  for (const name of Object.keys(sessionStorage)) {
+    if (name.startsWith(INPUT_NAME_KEY)) sessionStorage.removeItem(name);
+  }
 });
 
 // --- home page: submit and list -------------------------------------------------
@@ -160,6 +163,7 @@ async function submitCard(name, data) {
   body.append(jobBox);
   const view = new JobView(jobBox, job.id, {
     models,
+    inputName: name,
     headingLevel: 4,
     onDeleted: () => { views.delete(view); jobList?.refresh(); },
   });

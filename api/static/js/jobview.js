@@ -19,6 +19,7 @@ const PAGE_ROWS = 50;
 // After this many missing images and none found, the job is taken to have none.
 const MISSING_IMAGES_BEFORE_GIVING_UP = 3;
 
+export const INPUT_NAME_KEY = "lungct-input:";
 const jobUrl = (id) => `/api/v1/jobs/${encodeURIComponent(id)}`;
 const uidTail = (uid) => (uid ? uid.slice(-8) : "");
 
@@ -30,8 +31,11 @@ export class JobView {
    *                          onDeleted(jobId): called after a delete;
    *                          slice: {series, slice} (from 1) to open in the viewer once loaded
    */
-  constructor(container, jobId, { models, headingLevel = 2, onDeleted = () => {}, slice = null } = {}) {
+  constructor(container, jobId, { models, headingLevel = 2, onDeleted = () => {}, slice = null, inputName = null } = {}) {
     this.container = container;
+    // the file name this tab uploaded (kept in the tab's session), for when the server keeps none
+    if (inputName) sessionStorage.setItem(`${INPUT_NAME_KEY}${jobId}`, inputName);
+    this.inputName = inputName ?? sessionStorage.getItem(`${INPUT_NAME_KEY}${jobId}`);
     this.jobId = jobId;
     this.openAt = slice;
     this.models = models || Promise.resolve([]);
@@ -348,7 +352,7 @@ export class JobView {
       parts.push(
         el("details", { open: failed.length <= 10 },
           el("summary", {}, `${failed.length} slice${failed.length === 1 ? "" : "s"} could not be read`),
-          el("ul", {}, failed.map((r) => el("li", {}, `#${r.slice_index} `, el("code", {}, r.source ?? ""), `: ${r.error}`)))),
+          el("ul", {}, failed.map((r) => el("li", {}, `slice ${sliceNo(r)}, file `, el("code", {}, r.source ?? ""), `: ${r.error}`)))),
       );
     }
     fill(this.warnings, parts);
@@ -446,13 +450,13 @@ export class JobView {
     toggle.addEventListener("change", () => this.top.classList.toggle("no-heat", !toggle.checked));
     const cls = s.top_class || s.label;
     const figures = top.map((t) => {
-      const alt = `slice #${t.slice_index}`;
+      const alt = `slice ${sliceNo(t)}`;
       // only slices the summary lists with a heat map get one requested (no 404s)
       const layers = [this.#lazyImage(t.slice_index, "image", alt, "base")];
       if (t.heatmap) layers.push(this.#lazyImage(t.slice_index, "heatmap", `heat map of ${alt}`, "overlay"));
       return el("figure", { class: "large" },
         this.#viewerLink(t.slice_index, `open ${alt} in the viewer`, el("div", { class: "stack" }, layers)),
-        el("figcaption", {}, `#${t.slice_index} `, el("code", {}, t.source ?? ""),
+        el("figcaption", {}, `slice ${sliceNo(t)} · file `, el("code", {}, t.source ?? ""),
           ` · p(${cls}) ${percent(t.probability ?? 0)}`,
           t.label ? ` · slice label ${t.label}` : "",
           t.heatmap ? "" : el("span", { class: "hint" }, " · no heat map")));
@@ -500,10 +504,10 @@ export class JobView {
       }
       if (entry.slices_failed) facts.push(el("span", { class: "err" }, `${entry.slices_failed} unreadable`));
       const strip = el("div", { class: "strip", tabindex: 0, role: "group", "aria-label": `${name}: ${slices.length} slice thumbnails` },
-        slices.map((r) => el("figure", { class: `thumb${r.error ? " has-error" : ""}`, title: `#${r.slice_index} ${r.label ?? r.error ?? ""}` },
-          this.#viewerLink(r.slice_index, `open slice #${r.slice_index} in the viewer`,
-            this.#lazyImage(r.slice_index, "image", `slice #${r.slice_index}${r.label ? ` (${r.label})` : ""}`, "small")),
-          el("figcaption", {}, `#${r.slice_index}`, r.label ? ` ${r.label}` : " error"))));
+        slices.map((r) => el("figure", { class: `thumb${r.error ? " has-error" : ""}`, title: `slice ${sliceNo(r)} ${r.label ?? r.error ?? ""}` },
+          this.#viewerLink(r.slice_index, `open slice ${sliceNo(r)} in the viewer`,
+            this.#lazyImage(r.slice_index, "image", `slice ${sliceNo(r)}${r.label ? ` (${r.label})` : ""}`, "small")),
+          el("figcaption", {}, `${sliceNo(r)}`, r.label ? ` ${r.label}` : " error"))));
       return el("section", { class: "series-block" },
         head,
         entry.out_of_distribution ? oodWarning(entry.ood_fraction, "this series") : null,
@@ -552,7 +556,7 @@ export class JobView {
     this.pageStatus = el("span", { role: "status", "aria-live": "polite" });
     const hasOod = this.results.some((r) => r.out_of_distribution !== undefined);
     this.hasOod = hasOod;
-    const head = ["#", "source", "series", "position (mm)", "label", "probabilities"];
+    const head = ["slice", "file in upload", "series", "position (mm)", "label", "probabilities"];
     if (hasOod) head.push("out of distribution");
     head.push("error");
     fill(this.table,
@@ -578,7 +582,7 @@ export class JobView {
       const group = seriesNumber.get(r.series_uid ?? null);
       const series = group ? seriesName(group.entry, group.number, this.job.kind) : uidTail(r.series_uid);
       const cells = [
-        el("td", {}, String(r.slice_index)),
+        el("td", {}, String(sliceNo(r))),
         el("td", { class: "source" }, r.source ?? ""),
         el("td", { class: "series-name", title: [series, r.series_uid].filter(Boolean).join(" ") }, series),
         el("td", {}, r.slice_position != null ? r.slice_position.toFixed(1) : ""),
@@ -606,7 +610,8 @@ export class JobView {
   }
 
   #download(format) {
-    const rows = resultRows(this.jobId, this.results, this.classes);
+    const input = this.job.input_name ?? this.inputName ?? "";
+    const rows = resultRows(this.jobId, this.results, this.classes, { input, verdict: verdictOf(this.job.summary) });
     if (format === "csv") {
       download(`job-${this.jobId}-results.csv`, toCsv(rows, columnsOf(this.classes)), "text/csv");
     } else {
@@ -614,6 +619,9 @@ export class JobView {
     }
   }
 }
+
+/** The one slice number the UI shows: 1-based, in the job's order (the API's slice_index + 1). */
+export const sliceNo = (r) => r.slice_index + 1;
 
 /** "Description (series N)", "Series N" from the header, else "Series <order>". */
 export function seriesName(entry, order, kind) {

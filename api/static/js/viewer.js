@@ -333,7 +333,8 @@ export class SliceViewer {
     const probs = row.probabilities
       ? Object.entries(row.probabilities).map(([c, p]) => `p(${c}) ${percent(p)}`).join(", ")
       : "";
-    const bits = [`Slice ${this.i} of ${n}`, `#${row.slice_index}`];
+    const bits = [`Slice ${this.i} of ${n}`, `job slice ${row.slice_index + 1}`];
+    if (row.source) bits.push(`file ${row.source}`);
     if (row.label) bits.push(`label ${row.label}`);
     if (probs) bits.push(probs);
     if (row.out_of_distribution) bits.push("out of distribution");
