@@ -30,6 +30,7 @@ from client.api import (
     Job,
     LungCTClient,
     NotFound,
+    Retry,
     idempotency_key,
 )
 from client.export import JobResults, format_for, write
@@ -81,7 +82,14 @@ def _client(args: argparse.Namespace) -> LungCTClient:
         raise CliError(KEY_MESSAGE)
     url = args.url or os.environ.get("LUNGCT_URL") or DEFAULT_URL
     workers = getattr(args, "concurrency", 1)
-    return LungCTClient(url, key, timeout=args.timeout, retries=args.retries, pool_size=workers)
+    return LungCTClient(
+        url, key, timeout=args.timeout, retries=args.retries, pool_size=workers, on_retry=_say_retry
+    )
+
+
+def _say_retry(retry: Retry) -> None:
+    """Each retry on stderr: a CLI waiting for an API that is down says so (issue 20)."""
+    print(f"lungct: {retry}", file=sys.stderr, flush=True)
 
 
 # -- submit --------------------------------------------------------------------

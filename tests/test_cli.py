@@ -11,6 +11,7 @@ import gc
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -290,3 +291,15 @@ def test_bad_or_missing_key_and_unreachable_api(base_url: str, tmp_path: Path) -
     )
     missing = lungct(base_url, "lct_x", "submit", "nope", cwd=tmp_path)
     assert missing.returncode == 1 and "no such file or folder: nope" in missing.stderr
+
+
+def test_the_cli_prints_each_retry_while_the_api_is_down(tmp_path: Path) -> None:
+    """Issue 20: no silent 24-50 s wait; each retry is a line on stderr."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    run = lungct(dead, "lct_x", "status", "some-job", "--retries", "2", cwd=tmp_path)
+    assert run.returncode == 1
+    lines = [line for line in run.stderr.splitlines() if "retry" in line]
+    assert len(lines) == 2 and "retry 1 of 2" in lines[0] and "retry 2 of 2" in lines[1]
+    assert "cannot reach the API (ConnectionError)" in lines[0]

@@ -22,6 +22,7 @@ from client.api import (
     Job,
     LungCTClient,
     NotFound,
+    Retry,
     SliceResult,
     idempotency_key,
     sha256_of,
@@ -209,3 +210,16 @@ def test_input_member_maps_each_source_form_back_to_the_local_name() -> None:
     assert input_member("[redacted]/IM1.dcm", members) == "Doe_Jane/IM1.dcm"  # redacted
     assert input_member("[redacted]/IM3.dcm", members) == ""
     assert input_member("x.png", []) == ""  # a single file: nothing inside it
+
+
+def test_each_retry_is_told_before_the_wait() -> None:
+    told: list[Retry] = []
+    api, _, sleeps = make(
+        [requests.ConnectionError, (503, None, {"Retry-After": "2"}), (200, JOB, {})],
+        on_retry=told.append,
+    )
+    assert api.job("j1").id == "j1"
+    assert [(r.attempt, r.reason, r.delay_s) for r in told][1] == (2, "HTTP 503", 2.0)
+    assert told[0].reason == "cannot reach the API (ConnectionError)"
+    assert [r.delay_s for r in told] == sleeps
+    assert str(told[1]).endswith("retry 2 of 5 in 2.0 s")
