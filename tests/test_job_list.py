@@ -4,12 +4,13 @@ out-of-distribution flag and name, and ``next`` links that keep the filters."""
 from __future__ import annotations
 
 import io
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
 
-from tests.conftest import TINY_MODEL, authed, new_key, png_bytes
+from tests.conftest import TINY_MODEL, Stack, authed, new_key, png_bytes
 from tests.fixtures_dicom import PATIENT_NAME, ct_slice, to_bytes
 
 
@@ -21,15 +22,6 @@ def _submit(client, data: bytes, name: str) -> dict[str, Any]:  # type: ignore[n
     )
     assert r.status_code == 202, r.json
     return r.json
-
-
-def _summarise(job_id: str, summary: dict[str, Any]) -> None:
-    """Give a queued job a result, as the worker would (no worker runs here)."""
-    from db.models import Job
-    from db.session import session_scope
-
-    with session_scope() as s:
-        s.execute(update(Job).where(Job.id == job_id).values(summary=summary, status="succeeded"))
 
 
 def _ids(client, query: str) -> set[str]:  # type: ignore[no-untyped-def]
@@ -56,24 +48,42 @@ def test_full_mode_keeps_image_names(api_env, monkeypatch) -> None:  # type: ign
     assert _submit(client, png_bytes(1), "scans/scan_007.png")["input_name"] == "scan_007.png"
 
 
-def test_filters_by_verdict_ood_and_name_and_next_keeps_them(
-    api_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from api import create_app
-    from config import Settings
+@pytest.mark.integration
+def test_filters_by_verdict_ood_and_name_and_next_keeps_them(stack: Stack) -> None:
+    """On each database backend (the JSON filters differ): jobs inserted as the worker
+    leaves them, listed through the API."""
+    from db.models import Job
+    from db.session import session_scope
 
-    monkeypatch.setenv("STORE_SOURCE_PATHS", "full")
-    client = authed(create_app(Settings()), new_key(api_env["DATABASE_URL"], "alice"))
-    jobs = {n: _submit(client, png_bytes(i), f"{n}.png")["id"] for i, n in enumerate("abcde")}
-    flagged = {"verdict": "inconclusive", "label": "normal", "out_of_distribution": True}
-    _summarise(jobs["a"], flagged)
-    _summarise(
-        jobs["b"], {"verdict": "malignant", "label": "malignant", "out_of_distribution": False}
-    )
-    _summarise(
-        jobs["c"], {"verdict": "malignant", "label": "malignant", "out_of_distribution": None}
-    )
-    _summarise(jobs["d"], {"label": "benign"})  # a summary from before the verdict field
+    owner = f"lister-{uuid.uuid4().hex[:8]}"
+    client = authed(stack.app(), new_key(stack.env["DATABASE_URL"], owner))
+    malignant = {"verdict": "malignant", "label": "malignant"}
+    summaries = {
+        "a": {"verdict": "inconclusive", "label": "normal", "out_of_distribution": True},
+        "b": {**malignant, "out_of_distribution": False},
+        "c": {**malignant, "out_of_distribution": None},
+        "d": {"label": "benign"},  # a summary from before the verdict field
+        "e": None,  # still queued
+    }
+    jobs = {name: str(uuid.uuid4()) for name in summaries}
+    with session_scope() as s:
+        for i, (name, summary) in enumerate(summaries.items()):
+            s.add(
+                Job(
+                    id=jobs[name],
+                    kind="image",
+                    owner=owner,
+                    model_name=TINY_MODEL,
+                    model_version="1",
+                    upload_key="x",
+                    upload_bytes=1,
+                    input_name=f"{name}.png",
+                    status="queued" if summary is None else "succeeded",
+                    summary=summary,
+                    warnings=[],
+                    created_at=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=i),
+                )
+            )
     assert _ids(client, "verdict=inconclusive") == {jobs["a"]}
     assert _ids(client, "verdict=benign") == {jobs["d"]}
     assert _ids(client, "ood=true") == {jobs["a"]}
@@ -81,9 +91,10 @@ def test_filters_by_verdict_ood_and_name_and_next_keeps_them(
     assert _ids(client, "q=c_png") == set()  # _ is literal, not "any character"
     assert _ids(client, "q=C.PNG") == {jobs["c"]}  # case-insensitive substring
     assert _ids(client, "q=%25") == set()  # % is literal
+    assert _ids(client, "status=succeeded&verdict=malignant&q=b") == {jobs["b"]}
     first = client.get("/api/v1/jobs?verdict=malignant&limit=1").json
-    assert len(first["items"]) == 1 and "verdict=malignant" in first["next"]
+    assert [j["id"] for j in first["items"]] == [jobs["c"]]  # newest first
+    assert "verdict=malignant" in first["next"]
     second = client.get(first["next"]).json
-    assert {first["items"][0]["id"], second["items"][0]["id"]} == {jobs["b"], jobs["c"]}
-    assert second["next"] is None
+    assert [j["id"] for j in second["items"]] == [jobs["b"]] and second["next"] is None
     assert client.get("/api/v1/jobs?ood=maybe").status_code == 400

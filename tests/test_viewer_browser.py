@@ -57,15 +57,15 @@ def windowed(instance: int, center: float, width: float) -> np.ndarray:
     return np.clip((COLUMNS_HU + instance - lo) * 255 / width, 0, 255)
 
 
-def shoot(page: Page, name: str) -> None:
+def shoot(page: Page, name: str, at: str = ".viewer") -> None:
     """Save the page at 1280 px and 390 px wide when SCREENSHOTS_DIR is set."""
     folder = os.environ.get("SCREENSHOTS_DIR")
     if not folder:
         return
     for width in (1280, 390):
         page.set_viewport_size({"width": width, "height": 900})
-        page.locator(".viewer").scroll_into_view_if_needed()
-        page.screenshot(path=str(Path(folder) / f"viewer-{name}-{width}.png"))
+        page.locator(at).first.scroll_into_view_if_needed()
+        page.screenshot(path=str(Path(folder) / f"{name}-{width}.png"))
     page.set_viewport_size({"width": 1280, "height": 900})
 
 
@@ -99,7 +99,7 @@ def test_open_scroll_window_and_heat_map(
     first = page.evaluate(CANVAS)
     assert (first["width"], first["height"]) == (SIZE, SIZE)  # full resolution, not 128 px
     assert np.abs(np.array(first["row"]) - windowed(instances[0], -600, 1500)).max() <= 1
-    shoot(page, "open")
+    shoot(page, "viewer-open")
 
     page.locator(".stage").hover()
     for _ in range(10):
@@ -110,14 +110,14 @@ def test_open_scroll_window_and_heat_map(
     page.keyboard.press("ArrowUp")
     expect(viewer.get_by_role("heading")).to_contain_text("slice 10 of 16")
     lung = page.evaluate(CANVAS)
-    shoot(page, "scrolled")
+    shoot(page, "viewer-scrolled")
 
     viewer.get_by_role("button", name="Mediastinum 40/400").click()
     expect(viewer.locator(".window-text")).to_contain_text("center 40 HU, width 400 HU")
     mediastinum = page.evaluate(CANVAS)
     assert mediastinum["sum"] != lung["sum"]  # the displayed pixels follow the window
     assert np.abs(np.array(mediastinum["row"]) - windowed(instances[9], 40, 400)).max() <= 1
-    shoot(page, "mediastinum")
+    shoot(page, "viewer-mediastinum")
 
     heat = job["summary"]["heatmaps"]
     assert heat and all(
@@ -130,7 +130,7 @@ def test_open_scroll_window_and_heat_map(
     expect(toggle).to_be_enabled()
     expect(toggle).to_be_checked()
     with_heat = page.evaluate(CANVAS)
-    shoot(page, "heatmap")
+    shoot(page, "viewer-heatmap")
     toggle.uncheck()
     without = page.evaluate(CANVAS)
     png = stack.http().get(f"{server_url}/api/v1/jobs/{job['id']}/slices/{heat[0]}/heatmap").content
@@ -142,3 +142,15 @@ def test_open_scroll_window_and_heat_map(
     viewer.get_by_role("button", name="Close viewer").click()
     expect(page).to_have_url(f"{server_url}/jobs/{job['id']}")
     expect(viewer).to_be_hidden()
+    verdict = page.locator("section.verdict")
+    expect(verdict.locator(".label")).to_have_text(job["summary"]["verdict"])
+    expect(verdict.locator(".evidence")).to_contain_text(job["summary"]["verdict_text"])
+    shoot(page, "job-verdict", "section.verdict")
+
+    page.goto(f"{server_url}/")  # the job list, filtered by this job's verdict
+    page.get_by_label("Verdict").select_option(job["summary"]["verdict"])
+    page.get_by_role("button", name="Filter").click()
+    row = page.locator(f'#job-list tr[data-job-id="{job["id"]}"]')
+    expect(row.locator(".verdict-cell")).to_contain_text(job["summary"]["verdict"])
+    expect(row.locator("td.num")).to_have_text("16")
+    shoot(page, "job-list", "#list-filters")
