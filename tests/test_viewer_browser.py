@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from tests.conftest import Stack
+from tests.conftest import Stack, png_bytes
 from tests.test_browser import (  # noqa: F401  (fixtures used by name)
     CHROMIUM,
     JOB_TIMEOUT_MS,
@@ -154,3 +155,36 @@ def test_open_scroll_window_and_heat_map(
     expect(row.locator(".verdict-cell")).to_contain_text(job["summary"]["verdict"])
     expect(row.locator("td.num")).to_have_text("16")
     shoot(page, "job-list", "#list-filters")
+
+
+def test_a_pasted_key_submits_forget_key_clears_and_a_narrow_table_keeps_probabilities(
+    page: Page,
+    seen: list[str],  # noqa: F811
+    server_url: str,  # noqa: F811
+    stack: Stack,
+    tmp_path: Path,
+) -> None:
+    """Issue 20, smaller defects: no "Use key" needed before Submit; "Forget key" leaves
+    nothing of the owner's on screen; at 390 px the probabilities stay in view."""
+    archive = tmp_path / "four.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(4):
+            zf.writestr(f"s{i}.png", png_bytes(500 + i, 32))
+    page.set_viewport_size({"width": 390, "height": 800})
+    page.goto(server_url + "/")
+    page.get_by_label("API key").fill(stack.key)  # pasted, "Use key" not pressed
+    page.get_by_label(re.compile("study archive")).set_input_files(archive)
+    page.get_by_role("button", name="Submit").click()
+    card = page.locator("article.submission", has=page.locator("h3", has_text="four.zip"))
+    expect(card.locator(".job-title .badge")).to_have_text("succeeded", timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#submit-error")).to_be_empty()
+    probabilities = card.locator("table.results tbody tr").first.locator(".probs")
+    probabilities.scroll_into_view_if_needed()
+    box = probabilities.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 390, box
+    expect(page.locator("#job-list tbody tr").first).to_be_visible()
+
+    page.get_by_role("button", name="Forget key").click()
+    expect(page.locator("#job-list")).to_be_hidden()
+    expect(page.locator("#job-list tbody tr")).to_have_count(0)
+    expect(page.locator("article.submission")).to_have_count(0)
