@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -110,3 +111,25 @@ def test_the_worker_keeps_a_viewing_copy_served_to_the_owner_only(stack: Stack) 
     assert api.get(f"/api/v1/jobs/{dicom['id']}/slices/99/view").status_code == 404
     assert api.delete(f"/api/v1/jobs/{dicom['id']}").status_code == 204
     assert not (Path(stack.env["STORAGE_DIR"]) / dicom["id"]).exists()
+
+
+def test_store_slice_views_off_decodes_without_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's decode (worker.pipeline._load) makes the copy only with STORE_SLICE_VIEWS."""
+    from types import SimpleNamespace
+
+    from config import get_settings
+    from models.preprocessing import InputSpec
+    from worker.pipeline import _load
+
+    predictor: Any = SimpleNamespace(card=SimpleNamespace(input=InputSpec(8, 8, 1)))
+    upload = write_zip(tmp_path / "s.zip", [("a/1.dcm", gradient_slice(1))])
+    with plan_upload(upload, Settings(), filename="s.zip") as plan:
+        for value in ("1", "0"):
+            monkeypatch.setenv("STORE_SLICE_VIEWS", value)
+            get_settings.cache_clear()
+            decoded = _load(plan.slices[0], predictor)
+            assert decoded.error is None and decoded.tensor is not None
+            assert (decoded.view is not None) == (value == "1")
+    get_settings.cache_clear()
