@@ -445,7 +445,9 @@ export class JobView {
       return;
     }
     const toggleId = `heat-${this.jobId}`;
-    const anyHeat = top.some((t) => t.heatmap);
+    // a summary from before `heatmap` was recorded: ask, and let a 404 remove the overlay
+    const hasHeat = (t) => t.heatmap ?? s.heatmaps === undefined;
+    const anyHeat = top.some(hasHeat);
     const toggle = el("input", { type: "checkbox", id: toggleId, class: "heat-toggle", checked: true, disabled: true });
     toggle.addEventListener("change", () => this.top.classList.toggle("no-heat", !toggle.checked));
     const cls = s.top_class || s.label;
@@ -453,13 +455,13 @@ export class JobView {
       const alt = `slice ${sliceNo(t)}`;
       // only slices the summary lists with a heat map get one requested (no 404s)
       const layers = [this.#lazyImage(t.slice_index, "image", alt, "base")];
-      if (t.heatmap) layers.push(this.#lazyImage(t.slice_index, "heatmap", `heat map of ${alt}`, "overlay"));
+      if (hasHeat(t)) layers.push(this.#lazyImage(t.slice_index, "heatmap", `heat map of ${alt}`, "overlay"));
       return el("figure", { class: "large" },
         this.#viewerLink(t.slice_index, `open ${alt} in the viewer`, el("div", { class: "stack" }, layers)),
         el("figcaption", {}, `slice ${sliceNo(t)} · file `, el("code", {}, t.source ?? ""),
           ` · p(${cls}) ${percent(t.probability ?? 0)}`,
           t.label ? ` · slice label ${t.label}` : "",
-          t.heatmap ? "" : el("span", { class: "hint" }, " · no heat map")));
+          hasHeat(t) ? "" : el("span", { class: "hint" }, " · no heat map")));
     });
     fill(this.top,
       el(this.#h(1), {}, "Most suspicious slices"),
