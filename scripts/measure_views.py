@@ -4,20 +4,25 @@
 
 Decodes every slice of the real DICOM study and of the IQ-OTH/NCCD JPEGs twice,
 without and with the viewing copy (ingest/views.py), and prints the extra CPU
-milliseconds and the stored bytes per slice. Runs in well under a minute.
+milliseconds and the stored bytes per slice; then the wall time per slice of
+storing the copies in a local storage folder (storage.LocalStorage.put, what the
+worker's writer thread adds). Runs in well under a minute.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ingest.dicom import decode_dicom, decode_dicom_view
 from ingest.images import decode_image
 from ingest.views import image_view
+from storage.local import LocalStorage
 
 MAX_PIXELS = 50_000_000
 CENTER, WIDTH = 150.0, 500.0
@@ -41,6 +46,17 @@ def _row(name: str, blobs: Sequence[bytes], plain: Callable, viewed: Callable) -
     )
 
 
+def _store_ms(name: str, views: Sequence[bytes]) -> None:
+    """Wall time per slice of writing the copies as the worker does (one job folder)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        storage, job = LocalStorage(Path(tmp)), str(uuid.uuid4())
+        started = time.perf_counter()
+        for i, view in enumerate(views):
+            storage.put(job, f"views/{i}.view", view)
+        took = (time.perf_counter() - started) * 1000 / len(views)
+    print(f"{name:<28} store {took:5.2f} ms/slice (local folder)")
+
+
 def main(data: Path) -> None:
     dicom = [p.read_bytes() for p in sorted((data / "lung-pet-ct-dx").rglob("*.dcm"))]
     jpegs = [p.read_bytes() for p in sorted((data / "iqoth-nccd").glob("*/*.jpg"))]
@@ -56,6 +72,11 @@ def main(data: Path) -> None:
         lambda b: decode_image(b, MAX_PIXELS),
         lambda b: (img := decode_image(b, MAX_PIXELS), image_view(b, img)),
     )
+    _store_ms(
+        "DICOM (Lung_Dx-A0001)",
+        [decode_dicom_view(b, None, CENTER, WIDTH, MAX_PIXELS)[1] or b"" for b in dicom],
+    )
+    _store_ms("JPEG (IQ-OTH/NCCD)", [image_view(b, decode_image(b, MAX_PIXELS)) for b in jpegs])
 
 
 if __name__ == "__main__":
