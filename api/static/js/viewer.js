@@ -136,7 +136,7 @@ export class SliceViewer {
     else if (ev.key === "End") this.go(this.#slices.length);
     else if (ev.key === "n" || ev.key === "N") this.nextSuspicious();
     else if (ev.key === "h" || ev.key === "H") this.toggleHeat(!this.showHeat);
-    else if (["1", "2", "3"].includes(ev.key)) this.presetButtons[Number(ev.key) - 1]?.click();
+    else if (["1", "2", "3"].includes(ev.key)) this.presetButtons?.[Number(ev.key) - 1]?.click();
     else return;
     ev.preventDefault();
   }
