@@ -143,6 +143,14 @@ def test_open_scroll_window_and_heat_map(
     viewer.get_by_role("button", name="Close viewer").click()
     expect(page).to_have_url(f"{server_url}/jobs/{job['id']}")
     expect(viewer).to_be_hidden()
+    page.locator(".thumb a.open-viewer").nth(4).click()  # a thumbnail opens its slice
+    expect(viewer.get_by_role("heading")).to_contain_text("slice 5 of 16")
+    expect(page).to_have_url(f"{server_url}/jobs/{job['id']}/series/1/slices/5")
+    page.keyboard.press("2")  # the mediastinum preset from the keyboard
+    expect(viewer.locator(".window-text")).to_contain_text("center 40 HU, width 400 HU")
+    page.go_back()  # back to the job page, viewer closed
+    expect(page).to_have_url(f"{server_url}/jobs/{job['id']}")
+    expect(viewer).to_be_hidden()
     verdict = page.locator("section.verdict")
     expect(verdict.locator(".label")).to_have_text(job["summary"]["verdict"])
     expect(verdict.locator(".evidence")).to_contain_text(job["summary"]["verdict_text"])
