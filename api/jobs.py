@@ -10,17 +10,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
 from apiflask import APIBlueprint, abort
 from apiflask.types import ResponsesObjectType
 from flask import Response, current_app, request, url_for
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, false, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
@@ -52,7 +53,7 @@ from db.models import (
     utcnow,
 )
 from db.session import transaction_lock
-from ingest import InvalidUpload, inspect_upload
+from ingest import InvalidUpload, inspect_upload, upload_input_name
 from models.registry import ModelCard, Registry
 from storage import readable_path
 
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 T = TypeVar("T")
-LIST_FILTERS = ("id", "status", "model", "since")
+LIST_FILTERS = ("id", "status", "model", "since", "verdict", "ood", "q")
 PNG_RESPONSES: ResponsesObjectType = {
     200: {"description": "PNG", "content": {"image/png": {}}},
     401: {},
@@ -227,6 +228,7 @@ def _store_and_record(
         model_version=card.version,
         upload_key=stored.key,
         upload_bytes=stored.size,
+        input_name=_input_name(upload),  # JOB LIST HOOK (issue 20): the list's input name
         status=JobStatus.QUEUED,
         warnings=[],
     )
@@ -245,6 +247,12 @@ def _store_and_record(
             raise
         return _same_upload(earlier, digest)
     return job
+
+
+def _input_name(upload: FileStorage) -> str | None:
+    """The upload's name as the privacy rules allow it to be stored (ingest.privacy.input_name)."""
+    with readable_path(cast(BinaryIO, upload.stream)) as path:
+        return upload_input_name(path, upload.filename or "", context.settings())
 
 
 def _inspect(job_id: str, upload: FileStorage) -> str:
@@ -395,6 +403,7 @@ def _jobs_page(query: dict[str, Any], who: Caller, ids: list[str]) -> dict[str, 
         q = q.where(Job.model_name == query["model"])
     if query.get("since"):
         q = q.where(Job.created_at >= as_utc(query["since"]))
+    q = _result_filters(q, query)
     with context.session() as s:
         rows = s.scalars(
             q.order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit + 1)
@@ -409,6 +418,28 @@ def _jobs_page(query: dict[str, Any], who: Caller, ids: list[str]) -> dict[str, 
         else None
     )
     return {"items": items, "next": nxt}
+
+
+def _result_filters(q: Select[Any], query: dict[str, Any]) -> Select[Any]:
+    """The job list's filters on results (issue 20): verdict, OOD flag, input name search.
+
+    ``verdict`` and ``out_of_distribution`` are read from the stored summary (JSON:
+    ``json_extract`` on SQLite, ``->>`` on PostgreSQL); a summary older than the
+    verdict field answers by its label. The search matches the stored input name
+    (a case-insensitive substring; ``%`` and ``_`` are taken literally).
+    """
+    if query.get("verdict"):
+        verdict = func.coalesce(
+            Job.summary["verdict"].as_string(), Job.summary["label"].as_string()
+        )
+        q = q.where(verdict == query["verdict"])
+    if query.get("ood") is not None:
+        flagged = func.coalesce(Job.summary["out_of_distribution"].as_boolean(), false())
+        q = q.where(flagged == query["ood"])
+    if query.get("q"):
+        pattern = re.sub(r"([\\%_])", r"\\\1", query["q"])
+        q = q.where(Job.input_name.ilike(f"%{pattern}%", escape="\\"))
+    return q
 
 
 @bp.get("/jobs/<job_id>")
@@ -578,3 +609,37 @@ def slice_image(job_id: str, slice_index: int) -> Response:
 )
 def slice_heatmap(job_id: str, slice_index: int) -> Response:
     return _slice_file(job_id, slice_index, f"heatmaps/{slice_index}.png", "heat map")
+
+
+VIEW_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg"}
+HU_VIEW_TYPE = "application/vnd.lungct.hu16"
+VIEW_RESPONSES: Any = {
+    200: {"content": {"image/png": {}, "image/jpeg": {}, HU_VIEW_TYPE: {}}},
+    401: {},
+    404: {},
+}
+
+
+@bp.get("/jobs/<job_id>/slices/<int:slice_index>/view")
+@bp.auth_required(auth)
+@bp.doc(
+    summary="A slice at full resolution, for the slice viewer",
+    description=(
+        "PNG/JPEG inputs: the uploaded image (text chunks and comments removed). DICOM: "
+        f"`{HU_VIEW_TYPE}`, sent with `Content-Encoding: deflate` (the browser inflates it): "
+        "a 24-byte little-endian header (`HU16`, rows, columns, flags (1: MONOCHROME1), the "
+        "model's window center and width as float32), then rows x columns int16 modality "
+        "values (HU for CT). 404 when no viewing copy was kept (STORE_SLICE_VIEWS=0)."
+    ),
+    responses=VIEW_RESPONSES,
+)
+def slice_view(job_id: str, slice_index: int) -> Response:
+    response = _slice_file(job_id, slice_index, f"views/{slice_index}.view", "viewing copy")
+    data = response.get_data()
+    mimetype = next((t for magic, t in VIEW_TYPES.items() if data.startswith(magic)), None)
+    if mimetype is None:
+        response.mimetype = HU_VIEW_TYPE
+        response.headers["Content-Encoding"] = "deflate"
+    else:
+        response.mimetype = mimetype
+    return response

@@ -81,13 +81,31 @@ class SliceRef(Schema):
 
 
 class TopSlice(SliceRef):
-    probability = Float(metadata={"description": "probability of the verdict's class"})
+    label = String(allow_none=True, metadata={"description": "the slice's own label"})
+    probability = Float(metadata={"description": "probability of top_class (the most severe)"})
+    heatmap = Boolean(metadata={"description": "a heat map is stored for this slice"})
+
+
+class Evidence(Schema):
+    """The verdict rule's numbers (docs/review.md, "The verdict")."""
+
+    readable_slices = Integer()
+    needed_slices = Integer(metadata={"description": "slices an abnormal class needs"})
+    label_slices = Integer(metadata={"description": "slices labelled like the model output"})
+    label_fraction = Float()
 
 
 class SummaryGroup(Schema):
-    """The verdict of the whole study, or of one series (README, "Aggregation rule")."""
+    """The verdict of the whole study, or of one series (docs/review.md, "The verdict")."""
 
-    label = String(allow_none=True)
+    verdict = String(
+        allow_none=True,
+        metadata={"description": "a class, or 'inconclusive' when out of distribution"},
+    )
+    verdict_text = String(allow_none=True, metadata={"description": "the verdict and its numbers"})
+    label = String(allow_none=True, metadata={"description": "the model output (rule applied)"})
+    evidence = Nested(Evidence, allow_none=True)
+    top_class = String(allow_none=True, metadata={"description": "the class ranking top_slices"})
     probabilities = Dict(keys=String(), values=Float(), allow_none=True)
     slice_counts = Dict(keys=String(), values=Integer())
     slices_predicted = Integer()
@@ -111,8 +129,10 @@ class SeriesSummary(SummaryGroup):
 
 class Summary(SummaryGroup):
     series = List(Nested(SeriesSummary))
+    heatmaps = List(Integer(), metadata={"description": "slice indexes with a heat map"})
     skipped_files = Integer()
     rule = String()
+    ood_rule = String(allow_none=True)
     disclaimer = String()
 
 
@@ -132,6 +152,10 @@ class JobOut(Schema):
     error = String(allow_none=True)
     warnings_count = Integer()
     warnings = List(Dict())
+    input_name = String(
+        allow_none=True,
+        metadata={"description": "The upload's name as sent, if STORE_SOURCE_PATHS allows it"},
+    )
     summary = Nested(
         Summary, allow_none=True, metadata={"description": "Study result once succeeded"}
     )
@@ -176,6 +200,19 @@ class JobListQuery(Page):
     wait = _wait("one of the jobs named by id has ended (only with id)")
     status = String(validate=OneOf(JOB_STATUSES))
     model = String(validate=Length(max=128))
+    verdict = String(
+        validate=Length(max=64),
+        metadata={"description": "Only jobs with this study verdict (a class, or inconclusive)"},
+    )
+    ood = Boolean(
+        metadata={
+            "description": "Only jobs whose study is (true) or is not (false) out of distribution"
+        }
+    )
+    q = String(
+        validate=Length(min=1, max=255),
+        metadata={"description": "Only jobs whose input name contains this (case-insensitive)"},
+    )
     since = AwareDateTime(
         default_timezone=None,
         metadata={"description": "Only jobs created at or after this ISO 8601 time (with zone)"},

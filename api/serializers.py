@@ -40,6 +40,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "error": visible(job.error) if job.error else job.error,
         "warnings_count": len(job.warnings or []) + job.failed_slices,
         "warnings": visible_json(job.warnings or []),
+        "input_name": visible(job.input_name) if job.input_name else None,
         "summary": visible_json(job.summary),
         "links": {
             "self": url_for("jobs.get_job", job_id=job.id),

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 from urllib.parse import urljoin
@@ -103,8 +104,33 @@ class Job:
 
     @property
     def label(self) -> str | None:
-        """The study verdict once the job has succeeded."""
+        """The model output for the study once the job has succeeded (not a verdict alone)."""
         return (self.summary or {}).get("label")
+
+    @property
+    def verdict(self) -> str | None:
+        """The study verdict: a class, or "inconclusive" when out of distribution.
+
+        A server older than the ``verdict`` field: the label, marked when flagged.
+        """
+        summary = self.summary or {}
+        if "verdict" in summary:
+            return summary["verdict"]
+        if summary.get("out_of_distribution") and summary.get("label"):
+            return "inconclusive"
+        return summary.get("label")
+
+    @property
+    def verdict_line(self) -> str:
+        """The verdict with what it rests on, for one line of a terminal."""
+        verdict = self.verdict
+        if verdict is None:
+            return ""
+        if verdict == "inconclusive":
+            share = (self.summary or {}).get("ood_fraction")
+            why = f"{share:.0%} of slices " if isinstance(share, (int, float)) else ""
+            return f"inconclusive ({why}out of distribution; model output {self.label})"
+        return verdict
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, replayed: bool = False) -> Job:
@@ -130,6 +156,24 @@ class Job:
             summary=d.get("summary"),
             raw=d,
             replayed=replayed,
+        )
+
+
+@dataclass(frozen=True)
+class Retry:
+    """One retry the client is about to wait for (``LungCTClient(on_retry=...)``)."""
+
+    method: str
+    url: str
+    reason: str
+    attempt: int  # 1 for the first retry
+    retries: int  # how many retries are allowed in all
+    delay_s: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.reason} on {self.method} {self.url}; retry {self.attempt} of "
+            f"{self.retries} in {self.delay_s:.1f} s"
         )
 
 
@@ -271,8 +315,10 @@ class LungCTClient:
         session: requests.Session | None = None,
         pool_size: int = 10,
         sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[Retry], None] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.on_retry = on_retry  # told before each wait, so a caller can say why it waits
         self.timeout = timeout
         self.retries = retries
         self.backoff_s = backoff_s
@@ -447,8 +493,7 @@ class LungCTClient:
     def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         url: str | None = path
         while url:
-            kwargs: dict[str, Any] = {"params": params}
-            page = self._request("GET", url, build=kwargs.copy).json()
+            page = self._request("GET", url, build=partial(dict, params=params)).json()
             yield page
             url, params = page.get("next"), {}  # ``next`` carries its own query
 
@@ -470,15 +515,19 @@ class LungCTClient:
                         f"cannot reach the API at {self.base_url}: {type(exc).__name__}"
                     ) from exc
                 delay = self._backoff(attempt)
+                why = f"cannot reach the API ({type(exc).__name__})"
             else:
                 if resp.status_code < 400:
                     return resp
                 if resp.status_code not in RETRY_STATUSES or attempt >= self.retries:
                     raise _error(resp)
-                after = _retry_after(resp)
-                delay = self._backoff(attempt) if after is None else after
+                asked = _retry_after(resp)
+                delay = self._backoff(attempt) if asked is None else asked
                 delay = min(delay, self.max_retry_after_s)
+                why = f"HTTP {resp.status_code}"
             attempt += 1
+            if self.on_retry is not None:
+                self.on_retry(Retry(method, url, why, attempt, self.retries, delay))
             self._sleep(delay)
 
     def _backoff(self, attempt: int) -> float:

@@ -30,10 +30,11 @@ from client.api import (
     Job,
     LungCTClient,
     NotFound,
+    Retry,
     idempotency_key,
 )
 from client.export import JobResults, format_for, write
-from client.inputs import Input, discover
+from client.inputs import Input, Skipped, discover
 from client.progress import Progress
 from client.state import Entry, State
 from client.text import shown
@@ -82,7 +83,14 @@ def _client(args: argparse.Namespace) -> LungCTClient:
         raise CliError(KEY_MESSAGE)
     url = args.url or os.environ.get("LUNGCT_URL") or DEFAULT_URL
     workers = getattr(args, "concurrency", 1)
-    return LungCTClient(url, key, timeout=args.timeout, retries=args.retries, pool_size=workers)
+    return LungCTClient(
+        url, key, timeout=args.timeout, retries=args.retries, pool_size=workers, on_retry=_say_retry
+    )
+
+
+def _say_retry(retry: Retry) -> None:
+    """Each retry on stderr: a CLI waiting for an API that is down says so (issue 20)."""
+    print(f"lungct: {retry}", file=sys.stderr, flush=True)
 
 
 # -- submit --------------------------------------------------------------------
@@ -99,10 +107,13 @@ class Outcome:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    skipped: list[Skipped] = []
     try:
-        inputs = discover(args.paths, study_per_path=args.study_per_path)
+        inputs = discover(args.paths, study_per_path=args.study_per_path, skipped=skipped)
     except (FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from exc
+    for s in skipped:
+        print(f"skipped {s.path}: {s.reason}", file=sys.stderr)
     out = args.out
     wait = args.wait or bool(out)
     args.state_path = Path(args.state) if args.state else _default_state(out)
@@ -241,7 +252,7 @@ def _job(group: list[Outcome]) -> Job:
 
 def _detail(job: Job) -> str:
     if job.status == "succeeded":
-        return f": {job.label} ({job.total} slices)"
+        return f": {job.verdict_line} ({job.total} slices)"
     return f": {job.error}" if job.error else ""
 
 
@@ -250,7 +261,8 @@ def _fetch_results(api: LungCTClient, outcomes: list[Outcome], workers: int) -> 
 
     def fetch(o: Outcome) -> JobResults:
         assert o.job is not None
-        return JobResults(o.job, str(o.item.path), list(api.results(o.job.id)))
+        slices = list(api.results(o.job.id))
+        return JobResults(o.job, str(o.item.path), slices, o.item.members())
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(fetch, done))
@@ -259,8 +271,7 @@ def _fetch_results(api: LungCTClient, outcomes: list[Outcome], workers: int) -> 
 def _print_outcomes(outcomes: list[Outcome]) -> None:
     for o in outcomes:
         if o.job:
-            label = o.job.label or ""
-            print(f"{o.job.id}\t{o.job.status}\t{shown(label)}\t{shown(str(o.item.path))}")
+            print(f"{o.job.id}\t{o.job.status}\t{shown(o.job.verdict_line)}\t{shown(str(o.item.path))}")
         else:
             print(f"-\trejected\t\t{shown(str(o.item.path))}")
 
@@ -292,7 +303,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([j.raw for j in jobs], indent=1))
         return 0
-    rows = [("ID", "STATUS", "KIND", "MODEL", "PROGRESS", "CREATED", "LABEL")]
+    rows = [("ID", "STATUS", "KIND", "MODEL", "PROGRESS", "CREATED", "VERDICT")]
     rows += [
         (
             j.id,
@@ -301,7 +312,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             j.model_name or "",
             f"{j.done}/{j.total}",
             j.created_at.strftime("%Y-%m-%d %H:%M:%S") if j.created_at else "",
-            j.label or "",
+            j.verdict_line,
         )
         for j in jobs
     ]
@@ -324,7 +335,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         ("progress", f"{job.done}/{job.total} slices"),
         ("created", job.created_at and job.created_at.isoformat()),
         ("finished", job.finished_at and job.finished_at.isoformat()),
-        ("label", job.label),
+        ("verdict", job.verdict_line),
+        ("evidence", (job.summary or {}).get("verdict_text")),
         ("warnings", job.warnings_count),
         ("error", job.error),
     ]

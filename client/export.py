@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ from client.text import shown, spreadsheet_safe
 BASE_COLUMNS = (
     "job_id",
     "input",
+    "input_member",
+    "study_verdict",
     "slice_index",
     "source",
     "series_uid",
@@ -30,15 +33,39 @@ BASE_COLUMNS = (
     "label",
 )
 TAIL_COLUMNS = ("out_of_distribution", "ood_score", "error")
+POSITION = re.compile(r"#(\d+)(\.[A-Za-z0-9]+)?")
+REDACTED = re.escape("[redacted]")
 
 
 @dataclass(frozen=True)
 class JobResults:
-    """One job, the input it came from (empty when unknown) and its slices."""
+    """One job, the input it came from (empty when unknown), its slices, and the
+    member names of the uploaded zip as the client has them (``Input.members``)."""
 
     job: Job
     input: str
     slices: Sequence[SliceResult]
+    members: Sequence[str] = ()
+
+
+def input_member(source: str | None, members: Sequence[str]) -> str:
+    """The local member name behind a slice's ``source``, or "" when it cannot be told.
+
+    ``#<n>.ext`` (no paths kept) is the n-th member of the zip; a full path is
+    itself; a path with ``[redacted]`` parts is the one member it matches.
+    """
+    if not source or not members:
+        return ""
+    if (m := POSITION.fullmatch(source)) is not None:
+        n = int(m.group(1))
+        return members[n - 1] if 0 < n <= len(members) else ""
+    if source in members:
+        return source
+    if "[redacted]" in source:
+        pattern = re.compile(re.escape(source).replace(REDACTED, ".+?"))
+        found = [name for name in members if pattern.fullmatch(name)]
+        return found[0] if len(found) == 1 else ""
+    return ""
 
 
 def classes(results: Sequence[JobResults]) -> list[str]:
@@ -66,7 +93,13 @@ def _cell(value: Any) -> str:
 
 
 def write_csv(results: Sequence[JobResults], out: IO[str]) -> int:
-    """One row per slice; ``p_<class>`` per class; empty cells for absent values."""
+    """One row per slice; ``p_<class>`` per class; empty cells for absent values.
+
+    ``input_member`` is the file inside the input (zip member, or file of a
+    folder) the slice came from, as named on this machine (:func:`input_member`);
+    ``study_verdict`` repeats the job's verdict (``inconclusive`` when out of
+    distribution) on each of its rows; ``label`` is the slice's own.
+    """
     names = classes(results)
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(csv_columns(results))
@@ -78,6 +111,8 @@ def write_csv(results: Sequence[JobResults], out: IO[str]) -> int:
                 for v in (
                     r.job.id,
                     r.input,
+                    input_member(s.source, r.members),
+                    r.job.verdict,
                     s.slice_index,
                     s.source,
                     s.series_uid,

@@ -11,7 +11,11 @@ by content). Inside a folder, at any depth:
   the DICOM files below it. A study is zipped into a temporary file only when it
   is uploaded.
 
-Hidden files and folders (names starting with ``.``) are skipped.
+Hidden files and folders (names starting with ``.``) are skipped, and so are
+PNG/JPEG files in a folder that also holds DICOM files (:data:`PREVIEW_RULE`,
+the rule ingest applies to a zip: a PACS export's ``result/*.png`` previews are
+not CT slices). The rule is duplicated here because ``client/`` imports nothing
+of the service; tests/test_client_inputs.py checks that both agree.
 """
 
 from __future__ import annotations
@@ -29,6 +33,16 @@ from client.api import CHUNK, sha256_of
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 ZIP_SUFFIX = ".zip"
 DICOM_SUFFIX = ".dcm"
+PREVIEW_RULE = "PNG/JPEG next to DICOM series: only the DICOM series are used"
+"""Same words as ingest/upload.py ``_assemble`` says for a zip."""
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file in a folder that is not uploaded, and why."""
+
+    path: Path
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,23 @@ class Input:
     @property
     def upload_name(self) -> str:
         return f"{self.path.name or 'study'}.zip" if self.is_dicom_folder else self.path.name
+
+    def members(self) -> list[str]:
+        """The member names of the zip this input is uploaded as, in the zip's order.
+
+        A folder: the paths :func:`zip_folder` gives its files; a ``.zip``: its
+        central directory; a single file: none. The API numbers members from 1
+        in this order (``#<n>.png`` when STORE_SOURCE_PATHS keeps no paths).
+        """
+        if self.is_dicom_folder:
+            return [f.relative_to(self.path).as_posix() for f in self.dicom_files]
+        if self.path.suffix.lower() == ZIP_SUFFIX:
+            try:
+                with zipfile.ZipFile(self.path) as zf:
+                    return [info.filename for info in zf.infolist()]
+            except (OSError, zipfile.BadZipFile):
+                return []
+        return []
 
     def content_sha256(self) -> str:
         """Identifies the content: the file's SHA-256, or one over a folder's names and files.
@@ -98,9 +129,15 @@ def is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
-def discover(paths: Iterable[str | Path], *, study_per_path: bool = False) -> list[Input]:
+def discover(
+    paths: Iterable[str | Path],
+    *,
+    study_per_path: bool = False,
+    skipped: list[Skipped] | None = None,
+) -> list[Input]:
     """The inputs under ``paths``, in a stable order, each once.
 
+    Files left out by :data:`PREVIEW_RULE` are appended to ``skipped`` when given.
     ``FileNotFoundError`` for a path that does not exist; ``ValueError`` for a
     folder with nothing to upload.
     """
@@ -110,7 +147,7 @@ def discover(paths: Iterable[str | Path], *, study_per_path: bool = False) -> li
         path = Path(raw)
         if not path.exists():
             raise FileNotFoundError(f"no such file or folder: {raw}")
-        items = [Input(path)] if path.is_file() else list(_walk(path, study_per_path))
+        items = [Input(path)] if path.is_file() else _folder(path, study_per_path, skipped)
         if not items:
             raise ValueError(f"nothing to upload in {raw} (no .zip, .png, .jpg or DICOM files)")
         for item in items:
@@ -119,6 +156,22 @@ def discover(paths: Iterable[str | Path], *, study_per_path: bool = False) -> li
                 seen.add(key)
                 found.append(item)
     return found
+
+
+def without_previews(inputs: list[Input]) -> tuple[list[Input], list[Skipped]]:
+    """:data:`PREVIEW_RULE` over one folder's inputs: with DICOM, its PNG/JPEG files go."""
+    if not any(i.is_dicom_folder for i in inputs):
+        return inputs, []
+    previews = [i for i in inputs if i.path.suffix.lower() in IMAGE_SUFFIXES]
+    kept = [i for i in inputs if i not in previews]
+    return kept, [Skipped(i.path, PREVIEW_RULE) for i in previews]
+
+
+def _folder(root: Path, study_per_path: bool, skipped: list[Skipped] | None) -> list[Input]:
+    kept, left_out = without_previews(list(_walk(root, study_per_path)))
+    if skipped is not None:
+        skipped.extend(left_out)
+    return kept
 
 
 def _walk(root: Path, study_per_path: bool) -> Iterator[Input]:

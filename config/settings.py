@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     skip_image_types: CommaList = ("LOCALIZER", "SCOUT", "TOPOGRAM", "SCANOGRAM")
     allowed_modalities: CommaList = ("CT",)
     min_abnormal_slices: PositiveInt = 2
+    # A study's abnormal class also needs this fraction of its readable slices
+    # (worker/summary.py; validated in docs/review.md), so size cannot tip it.
+    min_abnormal_fraction: float = Field(0.1, ge=0, le=1)
     summary_top_slices: int = Field(5, ge=0)
     results_page_size: PositiveInt = 100
     keep_uploads: bool = False
@@ -102,6 +105,10 @@ class Settings(BaseSettings):
     store_slice_images: bool = True
     heatmap_slices_per_series: int = Field(3, ge=0, le=50)
     heatmaps_for_images: bool = False
+    # A full-resolution viewing copy of each slice for the slice viewer
+    # (ingest/views.py, stored by worker/runner.py; HU for DICOM, the original bytes
+    # for PNG/JPEG).
+    store_slice_views: bool = True
     # Cross-request micro-batching of single-image jobs (config/image_queue.py,
     # worker/claimer.py): a worker takes at most this many at once into shared
     # forward passes (1: one at a time), gathering a burst for at most

@@ -92,6 +92,8 @@ class Job(Base):
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(64))
     upload_key: Mapped[str] = mapped_column(String(255))
+    # the upload's name as the client sent it, only as ingest.privacy.input_name allows
+    input_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
     upload_bytes: Mapped[int] = mapped_column(Integer)
     total: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[int] = mapped_column(Integer, default=0)

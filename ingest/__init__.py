@@ -7,7 +7,7 @@ contract in ``docs/architecture.md``.
 from ingest.archive import Skipped
 from ingest.errors import InvalidUpload, SliceError
 from ingest.plan import SeriesInfo, SliceSource, UploadPlan
-from ingest.upload import inspect_upload, plan_upload
+from ingest.upload import inspect_upload, plan_upload, upload_input_name
 
 __all__ = [
     "InvalidUpload",
@@ -18,4 +18,5 @@ __all__ = [
     "UploadPlan",
     "inspect_upload",
     "plan_upload",
+    "upload_input_name",
 ]

@@ -40,6 +40,7 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 from ingest.errors import SliceError
 from ingest.redact import IDENTIFYING_TAGS, Identifiers
 from ingest.sniff import natural_key
+from ingest.views import hu_view, to_int16
 
 HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber",
@@ -240,6 +241,27 @@ def decode_dicom(
     data: bytes, frame: int | None, center: float, width: float, max_pixels: int
 ) -> np.ndarray:
     """Decode one slice to the display image (uint8, H x W); see the module docstring."""
+    return _decode(data, frame, center, width, max_pixels, keep_values=False)[0]
+
+
+def decode_dicom_view(
+    data: bytes, frame: int | None, center: float, width: float, max_pixels: int
+) -> tuple[np.ndarray, bytes | None]:
+    """One decode, two results: the display image and its viewing copy (ingest/views.py).
+
+    The viewing copy holds the modality values (HU for CT) as int16; None for
+    colour images, which have no modality values to window.
+    """
+    image, values, monochrome1 = _decode(data, frame, center, width, max_pixels, keep_values=True)
+    if values is None:
+        return image, None
+    return image, hu_view(values, center, width, monochrome1)
+
+
+def _decode(
+    data: bytes, frame: int | None, center: float, width: float, max_pixels: int, keep_values: bool
+) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """(display image, int16 modality values if asked and grey, MONOCHROME1)."""
     ds = _parsed(data)
     if "PixelData" not in ds:
         raise SliceError("DICOM file has no pixel data")
@@ -252,11 +274,22 @@ def decode_dicom(
         raise SliceError(problem)
     arr = pixel_array(ds, index=frame)
     if arr.ndim == 3:
-        return _color_to_gray(arr)
+        return _color_to_gray(arr), None, False
     out = display(arr, ds, frame, center, width)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    monochrome1 = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    if monochrome1:
         out = 255 - out
-    return out
+    return out, modality_values(arr, ds, frame) if keep_values else None, monochrome1
+
+
+def modality_values(arr: np.ndarray, ds: Dataset, frame: int | None) -> np.ndarray:
+    """Stored values -> modality values (HU for CT) as int16, integer math when it can."""
+    if "ModalityLUTSequence" in ds:
+        return to_int16(np.asarray(apply_modality_lut(arr, ds)))
+    slope, intercept = _rescale(ds, frame)
+    if arr.dtype.kind in "iu" and slope == 1.0 and float(intercept).is_integer():
+        return to_int16(arr.astype(np.int32) + int(intercept))
+    return to_int16(arr.astype(np.float32) * np.float32(slope) + np.float32(intercept))
 
 
 def window(values: np.ndarray, center: float, width: float) -> np.ndarray:

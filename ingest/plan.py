@@ -15,15 +15,16 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from ingest.archive import Origin, Skipped
-from ingest.dicom import decode_dicom
+from ingest.dicom import decode_dicom, decode_dicom_view
 from ingest.errors import LimitExceeded, SliceError
 from ingest.images import decode_image
 from ingest.privacy import deactivate, tag
+from ingest.views import image_view
 
 if TYPE_CHECKING:
     from ingest.privacy import Scrubber
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["MemberReader", "SeriesInfo", "Skipped", "SliceSource", "UploadPlan"]
 
 _MAX_MESSAGE = 300
+_T = TypeVar("_T")
 
 
 def _unchanged(text: str) -> str:
@@ -72,6 +74,16 @@ class MemberReader:
             return decode_dicom(data, frame, self.window_center, self.window_width, self.max_pixels)
         return decode_image(data, self.max_pixels)
 
+    def view(self, frame: int | None) -> tuple[np.ndarray, bytes | None]:
+        """The display image and its viewing copy (ingest/views.py) from one read and decode."""
+        data = self._read()
+        if self.fmt == "dicom":
+            return decode_dicom_view(
+                data, frame, self.window_center, self.window_width, self.max_pixels
+            )
+        image = decode_image(data, self.max_pixels)
+        return image, image_view(data, image)
+
     def _read(self) -> bytes:
         """The member's bytes; zipfile's messages quote the member name, so keep only the type."""
         try:
@@ -100,10 +112,25 @@ class SliceSource:
 
         The message is scrubbed: decoders may quote what they read.
         """
-        if self.reader is None:
+        reader = self.reader
+        if reader is None:
             raise SliceError("slice has nothing to load from")
+        return self._guarded(lambda: reader(self.frame))
+
+    def load_with_view(self) -> tuple[np.ndarray, bytes | None]:
+        """The display image and its viewing copy from ONE decode (ingest/views.py).
+
+        A slice built with a plain reader function (tests) has no viewing copy.
+        """
+        reader = self.reader
+        if not isinstance(reader, MemberReader):
+            return self.load(), None
+        return self._guarded(lambda: reader.view(self.frame))
+
+    def _guarded(self, decode: Callable[[], _T]) -> _T:
+        """Run a decoder; every failure becomes a scrubbed :class:`SliceError`."""
         try:
-            return self.reader(self.frame)
+            return decode()
         except SliceError as exc:
             raise SliceError(self.scrub(str(exc))) from exc
         except LimitExceeded as exc:

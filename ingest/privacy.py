@@ -283,3 +283,27 @@ def _scrub_record(record: logging.LogRecord, scrubbers: Iterable[Scrubber]) -> N
     record.msg, record.args = message, None
     if exc_text is not None:
         record.exc_text = exc_text
+
+
+def input_name(filename: str, settings: Settings, learned: Identifiers | None = None) -> str | None:
+    """What may be stored of the name a client gave its upload (the job list's input name).
+
+    The rule of member paths (:func:`choose_mode`), applied as to an archive: in
+    ``redacted`` mode (the default) every part that holds an identifier learned
+    from the upload's DICOM header becomes ``[redacted]``, and an upload whose
+    header was not read (PNG/JPEG, or a zip: the API does not open its members)
+    has nothing to recognise a name by, so it keeps none; ``full`` keeps the
+    name, ``none`` never does. Folders are never kept (PACS exports name them
+    after the patient). None: nothing may be stored.
+    """
+    base = filename.replace("\\", "/").rsplit("/", 1)[-1].strip()[:255]
+    if not base:
+        return None
+    headers = learned.headers_read if learned is not None else 0
+    mode = choose_mode(settings.store_source_paths, archive=True, headers_read=headers)
+    if mode is SourcePaths.FULL:
+        return base
+    if mode is SourcePaths.NONE:
+        return None
+    matcher = learned.matcher() if learned is not None else Matcher()
+    return redact(base, matcher)

@@ -72,6 +72,26 @@ def inspect_upload(path: Path, filename: str, limits: ArchiveLimits) -> str:
     raise InvalidUpload(f"{_label(filename)}{_NOT_SUPPORTED}")
 
 
+def upload_input_name(path: Path, filename: str, settings: Settings) -> str | None:
+    """The storable name of an upload as its client called it (ingest.privacy.input_name).
+
+    A single DICOM file's header is read (tags only) to learn the identifiers to
+    redact; nothing else is opened. Never raises: an unreadable header keeps no name.
+    """
+    learned = Identifiers(study_date=settings.redact_study_date)
+    try:
+        kind = sniff(_head(path))
+        if kind in _DICOM_KINDS:
+            with path.open("rb") as fp:
+                read_header(fp, force=kind == "dicom?", identifiers=learned)
+    except Exception:  # untrusted bytes: no header, no name (unless STORE_SOURCE_PATHS=full)
+        learned = Identifiers(study_date=settings.redact_study_date)
+    try:
+        return privacy.input_name(filename, settings, learned)
+    finally:
+        learned.clear()
+
+
 def plan_upload(path: Path, settings: Settings, filename: str | None = None) -> UploadPlan:
     """Ordered slices, series and skipped members of an upload, scrubbed (ingest.privacy).
 

@@ -27,8 +27,9 @@ def stored_name(filename: str) -> str:
     return "upload" + (suffix if suffix in KNOWN_SUFFIXES else "")
 
 
-DERIVED_NAME = re.compile(r"(images|heatmaps)/\d{1,9}\.png")
-"""A job's derived files: ``images/<slice_index>.png`` and ``heatmaps/<slice_index>.png``."""
+DERIVED_NAME = re.compile(r"(images|heatmaps)/\d{1,9}\.png|views/\d{1,9}\.view")
+"""A job's derived files: ``images/<slice_index>.png``, ``heatmaps/<slice_index>.png`` and
+``views/<slice_index>.view`` (the slice viewer's copy, worker/images.py)."""
 
 
 def valid_name(name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import threading
@@ -235,9 +236,30 @@ def test_each_model_links_its_card_which_opens_without_a_key(app, client) -> Non
     models = {m["name"]: m for m in client.get("/api/v1/models").json["items"]}
     url = models[default_model()]["card_url"]
     assert url == f"/models/{default_model()}/card"
-    r = app.test_client().get(url)
-    assert r.status_code == 200 and r.mimetype == "text/plain" and "#" in r.get_data(as_text=True)
-    assert app.test_client().get("/models/no-such-model/card").status_code == 404
+    anonymous = app.test_client()
+    r = anonymous.get(url)  # issue 20: a page, not raw Markdown
+    assert r.status_code == 200 and r.mimetype == "text/html"
+    page = r.get_data(as_text=True)
+    assert "<h1>" in page or "<h2>" in page
+    assert anonymous.get(f"{url}?format=text").mimetype == "text/plain"
+    for src in re.findall(r'<img[^>]* src="([^"]+)"', page):  # its plots, served from its folder
+        plot = anonymous.get(src)
+        assert plot.status_code == 200 and plot.mimetype == "image/png", src
+    assert anonymous.get(f"{url}/card.json").status_code == 404  # plots only
+    assert anonymous.get(f"{url}/..%2Fcard.md").status_code == 404
+    assert anonymous.get("/models/no-such-model/card").status_code == 404
+
+
+def test_card_html_is_sanitised_and_shows_every_plot(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from api.cards import card_html
+
+    (tmp_path / "a.png").write_bytes(b"png")
+    (tmp_path / "b.png").write_bytes(b"png")
+    text = "# Card\n\n![a](a.png)\n\n<script>alert(1)</script> <img src=x onerror=alert(2)>"
+    text += "\n\n[x](javascript:alert(3))"
+    html = card_html(text, tmp_path, "/models/m/card/")
+    assert 'src="/models/m/card/a.png"' in html and 'src="/models/m/card/b.png"' in html
+    assert "<script" not in html and "onerror" not in html and "javascript:" not in html
 
 
 def _end_later(job_id: str, delay_s: float, announce: bool) -> threading.Thread:

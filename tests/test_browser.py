@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Locator, Page, Response, expect
 
+from client.export import BASE_COLUMNS, TAIL_COLUMNS
 from tests.conftest import Stack, png_bytes, served
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -173,12 +174,15 @@ def test_upload_progress_results_reload_csv_and_delete(
         view.get_by_role("button", name="Download CSV").click()
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
     expected = api_results(stack, server_url, job_id)
+    job = stack.http().get(f"{server_url}/api/v1/jobs/{job_id}", timeout=10).json()
     assert [int(r["slice_index"]) for r in rows] == [i["slice_index"] for i in expected]
     assert [r["label"] for r in rows] == [i["label"] for i in expected]
     assert {r["job_id"] for r in rows} == {job_id}
     classes = sorted(expected[0]["probabilities"])
-    assert list(rows[0])[:5] == ["job_id", "slice_index", "source", "series_uid", "label"]
-    assert [c for c in rows[0] if c.startswith("p_")] == [f"p_{c}" for c in classes]
+    # issue 20: the CLI's columns, and the name this tab uploaded (the server keeps none)
+    assert list(rows[0]) == [*BASE_COLUMNS, *(f"p_{c}" for c in classes), *TAIL_COLUMNS]
+    assert {r["input"] for r in rows} == {"twelve.zip"}
+    assert {r["study_verdict"] for r in rows} == {job["summary"]["verdict"]}
     assert abs(float(rows[0][f"p_{classes[0]}"]) - expected[0]["probabilities"][classes[0]]) < 1e-9
 
     page.once("dialog", lambda d: d.accept())

@@ -11,6 +11,7 @@ import gc
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -113,6 +114,12 @@ def test_folder_of_three_studies_to_one_csv_then_resume(
     assert len(dicom_rows) == 4 and {r["series_uid"] for r in dicom_rows} == {
         "1.2.826.0.1.3680043.8.498.77"
     }
+    # issue 20: each row names the file it came from as it is on this machine
+    assert {r["input_member"] for r in dicom_rows} == {f"IM{i:04d}" for i in range(1, 5)}
+    png_rows = [r for r in rows if r["input"].endswith("a.zip")]
+    assert [r["source"] for r in png_rows] == ["#1.png", "#2.png", "#3.png"]  # no paths kept
+    assert [r["input_member"] for r in png_rows] == ["s0.png", "s1.png", "s2.png"]
+    assert {r["study_verdict"] for r in rows} <= {"benign", "malignant", "normal", "inconclusive"}
     state = json.loads((out.parent / ".lungct-state.json").read_text())["inputs"]
     assert len(state) == 3 and {e["status"] for e in state.values()} == {"succeeded"}
     assert "3 inputs: 3 succeeded" in run.stderr
@@ -245,7 +252,7 @@ def test_jobs_status_results_cancel_delete(base_url: str, key: str, tmp_path: Pa
     doc = json.loads((tmp_path / "r.json").read_text())
     assert doc[0]["job"]["id"] == job_id and len(doc[0]["results"]) == 1
     as_csv = lungct(base_url, key, "results", job_id, cwd=tmp_path)
-    assert as_csv.stdout.splitlines()[0].startswith("job_id,input,slice_index")
+    assert as_csv.stdout.splitlines()[0].startswith("job_id,input,input_member,study_verdict,")
 
     ended = lungct(base_url, key, "cancel", job_id, cwd=tmp_path)
     assert ended.returncode == 1
@@ -304,3 +311,15 @@ def test_bad_or_missing_key_and_unreachable_api(base_url: str, tmp_path: Path) -
     )
     missing = lungct(base_url, "lct_x", "submit", "nope", cwd=tmp_path)
     assert missing.returncode == 1 and "no such file or folder: nope" in missing.stderr
+
+
+def test_the_cli_prints_each_retry_while_the_api_is_down(tmp_path: Path) -> None:
+    """Issue 20: no silent 24-50 s wait; each retry is a line on stderr."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    run = lungct(dead, "lct_x", "status", "some-job", "--retries", "2", cwd=tmp_path)
+    assert run.returncode == 1
+    lines = [line for line in run.stderr.splitlines() if "retry" in line]
+    assert len(lines) == 2 and "retry 1 of 2" in lines[0] and "retry 2 of 2" in lines[1]
+    assert "cannot reach the API (ConnectionError)" in lines[0]

@@ -22,6 +22,7 @@ from client.api import (
     Job,
     LungCTClient,
     NotFound,
+    Retry,
     SliceResult,
     idempotency_key,
     sha256_of,
@@ -174,5 +175,51 @@ def test_csv_has_a_probability_column_per_class_and_empty_cells_for_absent_value
     assert write_csv([JobResults(job, "in.zip", slices)], out) == 2
     header, *rows = out.getvalue().splitlines()
     assert header.split(",")[-5:] == ["p_a", "p_b", "out_of_distribution", "ood_score", "error"]
-    assert rows[0].startswith("j1,in.zip,0,") and rows[0].endswith(",a,0.7,,,,")
+    assert rows[0].startswith("j1,in.zip,,,0,") and rows[0].endswith(",a,0.7,,,,")
     assert rows[1].endswith(",0.2,0.8,false,,")
+
+
+def test_an_out_of_distribution_study_reads_inconclusive_with_the_model_output() -> None:
+    flagged = {"label": "normal", "verdict": "inconclusive", "out_of_distribution": True}
+    job = Job.from_dict(
+        {**JOB, "status": "succeeded", "summary": {**flagged, "ood_fraction": 0.27}}
+    )
+    assert job.verdict == "inconclusive" and job.label == "normal"
+    assert (
+        job.verdict_line == "inconclusive (27% of slices out of distribution; model output normal)"
+    )
+    # a server without the verdict field: the flag alone still demotes the label
+    older = {"label": "normal", "out_of_distribution": True}
+    assert Job.from_dict({**JOB, "summary": older}).verdict == "inconclusive"
+    assert Job.from_dict({**JOB, "summary": {"label": "benign"}}).verdict_line == "benign"
+    out = io.StringIO()
+    write_csv([JobResults(job, "a.zip", [SliceResult(0, label="normal")])], out)
+    header, row = out.getvalue().splitlines()
+    assert (
+        dict(zip(header.split(","), row.split(","), strict=True))["study_verdict"] == "inconclusive"
+    )
+
+
+def test_input_member_maps_each_source_form_back_to_the_local_name() -> None:
+    from client.export import input_member
+
+    members = ["Doe_Jane/IM1.dcm", "Doe_Jane/IM2.dcm", "notes/a.png"]
+    assert input_member("#2.dcm", members) == "Doe_Jane/IM2.dcm"  # STORE_SOURCE_PATHS=none
+    assert input_member("#9.dcm", members) == ""  # out of range: unknown, not a guess
+    assert input_member("notes/a.png", members) == "notes/a.png"  # full
+    assert input_member("[redacted]/IM1.dcm", members) == "Doe_Jane/IM1.dcm"  # redacted
+    assert input_member("[redacted]/IM3.dcm", members) == ""
+    assert input_member("x.png", []) == ""  # a single file: nothing inside it
+
+
+def test_each_retry_is_told_before_the_wait() -> None:
+    told: list[Retry] = []
+    api, _, sleeps = make(
+        [requests.ConnectionError, (503, None, {"Retry-After": "2"}), (200, JOB, {})],
+        on_retry=told.append,
+    )
+    assert api.job("j1").id == "j1"
+    assert [(r.attempt, r.reason, r.delay_s) for r in told][1] == (2, "HTTP 503", 2.0)
+    assert told[0].reason == "cannot reach the API (ConnectionError)"
+    assert [r.delay_s for r in told] == sleeps
+    assert str(told[1]).endswith("retry 2 of 5 in 2.0 s")

@@ -216,7 +216,11 @@ def test_slice_images_and_heatmaps_are_served_to_their_owner_only(stack: Stack, 
         r = api.get(f"{base}/{index}/image")
         assert r.status_code == 200 and r.mimetype == "image/png"
         assert Image.open(_io.BytesIO(r.data)).size == (spec["width"], spec["height"])
-    tops = {t["slice_index"] for s in job["summary"]["series"] for t in s["top_slices"][:3]}
+    summary = job["summary"]
+    tops = set(summary["heatmaps"])
+    # heat maps for exactly the slices the result page shows as most suspicious, and said so
+    assert tops == {t["slice_index"] for t in summary["top_slices"]} and tops
+    assert all(t["heatmap"] for g in [summary, *summary["series"]] for t in g["top_slices"][:3])
     for index in range(6):
         r = api.get(f"{base}/{index}/heatmap")
         assert r.status_code == (200 if index in tops else 404), index

@@ -137,6 +137,7 @@ class Collected:
     results: dict[str, list[dict]] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
     flower_tasks: dict[str, dict] = field(default_factory=dict)
+    named: dict[str, dict] = field(default_factory=dict)  # submitted only for their input names
 
 
 class _Records(logging.Handler):
@@ -208,7 +209,10 @@ def collected(stack: Stack, flower: str) -> Collected:
             name = f"{NAME}_{BIRTH_DATE}_{PATIENT_ID}.zip"  # the client's name is never kept
             out.jobs[kind] = wait_done(api, submit(api, data, name)["id"])
         out.jobs["failed"] = wait_done(api, submit(api, failing_study(), "Jane Doe.zip")["id"])
-        api_text = []
+        # issue 20: the job list's input name (one file, named after the patient in the header)
+        single = submit(api, _slice("1.2.3.4.9", 1), f"x/{NAME}_{BIRTH_DATE}_{PATIENT_ID}.dcm")
+        out.named["dicom file"] = wait_done(api, single["id"])
+        api_text = [json.dumps(out.named["dicom file"])]
         for kind, job in out.jobs.items():
             out.results[kind] = all_results(api, job["id"])
             api_text.append(json.dumps(api.get(f"/api/v1/jobs/{job['id']}").json))
@@ -346,6 +350,12 @@ def test_png_only_archive_keeps_no_member_path(collected: Collected) -> None:
     sources = [r["source"] for r in collected.results["png"]]  # in natural order of the names
     assert sorted(sources) == sorted(f"#{i}.png" for i in range(1, len(SPELLINGS) + 1))
     assert collected.jobs["png"]["warnings"] == []
+
+
+def test_input_names_keep_no_identifier(collected: Collected) -> None:
+    """Issue 20: zips (headers unread at submit) keep no name; a DICOM file's is redacted."""
+    assert {collected.jobs[k]["input_name"] for k in ("dicom", "png", "failed")} == {None}
+    assert collected.named["dicom file"]["input_name"] == "[redacted].dcm"
 
 
 def test_dicom_sources_are_redacted_components(collected: Collected) -> None:

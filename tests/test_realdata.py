@@ -146,6 +146,8 @@ def test_real_dicom_study(http: requests.Session, base_url: str, stack: Stack) -
     assert summary["label"] == "malignant" or (
         summary["out_of_distribution"] and summary["ood_warning"]
     ), {k: summary[k] for k in ("label", "out_of_distribution", "ood_fraction")}
+    # Issue 20: a flagged study is never headlined as a diagnosis
+    assert summary["verdict"] == ("inconclusive" if summary["out_of_distribution"] else "malignant")
     api_text = json.dumps([job, items])
     stored = _database_text(job["id"]) + stack.log.read_text(errors="replace") + api_text
     assert not [v for v in secrets if v in stored]

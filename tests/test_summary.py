@@ -9,6 +9,7 @@ from config import Settings
 from db.models import SlicePrediction
 from models.preprocessing import InputSpec
 from models.registry import ModelCard
+from worker.images import mark_heatmaps, top_slices
 from worker.summary import summarize
 
 CLASSES = ["benign", "malignant", "normal"]
@@ -112,3 +113,70 @@ def test_model_without_ood_detector_reports_null() -> None:
     s = summarize([_row(0, "normal"), _row(1, "normal")], CARD, Settings())
     assert s["out_of_distribution"] is None and s["ood_fraction"] is None
     assert s["ood_warning"] is None and s["ood_rule"] is None
+
+
+def test_two_slices_do_not_flip_a_large_study_but_a_tenth_does() -> None:
+    """Size-fair rule: 2 of 2,001 slices stay 'normal'; 201 (>= 10 %) make it malignant."""
+    settings = Settings(min_abnormal_slices=2, min_abnormal_fraction=0.1)
+    rows = [_row(i, "malignant") for i in range(2)] + [_row(i, "normal") for i in range(2, 2001)]
+    s = summarize(rows, CARD, settings)
+    assert (s["label"], s["verdict"]) == ("normal", "normal")
+    assert s["evidence"] == {
+        "readable_slices": 2001,
+        "needed_slices": 201,
+        "label_slices": 1999,
+        "label_fraction": round(1999 / 2001, 4),
+    }
+    assert "no abnormal class reaches 201 of 2001 slices" in s["verdict_text"]
+    rows = [_row(i, "malignant") for i in range(201)] + [
+        _row(i, "normal") for i in range(201, 2001)
+    ]
+    s = summarize(rows, CARD, settings)
+    assert s["verdict"] == "malignant"
+    assert s["verdict_text"] == "malignant: 201 of 2001 slices (10%); the rule needs 201"
+
+
+def test_out_of_distribution_verdict_is_inconclusive_and_keeps_the_model_output() -> None:
+    rows = [_flagged(_row(i, "normal", "a"), i < 5) for i in range(10)]
+    s = summarize(rows, CARD, Settings())
+    assert s["label"] == "normal" and s["verdict"] == "inconclusive"
+    assert s["series"][0]["verdict"] == "inconclusive"
+    assert s["verdict_text"].startswith("inconclusive: 50% of the slices are out of distribution")
+    assert "model output normal" in s["verdict_text"]
+
+
+def test_study_flagged_through_one_series_is_inconclusive() -> None:
+    rows = [_flagged(_row(i, "normal", "a"), i < 3) for i in range(10)]
+    rows += [_flagged(_row(i, "normal", "b"), False) for i in range(10, 40)]
+    s = summarize(rows, CARD, Settings())
+    assert s["ood_fraction"] < 0.25 and s["verdict"] == "inconclusive"
+    assert [x["verdict"] for x in s["series"]] == ["inconclusive", "normal"]
+
+
+def test_top_slices_are_the_most_suspicious_even_for_a_normal_verdict() -> None:
+    rows = [_row(i, "normal", p=0.95) for i in range(10)]
+    rows[7] = _row(7, "malignant", p=0.6)
+    rows[3] = _row(3, "benign", p=0.5)  # p(malignant) = 0.25
+    s = summarize(rows, CARD, Settings(summary_top_slices=3))
+    assert s["verdict"] == "normal" and s["top_class"] == "malignant"
+    assert [t["slice_index"] for t in s["top_slices"]] == [7, 3, 0]
+    assert s["top_slices"][0]["label"] == "malignant"
+    assert not any(t["heatmap"] for t in s["top_slices"]) and s["heatmaps"] == []
+
+
+def test_heat_maps_are_planned_for_every_shown_top_slice_and_marked() -> None:
+    rows = [
+        _row(i, "malignant" if i in (2, 12) else "normal", "a" if i < 10 else "b")
+        for i in range(20)
+    ]
+    s = summarize(rows, CARD, Settings(summary_top_slices=2))
+    chosen = top_slices(s, per_series=1)
+    assert set(chosen) == {t["slice_index"] for t in s["top_slices"]} | {2, 12}
+    assert set(chosen.values()) == {"malignant"}
+    mark_heatmaps(s, {2})
+    assert s["heatmaps"] == [2]
+    assert [t["heatmap"] for t in s["top_slices"]] == [
+        t["slice_index"] == 2 for t in s["top_slices"]
+    ]
+    assert s["series"][0]["top_slices"][0]["heatmap"] is True
+    assert s["series"][1]["top_slices"][0]["heatmap"] is False

@@ -7,13 +7,19 @@ to look at while it predicts:
   (after windowing, resizing and scaling: the model's input size, 8-bit), one
   small PNG per readable slice (``STORE_SLICE_IMAGES``);
 * ``heatmaps/<slice_index>.png``: a Grad-CAM map (models/gradcam.py) for the
-  ``HEATMAP_SLICES_PER_SERIES`` top slices of each series, computed from those
-  stored images after the summary is known, for the class of the series'
-  verdict. Grad-CAM costs about eight forward passes per slice on a CPU, so a
-  study pays for a few slices only, and single-image jobs get one only with
-  ``HEATMAPS_FOR_IMAGES`` (it would dominate the cost of a burst).
+  study's top slices and the ``HEATMAP_SLICES_PER_SERIES`` top slices of each
+  series (the most suspicious ones), computed from those stored images after
+  the summary is known, for the most severe class; the summary then lists them
+  (``heatmaps``, and ``heatmap`` on each top slice). Grad-CAM costs about
+  eight forward passes per slice on a CPU, so a study pays for a few slices
+  only, and single-image jobs get one only with ``HEATMAPS_FOR_IMAGES`` (it
+  would dominate the cost of a burst).
 
-Both live in the job's storage (storage/) and go when the job is deleted.
+* ``views/<slice_index>.view``: the full-resolution viewing copy for the slice
+  viewer (``STORE_SLICE_VIEWS``; ingest/views.py), made in the decode threads and
+  stored with the slice images (worker/runner.py).
+
+All live in the job's storage (storage/) and go when the job is deleted.
 """
 
 from __future__ import annotations
@@ -78,24 +84,50 @@ def store_images(storage: Storage, job_id: str, decoded: Iterable[Any]) -> None:
             storage.put(job_id, image_name(d.source.index), to_png(d.tensor))
 
 
+def _groups(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """The study and each of its series (a summary without series: itself)."""
+    return [summary, *(summary.get("series") or [])]
+
+
+def view_name(slice_index: int) -> str:
+    return f"views/{slice_index}.view"
+
+
 def top_slices(summary: dict[str, Any], per_series: int) -> dict[int, str]:
-    """slice_index -> class to explain: the verdict's top slices of each series."""
+    """slice_index -> class to explain: the top slices of the study and of each series.
+
+    The study's ``top_slices`` (all of them, the ones the result page shows)
+    and each series' first ``per_series``: the most suspicious slices, for the
+    class that ranks them (``top_class``, the most severe), so the map shows
+    what looks suspicious rather than what looks normal.
+    """
     chosen: dict[int, str] = {}
-    for group in summary.get("series") or [summary]:
-        label = group.get("label")
-        for top in (group.get("top_slices") or [])[:per_series]:
-            if label is not None:
-                chosen.setdefault(int(top["slice_index"]), label)
+    for depth, group in enumerate(_groups(summary)):
+        cls = group.get("top_class") or group.get("label")
+        tops = group.get("top_slices") or []
+        for top in tops if depth == 0 else tops[:per_series]:
+            if cls is not None:
+                chosen.setdefault(int(top["slice_index"]), cls)
     return chosen
+
+
+def mark_heatmaps(summary: dict[str, Any], stored: set[int]) -> None:
+    """Say in the summary which top slices have a heat map, so no client asks for a missing one."""
+    summary["heatmaps"] = sorted(stored)
+    for group in _groups(summary):
+        for top in group.get("top_slices") or []:
+            top["heatmap"] = int(top["slice_index"]) in stored
 
 
 def store_heatmaps(
     jobs: dict[str, dict[str, Any]], predictor: Any, storage: Storage, settings: Settings
 ) -> None:
-    """Grad-CAM maps for the top slices of each job's series, in one backward pass.
+    """Grad-CAM maps for the top slices of each job (:func:`top_slices`), in one backward pass.
 
-    ``jobs`` maps job ID -> its summary. Missing images (STORE_SLICE_IMAGES off)
-    are skipped; a failure is logged and never fails a job that already succeeded.
+    ``jobs`` maps job ID -> its summary, which is updated in place
+    (:func:`mark_heatmaps`): store the summary after this call. Missing images
+    (STORE_SLICE_IMAGES off) are skipped; a failure is logged and never fails a
+    job that already succeeded.
     """
     started = time.perf_counter()
     classes = list(predictor.card.classes)
@@ -106,14 +138,18 @@ def store_heatmaps(
             if data is not None and label in classes:
                 tensor = from_png(data, predictor.card.input.channels)
                 wanted.append((job_id, index, tensor, classes.index(label)))
-    if not wanted:
-        return
+    stored: dict[str, set[int]] = {job_id: set() for job_id in jobs}
     try:
-        cams = predictor.explain(np.stack([w[2] for w in wanted]), [w[3] for w in wanted])
-        for (job_id, index, _, _), cam in zip(wanted, cams, strict=True):
-            storage.put(job_id, heatmap_name(index), heatmap_png(cam))
+        if wanted:
+            cams = predictor.explain(np.stack([w[2] for w in wanted]), [w[3] for w in wanted])
+            for (job_id, index, _, _), cam in zip(wanted, cams, strict=True):
+                storage.put(job_id, heatmap_name(index), heatmap_png(cam))
+                stored[job_id].add(index)
     except Exception:
         log.exception("heat maps failed for jobs %s", sorted(jobs))
+    for job_id, summary in jobs.items():
+        mark_heatmaps(summary, stored[job_id])
+    if not wanted:
         return
     log.info(
         "heat maps for %d slices of %d jobs in %.2f s",

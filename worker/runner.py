@@ -51,7 +51,7 @@ from ingest import InvalidUpload, SliceError, SliceSource, plan_upload
 from models.preprocessing import preprocess
 from storage import Storage
 from worker import metrics
-from worker.images import image_name, store_heatmaps, to_png
+from worker.images import image_name, store_heatmaps, to_png, view_name
 from worker.inference import Predictor
 from worker.summary import SeriesName, series_names, summarize
 
@@ -114,7 +114,8 @@ class Decoded:
     source: SliceSource
     tensor: np.ndarray | None
     error: str | None
-    png: bytes | None = None
+    png: bytes | None = None  # the slice as the model saw it (STORE_SLICE_IMAGES)
+    view: bytes | None = None  # the full-resolution viewing copy (STORE_SLICE_VIEWS)
 
 
 @dataclass
@@ -246,12 +247,18 @@ def _predict_and_store(
 
 
 def _load(
-    job_id: str, source: SliceSource, predictor: Predictor, images: bool, stages: Stages
+    job_id: str, source: SliceSource, predictor: Predictor, settings: Settings, stages: Stages
 ) -> Decoded:
-    """Decode and preprocess one slice (and encode its slice image); errors are recorded."""
+    """Decode and preprocess one slice; encode its slice image; errors are recorded.
+
+    One decode gives the model input and, with STORE_SLICE_VIEWS, the viewing
+    copy for the slice viewer (ingest/views.py), both made here in a decode thread.
+    """
     since = time.perf_counter()
     try:
-        tensor = preprocess(source.load(), predictor.card.input)
+        views = settings.store_slice_views
+        image, view = source.load_with_view() if views else (source.load(), None)
+        tensor = preprocess(image, predictor.card.input)
     except SliceError as exc:
         return Decoded(job_id, source, None, str(exc))
     except Exception as exc:  # an unexpected decoder failure must not sink the study
@@ -260,9 +267,9 @@ def _load(
         return Decoded(job_id, source, None, message)
     finally:
         since = stages.add("decode", since)
-    png = to_png(tensor) if images else None
+    png = to_png(tensor) if settings.store_slice_images else None
     stages.add("png", since)
-    return Decoded(job_id, source, tensor, None, png)
+    return Decoded(job_id, source, tensor, None, png, view)
 
 
 def _decode_ahead(
@@ -271,19 +278,18 @@ def _decode_ahead(
     """Decode in a thread pool, at most two batches ahead of the consumer."""
     settings = ctx.settings
     window = 2 * settings.inference_batch_size
-    images = settings.store_slice_images
     with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
         pending: list[Future[Decoded]] = []
         sources = iter(todo)
         for job_id, source in islice(sources, window):
-            pending.append(pool.submit(_load, job_id, source, predictor, images, ctx.stages))
+            pending.append(pool.submit(_load, job_id, source, predictor, settings, ctx.stages))
         while pending:
             since = time.perf_counter()
             decoded = pending.pop(0).result()
             ctx.stages.add("wait_decode", since)
             nxt = next(sources, None)
             if nxt is not None:
-                pending.append(pool.submit(_load, nxt[0], nxt[1], predictor, images, ctx.stages))
+                pending.append(pool.submit(_load, *nxt, predictor, settings, ctx.stages))
             yield decoded
 
 
@@ -357,7 +363,8 @@ def _store_batch(
     works: dict[str, Work],
     beat: Heartbeat,
 ) -> None:
-    """Store one batch's slice images, then its rows with progress and a heartbeat.
+    """Store one batch's slice images and viewing copies, then its rows with progress
+    and a heartbeat.
 
     Images first: a slice counted as done has its image. Progress is written
     here only for jobs with slices still to come; a job whose last slice is in
@@ -367,6 +374,8 @@ def _store_batch(
     for d in batch:
         if d.png is not None:
             ctx.storage.put(d.job_id, image_name(d.source.index), d.png)
+        if d.view is not None and d.tensor is not None:
+            ctx.storage.put(d.job_id, view_name(d.source.index), d.view)
     since = ctx.stages.add("store_images", since)
     with session_scope(ctx.settings.database_url) as s:
         insert_rows(s, [r.row(d.job_id) for d, r in zip(batch, rows, strict=True)])

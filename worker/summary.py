@@ -1,31 +1,39 @@
 """Study- and series-level verdicts from per-slice predictions.
 
-The rule (documented in the README, "Aggregation rule"):
+The rule (docs/review.md, "The verdict", with its validation):
 
 1. Only slices the model could read count; slices with errors are reported
    as ``slices_failed``.
 2. ``slice_counts`` counts the per-slice labels (arg-max of the probabilities).
-3. The verdict walks the card's ``severity`` order from the most severe class
-   down: the first abnormal class with at least ``MIN_ABNORMAL_SLICES`` slices
-   (default 2, capped at the number of readable slices, so a single image
-   decides by itself) is the label. If none qualifies, the label is the least
-   severe class (``normal``). One stray slice therefore does not flip a study;
-   a lesion visible on consecutive slices does. A model whose card has no
-   severity order falls back to the majority label.
-4. ``probabilities`` are the mean slice probabilities; ``top_slices`` are the
-   slices with the highest probability for the verdict's class: the slices
-   that drove it, for a radiologist to look at first.
-5. Out of distribution: ``ood_fraction`` is the fraction of readable slices
+3. ``label`` (the model output) walks the card's ``severity`` order from the
+   most severe class down: the first abnormal class with at least
+   ``needed = max(MIN_ABNORMAL_SLICES, ceil(MIN_ABNORMAL_FRACTION x readable))``
+   slices (capped at the readable slices, so a single image decides by itself)
+   is the label; if none qualifies, the least severe class (``normal``). The
+   fraction makes the rule fair to study size: two stray slices do not flip a
+   2,000-slice study, while a lesion seen on a tenth of the slices does. A card
+   without a severity order falls back to the majority label.
+4. ``verdict`` is what every surface headlines: the label, or
+   ``"inconclusive"`` when the group is out of distribution (rule 6), because
+   the model cannot judge such slices. ``evidence`` holds the rule's numbers
+   (readable slices, slices needed, the count and share behind the label) and
+   ``verdict_text`` says them in one sentence.
+5. ``probabilities`` are the mean slice probabilities. ``top_slices`` are the
+   most suspicious slices first: highest probability of the most severe class
+   (``top_class``), whatever the verdict. Each carries ``heatmap`` (False
+   here); worker/images.py ``store_heatmaps`` sets it to True, and lists
+   ``heatmaps``, for the slices whose heat map it stored.
+6. Out of distribution: ``ood_fraction`` is the fraction of readable slices
    flagged ``out_of_distribution`` (models/ood.py). A series is
    ``out_of_distribution`` when that fraction is at least the card's
    ``ood.study_rule.min_fraction`` (default 0.25); the study when its own
    fraction is, or when any of its series is. A flagged summary carries an
-   ``ood_warning`` sentence next to the label. Both are null for a model
-   without an OOD detector.
+   ``ood_warning`` sentence. Both are null for a model without an OOD detector.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -84,20 +92,40 @@ def _series_name(group: dict[str, Any]) -> str:
     return f"series {group['series_number']}{described}"
 
 
-def _verdict(counts: Counter[str], card: ModelCard, readable: int, min_slices: int) -> str:
-    """Apply the severity rule (module docstring, step 3)."""
-    severity = [c for c in (card.severity or []) if c in card.classes]
+INCONCLUSIVE = "inconclusive"
+"""The verdict of a study or series the model cannot judge (out of distribution)."""
+
+
+def needed_slices(readable: int, settings: Settings) -> int:
+    """Slices an abnormal class needs (rule 3): a floor and a fraction, capped at ``readable``."""
+    by_fraction = math.ceil(settings.min_abnormal_fraction * readable - 1e-9)
+    return max(1, min(max(settings.min_abnormal_slices, by_fraction), readable))
+
+
+def _label(counts: Counter[str], card: ModelCard, needed: int) -> str:
+    """Apply the severity rule (module docstring, rule 3)."""
+    severity = _severity(card)
     if not severity:
         return counts.most_common(1)[0][0]
-    needed = max(1, min(min_slices, readable))
     for cls in reversed(severity[1:]):
         if counts[cls] >= needed:
             return cls
     return severity[0]
 
 
-def _top(rows: Sequence[SliceResult], label: str, k: int) -> list[dict[str, Any]]:
-    best = sorted(rows, key=lambda r: (-(r.probabilities or {}).get(label, 0.0), r.slice_index))
+def _severity(card: ModelCard) -> list[str]:
+    return [c for c in (card.severity or []) if c in card.classes]
+
+
+def top_class(card: ModelCard) -> str:
+    """The class whose probability ranks the top slices: the most severe one."""
+    severity = _severity(card)
+    return severity[-1] if severity else card.classes[0]
+
+
+def _top(rows: Sequence[SliceResult], cls: str, k: int) -> list[dict[str, Any]]:
+    """The ``k`` most suspicious slices (rule 5), most suspicious first."""
+    best = sorted(rows, key=lambda r: (-(r.probabilities or {}).get(cls, 0.0), r.slice_index))
     return [
         {
             "slice_index": r.slice_index,
@@ -105,49 +133,103 @@ def _top(rows: Sequence[SliceResult], label: str, k: int) -> list[dict[str, Any]
             "series_uid": r.series_uid,
             "instance_number": r.instance_number,
             "slice_position": r.slice_position,
-            "probability": (r.probabilities or {}).get(label, 0.0),
+            "label": r.label,
+            "probability": (r.probabilities or {}).get(cls, 0.0),
+            "heatmap": False,
         }
         for r in best[:k]
     ]
 
 
+def _evidence(counts: Counter[str], label: str, readable: int, needed: int) -> dict[str, Any]:
+    """The rule's numbers behind ``label`` (rule 4)."""
+    return {
+        "readable_slices": readable,
+        "needed_slices": needed,
+        "label_slices": counts.get(label, 0),
+        "label_fraction": round(counts.get(label, 0) / readable, 4),
+    }
+
+
+def _verdict_text(group: dict[str, Any], card: ModelCard) -> str | None:
+    """One sentence with the verdict and the numbers that make it (rule 4)."""
+    label, ev = group.get("label"), group.get("evidence")
+    if label is None or not ev:
+        return None
+    n, k, share = ev["readable_slices"], ev["label_slices"], ev["label_fraction"]
+    if group.get("verdict") == INCONCLUSIVE:
+        return (
+            f"inconclusive: {group['ood_fraction']:.0%} of the slices are out of distribution; "
+            f"model output {label} ({k} of {n} slices) is not a diagnosis"
+        )
+    severity = _severity(card)
+    if not severity:
+        return f"{label}: the majority label, {k} of {n} slices ({share:.0%})"
+    if label != severity[0]:
+        return f"{label}: {k} of {n} slices ({share:.0%}); the rule needs {ev['needed_slices']}"
+    return (
+        f"{label}: no abnormal class reaches {ev['needed_slices']} of {n} slices "
+        f"({label} {k}, {share:.0%})"
+    )
+
+
+def _set_verdict(group: dict[str, Any], card: ModelCard) -> None:
+    """``verdict`` and ``verdict_text`` from the label and the OOD flag (rule 4)."""
+    label = group.get("label")
+    group["verdict"] = (
+        INCONCLUSIVE if label is not None and group.get("out_of_distribution") else label
+    )
+    group["verdict_text"] = _verdict_text(group, card)
+
+
 def summarize_group(
     rows: Sequence[SliceResult], card: ModelCard, settings: Settings
 ) -> dict[str, Any]:
-    """Verdict, mean probabilities, counts and top slices for one group of slices."""
+    """Label, mean probabilities, counts, evidence and top slices for one group of slices."""
     ok = [r for r in rows if r.probabilities is not None and r.label is not None]
     result: dict[str, Any] = {"slices_predicted": len(ok), "slices_failed": len(rows) - len(ok)}
     if not ok:
         return {
             **result,
             "label": None,
+            "verdict": None,
+            "verdict_text": None,
+            "evidence": None,
             "out_of_distribution": None,
             "ood_fraction": None,
             "probabilities": None,
             "slice_counts": {},
+            "top_class": top_class(card),
             "top_slices": [],
         }
     counts = Counter(r.label for r in ok if r.label)
-    label = _verdict(counts, card, len(ok), settings.min_abnormal_slices)
-    probabilities = [r.probabilities for r in ok if r.probabilities is not None]  # all of ok
-    mean = {c: round(sum(p[c] for p in probabilities) / len(ok), 6) for c in card.classes}
-    return {
+    needed = needed_slices(len(ok), settings)
+    label = _label(counts, card, needed)
+    probs = [r.probabilities or {} for r in ok]
+    mean = {c: round(sum(p.get(c, 0.0) for p in probs) / len(ok), 6) for c in card.classes}
+    group = {
         **result,
         "label": label,
+        "evidence": _evidence(counts, label, len(ok), needed),
         **_ood(ok, card),
         "probabilities": mean,
         "slice_counts": {c: counts.get(c, 0) for c in card.classes},
-        "top_slices": _top(ok, label, settings.summary_top_slices),
+        "top_class": top_class(card),
+        "top_slices": _top(ok, top_class(card), settings.summary_top_slices),
     }
+    _set_verdict(group, card)
+    return group
 
 
 def _rule_text(card: ModelCard, settings: Settings) -> str:
-    """The rule applied, in words, so a reader of the result need not find the README."""
+    """The rule applied, in words, so a reader of the result need not find the docs."""
     if not card.severity:
         return "majority slice label (the model card gives no severity order)"
     return (
-        f"most severe class with >= {settings.min_abnormal_slices} slices "
-        f"(severity order {' < '.join(card.severity)}), else {card.severity[0]}"
+        f"most severe class on >= max({settings.min_abnormal_slices}, "
+        f"{settings.min_abnormal_fraction:.0%} of the readable) slices "
+        f"(severity order {' < '.join(card.severity)}), else {card.severity[0]}; "
+        f"{INCONCLUSIVE} when out of distribution"
     )
 
 
@@ -166,13 +248,13 @@ def summarize(
     groups: dict[str | None, list[SliceResult]] = {}
     for r in rows:
         groups.setdefault(r.series_uid, []).append(r)
-    # keyed like groups: images have no series UID (None)
-    named: dict[str | None, SeriesName] = {uid: name for uid, name in (names or {}).items()}
+    known = names or {}
+    unnamed = SeriesName(None, None)
     series = [
         {
             "series_uid": uid,
-            "series_description": named[uid].description if uid in named else None,
-            "series_number": named[uid].number if uid in named else None,
+            "series_description": known.get(uid or "", unnamed).description,
+            "series_number": known.get(uid or "", unnamed).number,
             **summarize_group(group, card, settings),
         }
         for uid, group in groups.items()
@@ -182,7 +264,7 @@ def summarize(
         group["ood_warning"] = _ood_warning(group)
     study["ood_warning"] = _ood_warning(study)
     flagged = [s for s in series if s["out_of_distribution"]]
-    if flagged and not study["out_of_distribution"]:  # rule 5: any flagged series flags it
+    if flagged and not study["out_of_distribution"]:  # rule 6: any flagged series flags it
         study["out_of_distribution"] = True
         worst = max(flagged, key=lambda s: s["ood_fraction"])
         name = _series_name(worst)
@@ -191,9 +273,11 @@ def summarize(
             f"({study['ood_fraction']:.0%} of the study) are unlike the "
             "data the model was trained on; it cannot judge them, so do not rely on this label."
         )
+        _set_verdict(study, card)
     return {
         **study,
         "series": series,
+        "heatmaps": [],
         "skipped_files": skipped,
         "rule": _rule_text(card, settings),
         "ood_rule": _ood_rule_text(card),

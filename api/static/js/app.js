@@ -4,12 +4,18 @@
 import { forgetKey, getJson, getKey, onKeyRefused, setKey, uploadJob } from "./api.js";
 import { el, fill, percent, progressBar } from "./dom.js";
 import { JobList } from "./joblist.js";
-import { JobView, modelMetrics } from "./jobview.js";
+import { INPUT_NAME_KEY, JobView, modelMetrics } from "./jobview.js";
 
 const $ = (id) => document.getElementById(id);
+const jobPath = () => location.pathname.match(/^\/jobs\/([^/]+)(?:\/series\/(\d+)\/slices\/(\d+))?\/?$/);
 const jobIdInPath = () => {
-  const m = location.pathname.match(/^\/jobs\/([^/]+)\/?$/);
+  const m = jobPath();
   return m ? decodeURIComponent(m[1]) : null;
+};
+/** {series, slice} of a shareable viewer URL /jobs/<id>/series/<n>/slices/<i>, else null. */
+const sliceInPath = () => {
+  const m = jobPath();
+  return m && m[2] ? { series: Number(m[2]), slice: Number(m[3]) } : null;
 };
 
 const views = new Set(); // live JobViews, polled again when a new key is accepted
@@ -58,7 +64,16 @@ $("forget-key").addEventListener("click", () => {
   $("api-key").value = "";
   $("key-error").textContent = "";
   $("key-status").textContent = "Key forgotten.";
-  jobList?.stop();
+  // nothing the key showed stays on screen: the job list, this tab's submissions, a job page
+  jobList?.clear();
+  for (const view of views) view.destroy();
+  views.clear();
+  fill($("submissions"));
+  $("subs-title").hidden = true;
+  fill($("job-view"));
+  for (const name of Object.keys(sessionStorage)) {
+    if (name.startsWith(INPUT_NAME_KEY)) sessionStorage.removeItem(name);
+  }
 });
 
 // --- home page: submit and list -------------------------------------------------
@@ -95,6 +110,12 @@ function setUploading(delta) {
 $("submit-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   $("submit-error").textContent = "";
+  if (!getKey() && $("api-key").value.trim()) {
+    // a key pasted into the field but not yet "used": use it now
+    setKey($("api-key").value.trim());
+    if (!(await useKey())) return;
+    start();
+  }
   if (!getKey()) {
     $("submit-error").textContent = "Enter your API key first.";
     $("api-key").focus();
@@ -142,6 +163,7 @@ async function submitCard(name, data) {
   body.append(jobBox);
   const view = new JobView(jobBox, job.id, {
     models,
+    inputName: name,
     headingLevel: 4,
     onDeleted: () => { views.delete(view); jobList?.refresh(); },
   });
@@ -157,16 +179,29 @@ function start() {
     const existing = [...views].find((v) => v.jobId === id);
     if (existing) existing.poll();
     else {
-      const view = new JobView($("job-view"), id, { models, headingLevel: 2 });
+      const view = new JobView($("job-view"), id, { models, headingLevel: 2, slice: sliceInPath() });
       views.add(view);
     }
     return;
   }
   fillModels();
   for (const view of views) view.poll();
-  jobList ??= new JobList({ table: $("job-list"), status: $("list-status"), error: $("list-error") });
+  jobList ??= new JobList({
+    table: $("job-list"), status: $("list-status"), error: $("list-error"),
+    pager: $("list-pager"), filters: $("list-filters"),
+  });
   jobList.refresh();
 }
+
+// Back and forward between a job page and its viewer URLs, without a reload.
+window.addEventListener("popstate", () => {
+  const id = jobIdInPath();
+  const view = [...views].find((v) => v.jobId === id);
+  const at = sliceInPath();
+  if (!view) return;
+  if (at) view.openViewer(at.series, at.slice);
+  else view.viewer?.o.onClose();
+});
 
 async function main() {
   const id = jobIdInPath();

@@ -1,20 +1,21 @@
 // Results as downloadable CSV and JSON, built in the browser from /results.
-// One row per slice: job_id, slice_index, source, series_uid, label,
-// p_<class> per class, out_of_distribution, error.
+// The columns are the CLI's (client/export.py): job_id, input, input_member,
+// study_verdict, slice_index, source, series_uid, instance_number,
+// slice_position, frame, label, p_<class> per class, out_of_distribution,
+// ood_score, error. The browser cannot see inside an upload, so input_member
+// stays empty here; the CLI fills it from the local files.
+
+const HEAD = ["job_id", "input", "input_member", "study_verdict", "slice_index", "source", "series_uid",
+  "instance_number", "slice_position", "frame", "label"];
+const TAIL = ["out_of_distribution", "ood_score", "error"];
 
 /** Flat rows, one per slice, with one p_<class> column per class. */
-export function resultRows(jobId, items, classes) {
+export function resultRows(jobId, items, classes, { input = "", verdict = null } = {}) {
   return items.map((it) => {
-    const row = {
-      job_id: jobId,
-      slice_index: it.slice_index,
-      source: it.source ?? null,
-      series_uid: it.series_uid ?? null,
-      label: it.label ?? null,
-    };
+    const row = { job_id: jobId, input, input_member: null, study_verdict: verdict };
+    for (const c of HEAD.slice(4)) row[c] = it[c] ?? null;
     for (const c of classes) row[`p_${c}`] = it.probabilities ? (it.probabilities[c] ?? null) : null;
-    row.out_of_distribution = it.out_of_distribution ?? null;
-    row.error = it.error ?? null;
+    for (const c of TAIL) row[c] = it[c] ?? null;
     return row;
   });
 }
@@ -45,8 +46,7 @@ export function toCsv(rows, columns) {
 }
 
 export function columnsOf(classes) {
-  return ["job_id", "slice_index", "source", "series_uid", "label", ...classes.map((c) => `p_${c}`),
-    "out_of_distribution", "error"];
+  return [...HEAD, ...classes.map((c) => `p_${c}`), ...TAIL];
 }
 
 /** Offer text as a file download named filename. */

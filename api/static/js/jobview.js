@@ -7,6 +7,7 @@
 import { ApiError, allResults, getJson, imageUrl, request } from "./api.js";
 import { classesOf, columnsOf, download, resultRows, toCsv } from "./export.js";
 import { el, fill, localTime, percent, probabilityBars, progressBar } from "./dom.js";
+import { SliceViewer } from "./viewer.js";
 
 const ENDED = new Set(["succeeded", "failed", "cancelled"]);
 const POLL_MS = 1000;
@@ -18,6 +19,7 @@ const PAGE_ROWS = 50;
 // After this many missing images and none found, the job is taken to have none.
 const MISSING_IMAGES_BEFORE_GIVING_UP = 3;
 
+export const INPUT_NAME_KEY = "lungct-input:";
 const jobUrl = (id) => `/api/v1/jobs/${encodeURIComponent(id)}`;
 const uidTail = (uid) => (uid ? uid.slice(-8) : "");
 
@@ -26,11 +28,16 @@ export class JobView {
    * @param {HTMLElement} container  the view owns this element's content
    * @param {string} jobId
    * @param {object} options  models: Promise of /api/v1/models items; headingLevel: 2 or 3;
-   *                          onDeleted(jobId): called after a delete
+   *                          onDeleted(jobId): called after a delete;
+   *                          slice: {series, slice} (from 1) to open in the viewer once loaded
    */
-  constructor(container, jobId, { models, headingLevel = 2, onDeleted = () => {} } = {}) {
+  constructor(container, jobId, { models, headingLevel = 2, onDeleted = () => {}, slice = null, inputName = null } = {}) {
     this.container = container;
+    // the file name this tab uploaded (kept in the tab's session), for when the server keeps none
+    if (inputName) sessionStorage.setItem(`${INPUT_NAME_KEY}${jobId}`, inputName);
+    this.inputName = inputName ?? sessionStorage.getItem(`${INPUT_NAME_KEY}${jobId}`);
     this.jobId = jobId;
+    this.openAt = slice;
     this.models = models || Promise.resolve([]);
     this.onDeleted = onDeleted;
     this.job = null;
@@ -59,6 +66,7 @@ export class JobView {
     this.meta = el("p", { class: "meta" });
     this.actions = el("div", { class: "actions" });
     this.verdict = el("section", { class: "verdict", hidden: true });
+    this.viewerBox = el("section", { class: "viewer", hidden: true, "aria-label": "Slice viewer" });
     this.warnings = el("section", { class: "warnings", hidden: true });
     this.top = el("section", { class: "top-slices", hidden: true });
     this.series = el("section", { class: "series", hidden: true });
@@ -78,6 +86,7 @@ export class JobView {
       this.live,
       this.error,
       this.actions,
+      this.viewerBox,
       this.verdict,
       this.warnings,
       this.top,
@@ -224,6 +233,63 @@ export class JobView {
     this.#renderTopSlices();
     this.#renderSeries();
     this.#renderTable();
+    if (this.openAt) this.openViewer(this.openAt.series, this.openAt.slice);
+  }
+
+  // --- the slice viewer ----------------------------------------------------------
+
+  /** Open the viewer on series n, slice i (both from 1); the page's URL follows it. */
+  openViewer(n, i) {
+    if (!this.results || !this.results.length) return;
+    const series = this.#seriesGroups().map(({ entry, number, slices }) => ({
+      name: seriesName(entry, number, this.job.kind), slices,
+    }));
+    const onMove = (sn, si) => {
+      if (this.level === 2) history.replaceState(null, "", this.#viewerPath(sn, si));
+    };
+    const onClose = () => {
+      this.viewer = null;
+      fill(this.viewerBox);
+      this.viewerBox.hidden = true;
+      if (this.level === 2) history.replaceState(null, "", `/jobs/${encodeURIComponent(this.jobId)}`);
+    };
+    if (this.viewer) this.viewer.show(n, i);
+    else {
+      this.viewer = new SliceViewer(this.viewerBox, {
+        jobId: this.jobId, series, summary: this.job.summary, classes: this.classes,
+        seriesNumber: n, sliceNumber: i, onMove, onClose,
+      });
+    }
+    this.viewerBox.scrollIntoView({ block: "start" });
+    this.viewer.stage.focus({ preventScroll: true });
+  }
+
+  #viewerPath(n, i) {
+    return `/jobs/${encodeURIComponent(this.jobId)}/series/${n}/slices/${i}`;
+  }
+
+  /** A link that opens the viewer in place (the shareable URL works in a new tab too). */
+  #viewerLink(sliceIndex, label, ...children) {
+    const { n, i } = this.#position(sliceIndex);
+    return el("a", {
+      href: this.#viewerPath(n, i), class: "open-viewer", "aria-label": label,
+      onclick: (ev) => {
+        if (ev.ctrlKey || ev.metaKey || ev.shiftKey || ev.button !== 0) return;
+        ev.preventDefault();
+        if (this.level === 2) history.pushState(null, "", this.#viewerPath(n, i));
+        this.openViewer(n, i);
+      },
+    }, children);
+  }
+
+  /** Series number and slice number (both from 1) of a slice index. */
+  #position(sliceIndex) {
+    const groups = this.#seriesGroups();
+    for (const g of groups) {
+      const k = g.slices.findIndex((r) => r.slice_index === sliceIndex);
+      if (k >= 0) return { n: g.number, i: k + 1 };
+    }
+    return { n: 1, i: 1 };
   }
 
   // --- verdict -------------------------------------------------------------
@@ -235,15 +301,25 @@ export class JobView {
       return;
     }
     const what = this.job.kind === "image" ? "Verdict" : "Study verdict";
+    const verdict = verdictOf(s);
     const parts = [
-      el(this.#h(1), {}, what, ": ", el("strong", { class: "label" }, s.label ?? "none (no readable slice)")),
+      el(this.#h(1), {}, what, ": ",
+        el("strong", { class: `label verdict-${verdict ?? "none"}` }, verdict ?? "none (no readable slice)")),
     ];
     if (s.out_of_distribution) parts.push(oodWarning(s.ood_fraction, "this study"));
+    if (verdict === "inconclusive") {
+      parts.push(el("p", { class: "model-output" }, "Model output (not a diagnosis): ", el("span", {}, s.label)));
+    }
+    if (s.verdict_text) parts.push(el("p", { class: "evidence" }, "Evidence: ", s.verdict_text));
     parts.push(
       el("p", {}, `${s.slices_predicted} slices predicted`,
         s.slices_failed ? `, ${s.slices_failed} could not be read` : "",
         s.skipped_files ? `, ${s.skipped_files} files skipped` : ""),
     );
+    if (s.slice_counts && Object.keys(s.slice_counts).length) {
+      parts.push(el("p", { class: "counts" }, "Slices per label: ",
+        Object.entries(s.slice_counts).map(([k, v]) => `${k} ${v}`).join(", ")));
+    }
     if (s.probabilities) {
       parts.push(el("p", { class: "hint" }, "Mean slice probabilities:"), probabilityBars(s.probabilities, this.classes));
     }
@@ -276,7 +352,7 @@ export class JobView {
       parts.push(
         el("details", { open: failed.length <= 10 },
           el("summary", {}, `${failed.length} slice${failed.length === 1 ? "" : "s"} could not be read`),
-          el("ul", {}, failed.map((r) => el("li", {}, `#${r.slice_index} `, el("code", {}, r.source ?? ""), `: ${r.error}`)))),
+          el("ul", {}, failed.map((r) => el("li", {}, `slice ${sliceNo(r)}, file `, el("code", {}, r.source ?? ""), `: ${r.error}`)))),
       );
     }
     fill(this.warnings, parts);
@@ -369,21 +445,31 @@ export class JobView {
       return;
     }
     const toggleId = `heat-${this.jobId}`;
+    // a summary from before `heatmap` was recorded: ask, and let a 404 remove the overlay
+    const hasHeat = (t) => t.heatmap ?? s.heatmaps === undefined;
+    const anyHeat = top.some(hasHeat);
     const toggle = el("input", { type: "checkbox", id: toggleId, class: "heat-toggle", checked: true, disabled: true });
     toggle.addEventListener("change", () => this.top.classList.toggle("no-heat", !toggle.checked));
+    const cls = s.top_class || s.label;
     const figures = top.map((t) => {
-      const alt = `slice #${t.slice_index}`;
+      const alt = `slice ${sliceNo(t)}`;
+      // only slices the summary lists with a heat map get one requested (no 404s)
+      const layers = [this.#lazyImage(t.slice_index, "image", alt, "base")];
+      if (hasHeat(t)) layers.push(this.#lazyImage(t.slice_index, "heatmap", `heat map of ${alt}`, "overlay"));
       return el("figure", { class: "large" },
-        el("div", { class: "stack" },
-          this.#lazyImage(t.slice_index, "image", alt, "base"),
-          this.#lazyImage(t.slice_index, "heatmap", `heatmap of ${alt}`, "overlay")),
-        el("figcaption", {}, `#${t.slice_index} `, el("code", {}, t.source ?? ""),
-          ` · p(${s.label}) ${percent(t.probability ?? 0)}`));
+        this.#viewerLink(t.slice_index, `open ${alt} in the viewer`, el("div", { class: "stack" }, layers)),
+        el("figcaption", {}, `slice ${sliceNo(t)} · file `, el("code", {}, t.source ?? ""),
+          ` · p(${cls}) ${percent(t.probability ?? 0)}`,
+          t.label ? ` · slice label ${t.label}` : "",
+          hasHeat(t) ? "" : el("span", { class: "hint" }, " · no heat map")));
     });
     fill(this.top,
-      el(this.#h(1), {}, "Slices that drove the verdict"),
-      el("p", {}, toggle, el("label", { for: toggleId }, " Show heatmap overlay"),
-        el("span", { class: "hint heat-hint" }, " (once a heatmap has loaded)")),
+      el(this.#h(1), {}, "Most suspicious slices"),
+      el("p", { class: "hint" }, `Ranked by p(${cls}), the most severe class, whatever the verdict.`),
+      anyHeat
+        ? el("p", {}, toggle, el("label", { for: toggleId }, " Show heatmap overlay"),
+          el("span", { class: "hint heat-hint" }, " (once a heatmap has loaded)"))
+        : el("p", { class: "hint" }, "No heat maps were computed for this job."),
       el("div", { class: "large-row" }, figures));
     this.top.hidden = false;
   }
@@ -413,15 +499,17 @@ export class JobView {
       const head = el(this.#h(2), {}, name);
       if (entry.series_uid) head.append(" ", el("small", { class: "uid", title: entry.series_uid }, `…${uidTail(entry.series_uid)}`));
       const facts = [];
-      if (entry.label !== undefined) facts.push(el("span", {}, "verdict ", el("strong", {}, entry.label ?? "none")));
+      if (entry.label !== undefined) facts.push(el("span", {}, "verdict ", el("strong", {}, verdictOf(entry) ?? "none")));
+      if (verdictOf(entry) === "inconclusive") facts.push(el("span", {}, `model output ${entry.label}`));
       if (entry.slice_counts) {
         facts.push(el("span", {}, Object.entries(entry.slice_counts).map(([k, v]) => `${k} ${v}`).join(", ")));
       }
       if (entry.slices_failed) facts.push(el("span", { class: "err" }, `${entry.slices_failed} unreadable`));
       const strip = el("div", { class: "strip", tabindex: 0, role: "group", "aria-label": `${name}: ${slices.length} slice thumbnails` },
-        slices.map((r) => el("figure", { class: `thumb${r.error ? " has-error" : ""}`, title: `#${r.slice_index} ${r.label ?? r.error ?? ""}` },
-          this.#lazyImage(r.slice_index, "image", `slice #${r.slice_index}${r.label ? ` (${r.label})` : ""}`, "small"),
-          el("figcaption", {}, `#${r.slice_index}`, r.label ? ` ${r.label}` : " error"))));
+        slices.map((r) => el("figure", { class: `thumb${r.error ? " has-error" : ""}`, title: `slice ${sliceNo(r)} ${r.label ?? r.error ?? ""}` },
+          this.#viewerLink(r.slice_index, `open slice ${sliceNo(r)} in the viewer`,
+            this.#lazyImage(r.slice_index, "image", `slice ${sliceNo(r)}${r.label ? ` (${r.label})` : ""}`, "small")),
+          el("figcaption", {}, `${sliceNo(r)}`, r.label ? ` ${r.label}` : " error"))));
       return el("section", { class: "series-block" },
         head,
         entry.out_of_distribution ? oodWarning(entry.ood_fraction, "this series") : null,
@@ -470,7 +558,7 @@ export class JobView {
     this.pageStatus = el("span", { role: "status", "aria-live": "polite" });
     const hasOod = this.results.some((r) => r.out_of_distribution !== undefined);
     this.hasOod = hasOod;
-    const head = ["#", "source", "series", "position (mm)", "label", "probabilities"];
+    const head = ["slice", "file in upload", "series", "position (mm)", "label", "probabilities"];
     if (hasOod) head.push("out of distribution");
     head.push("error");
     fill(this.table,
@@ -496,7 +584,7 @@ export class JobView {
       const group = seriesNumber.get(r.series_uid ?? null);
       const series = group ? seriesName(group.entry, group.number, this.job.kind) : uidTail(r.series_uid);
       const cells = [
-        el("td", {}, String(r.slice_index)),
+        el("td", {}, String(sliceNo(r))),
         el("td", { class: "source" }, r.source ?? ""),
         el("td", { class: "series-name", title: [series, r.series_uid].filter(Boolean).join(" ") }, series),
         el("td", {}, r.slice_position != null ? r.slice_position.toFixed(1) : ""),
@@ -524,7 +612,8 @@ export class JobView {
   }
 
   #download(format) {
-    const rows = resultRows(this.jobId, this.results, this.classes);
+    const input = this.job.input_name ?? this.inputName ?? "";
+    const rows = resultRows(this.jobId, this.results, this.classes, { input, verdict: verdictOf(this.job.summary) });
     if (format === "csv") {
       download(`job-${this.jobId}-results.csv`, toCsv(rows, columnsOf(this.classes)), "text/csv");
     } else {
@@ -532,6 +621,9 @@ export class JobView {
     }
   }
 }
+
+/** The one slice number the UI shows: 1-based, in the job's order (the API's slice_index + 1). */
+export const sliceNo = (r) => r.slice_index + 1;
 
 /** "Description (series N)", "Series N" from the header, else "Series <order>". */
 export function seriesName(entry, order, kind) {
@@ -541,6 +633,13 @@ export function seriesName(entry, order, kind) {
     return number != null ? `${entry.series_description} (series ${number})` : entry.series_description;
   }
   return `Series ${number ?? order}`;
+}
+
+/** The verdict to headline: a class, or "inconclusive" (an older summary: the flag demotes its label). */
+export function verdictOf(group) {
+  if (!group) return null;
+  if (group.verdict !== undefined) return group.verdict;
+  return group.out_of_distribution && group.label ? "inconclusive" : group.label ?? null;
 }
 
 function oodWarning(fraction, what) {
