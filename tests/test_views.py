@@ -113,23 +113,18 @@ def test_the_worker_keeps_a_viewing_copy_served_to_the_owner_only(stack: Stack) 
     assert not (Path(stack.env["STORAGE_DIR"]) / dicom["id"]).exists()
 
 
-def test_store_slice_views_off_decodes_without_a_copy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The worker's decode (worker.pipeline._load) makes the copy only with STORE_SLICE_VIEWS."""
+def test_store_slice_views_off_decodes_without_a_copy(tmp_path: Path) -> None:
+    """The worker's decode (worker.runner._load) makes the copy only with STORE_SLICE_VIEWS."""
     from types import SimpleNamespace
 
-    from config import get_settings
     from models.preprocessing import InputSpec
-    from worker.pipeline import _load
+    from worker.runner import Stages, _load
 
     predictor: Any = SimpleNamespace(card=SimpleNamespace(input=InputSpec(8, 8, 1)))
     upload = write_zip(tmp_path / "s.zip", [("a/1.dcm", gradient_slice(1))])
     with plan_upload(upload, Settings(), filename="s.zip") as plan:
-        for value in ("1", "0"):
-            monkeypatch.setenv("STORE_SLICE_VIEWS", value)
-            get_settings.cache_clear()
-            decoded = _load(plan.slices[0], predictor)
+        for views in (True, False):
+            settings = Settings(store_slice_views=views)
+            decoded = _load("job", plan.slices[0], predictor, settings, Stages())
             assert decoded.error is None and decoded.tensor is not None
-            assert (decoded.view is not None) == (value == "1")
-    get_settings.cache_clear()
+            assert (decoded.view is not None) == views
