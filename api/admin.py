@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from apiflask import APIBlueprint, abort
-from flask import url_for
 from sqlalchemy import select
 
-from api import context
+from api import context, pages
 from api.auth import auth, caller
 from api.schemas import AuditOut, ResultsQuery
 from api.serializers import iso
@@ -26,22 +25,11 @@ def audit_log(query: dict[str, Any]) -> dict[str, Any]:
     """Who submitted, cancelled or deleted which job, and when; no patient data."""
     if not caller().admin:
         abort(403, "the audit log needs an admin API key (python -m api.keys create NAME --admin)")
-    limit = query["limit"] or context.settings().results_page_size
-    offset = query["offset"]
     with context.session() as s:
-        rows = s.scalars(
-            select(AuditEvent)
-            .order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
-            .offset(offset)
-            .limit(limit + 1)
-        ).all()
+        ordered = select(AuditEvent).order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
+        rows, nxt = pages.page(s, ordered, query, "admin.audit_log")
         items = [
             {"at": iso(e.at), "owner": e.owner, "action": e.action, "job_id": e.job_id}
-            for e in rows[:limit]
+            for e in rows
         ]
-    nxt = (
-        url_for("admin.audit_log", offset=offset + limit, limit=limit)
-        if len(rows) > limit
-        else None
-    )
     return {"items": items, "next": nxt}

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import FileStorage
 
-from api import context
+from api import context, pages
 from api.auth import Caller, auth, caller
 from api.queue import queue_job
 from api.schemas import (
@@ -390,8 +390,6 @@ def _one_ended(ids: list[str], who: Caller) -> bool:
 
 
 def _jobs_page(query: dict[str, Any], who: Caller, ids: list[str]) -> dict[str, Any]:
-    limit = query["limit"] or context.settings().results_page_size
-    offset = query["offset"]
     q = select(Job)
     if not who.admin:
         q = q.where(Job.owner == who.owner)
@@ -405,18 +403,9 @@ def _jobs_page(query: dict[str, Any], who: Caller, ids: list[str]) -> dict[str, 
         q = q.where(Job.created_at >= as_utc(query["since"]))
     q = _result_filters(q, query)
     with context.session() as s:
-        rows = s.scalars(
-            q.order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit + 1)
-        ).all()
-        items = [job_to_dict(j) for j in rows[:limit]]
-    # the filters only (other parameters could be url_for's own, such as _anchor);
-    # not wait: the next page is read at once
-    args: dict[str, Any] = {k: request.args.getlist(k) for k in LIST_FILTERS if k in request.args}
-    nxt = (
-        url_for("jobs.list_jobs", offset=offset + limit, limit=limit, **args)
-        if len(rows) > limit
-        else None
-    )
+        ordered = q.order_by(Job.created_at.desc(), Job.id)
+        rows, nxt = pages.page(s, ordered, query, "jobs.list_jobs", LIST_FILTERS)
+        items = [job_to_dict(j) for j in rows]
     return {"items": items, "next": nxt}
 
 
@@ -503,29 +492,13 @@ def _held(job_ids: list[str], ready: Callable[[], T | None], timeout_s: float) -
 @bp.doc(summary="Per-slice predictions, paginated", responses=[200, 400, 401, 404, 429])
 def get_results(job_id: str, query: dict[str, Any]) -> dict[str, Any]:
     """Slices in order (series, then anatomical position); ``next`` links the next page."""
-    limit = query["limit"] or context.settings().results_page_size
-    offset = query["offset"]
     with context.session() as s:
         _owned(s, job_id, caller())
-        total = s.scalar(
-            select(func.count())
-            .select_from(SlicePrediction)
-            .where(SlicePrediction.job_id == job_id)
-        )
-        rows = s.scalars(
-            select(SlicePrediction)
-            .where(SlicePrediction.job_id == job_id)
-            .order_by(SlicePrediction.slice_index)
-            .offset(offset)
-            .limit(limit)
-        ).all()
+        mine = SlicePrediction.job_id == job_id
+        total = s.scalar(select(func.count()).select_from(SlicePrediction).where(mine))
+        ordered = select(SlicePrediction).where(mine).order_by(SlicePrediction.slice_index)
+        rows, nxt = pages.page(s, ordered, query, "jobs.get_results", job_id=job_id)
         items = [prediction_to_dict(r) for r in rows]
-    more = offset + len(items) < (total or 0)
-    nxt = (
-        url_for("jobs.get_results", job_id=job_id, offset=offset + limit, limit=limit)
-        if more
-        else None
-    )
     return {"items": items, "total": total or 0, "next": nxt}
 
 
