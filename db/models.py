@@ -159,3 +159,8 @@ class AuditEvent(Base):
     owner: Mapped[str] = mapped_column(String(128), index=True)
     action: Mapped[str] = mapped_column(String(32))
     job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+
+# The DICOM node's tables live in their own module; imported here so that
+# Base.metadata (Alembic, tests/test_migrations.py) sees them.
+from db import dicom_models  # noqa: E402,F401
