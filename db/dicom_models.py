@@ -46,6 +46,7 @@ class DicomGroup(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=lambda: str(uuid.uuid4()))
     called_ae: Mapped[str] = mapped_column(String(16))
     calling_ae: Mapped[str] = mapped_column(String(16))
+    owner: Mapped[str] = mapped_column(String(128))
     study_uid: Mapped[str] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer, default=1)
     status: Mapped[str] = mapped_column(String(16), index=True, default=GroupStatus.OPEN)

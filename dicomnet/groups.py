@@ -27,7 +27,6 @@ from config import Settings
 from db.dicom_models import DicomGroup, DicomInstance, GroupStatus
 from db.models import AuditEvent, Job, JobKind, JobStatus, as_utc, utcnow
 from db.session import session_scope, transaction_lock
-from dicomnet.peers import owner_for
 from dicomnet.receive import group_lock, instance_file
 from ingest.series_rules import FileFacts, SeriesRules, rules_for_model
 from models.registry import ModelCard, Registry
@@ -121,7 +120,7 @@ def _stored_job(
     return Job(
         id=job_id,
         kind=JobKind.STUDY,
-        owner=owner_for(settings, group.calling_ae),
+        owner=group.owner,
         model_name=card.name,
         model_version=card.version,
         upload_key=stored.key,

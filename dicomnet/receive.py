@@ -24,6 +24,7 @@ from config import Settings
 from db.dicom_models import DicomGroup, DicomInstance, GroupStatus
 from db.models import utcnow
 from db.session import session_scope, transaction_lock
+from dicomnet.peers import owner_for
 from ingest.dicom import DicomHeader, read_header
 from ingest.series_rules import orientation_name
 from storage import LocalStorage, Storage, open_storage
@@ -58,11 +59,18 @@ class Outcome:
 
 
 def store_instance(
-    settings: Settings, called_ae: str, calling_ae: str, data: bytes, sop_class: str | None = None
+    settings: Settings,
+    called_ae: str,
+    calling_ae: str,
+    data: bytes,
+    sop_class: str | None = None,
+    owner: str | None = None,
 ) -> Outcome:
     """Store one Part 10 file (``data``: preamble, file meta, dataset) and record it.
 
     ``sop_class`` is the one the peer declared (C-STORE); the file's own is checked too.
+    ``owner`` owns a group this instance opens (default: the calling AE's owner,
+    :func:`dicomnet.peers.owner_for`; STOW-RS: the API key's owner).
     """
     if sop_class is not None and UID(sop_class) not in ACCEPTED_SOP_CLASSES:
         return _refused_class(sop_class)
@@ -79,7 +87,8 @@ def store_instance(
         log.warning("instance refused (A700): %s", problem)
         return Outcome(OUT_OF_RESOURCES, problem, header.sop_uid, header.sop_class)
     try:
-        return _record(settings, called_ae, calling_ae, header, data)
+        who = owner or owner_for(settings, calling_ae)
+        return _record(settings, (called_ae, calling_ae, who), header, data)
     except OSError as exc:  # disk full, storage down
         log.warning("instance refused (A700): storage failed (%s)", type(exc).__name__)
         return Outcome(OUT_OF_RESOURCES, "storage unavailable", header.sop_uid, header.sop_class)
@@ -110,7 +119,7 @@ def _existing(path: Path) -> Path:
 
 
 def _record(
-    settings: Settings, called_ae: str, calling_ae: str, h: DicomHeader, data: bytes
+    settings: Settings, peer: tuple[str, str, str], h: DicomHeader, data: bytes
 ) -> Outcome:
     """Join or open the group, write the file, record the instance: one transaction.
 
@@ -121,8 +130,8 @@ def _record(
     cap = settings.dicom_max_study_instances
     try:
         with session_scope(settings.database_url) as s:
-            transaction_lock(s, group_lock(called_ae, h.study_uid))
-            group = open_group(s, called_ae, calling_ae, h.study_uid)
+            transaction_lock(s, group_lock(peer[0], h.study_uid))
+            group = open_group(s, peer, h.study_uid)
             if group.instance_count >= cap:
                 raise _StudyFull
             _put_instance(s, storage, group, h, data)
@@ -142,8 +151,12 @@ def group_lock(called_ae: str, study_uid: str) -> str:
     return f"lungct-dicom:{called_ae}:{study_uid}"
 
 
-def open_group(s: Session, called_ae: str, calling_ae: str, study_uid: str) -> DicomGroup:
-    """The open group of this study at this AE, or a new one (the next result version)."""
+def open_group(s: Session, peer: tuple[str, str, str], study_uid: str) -> DicomGroup:
+    """The open group of this study at this AE, or a new one (the next result version).
+
+    ``peer`` is (called AE, calling AE, owner): the last two only name a new group.
+    """
+    called_ae, calling_ae, owner = peer
     query = select(DicomGroup).where(
         DicomGroup.called_ae == called_ae,
         DicomGroup.study_uid == study_uid,
@@ -160,6 +173,7 @@ def open_group(s: Session, called_ae: str, calling_ae: str, study_uid: str) -> D
     group = DicomGroup(
         called_ae=called_ae,
         calling_ae=calling_ae,
+        owner=owner,
         study_uid=study_uid,
         version=(earlier or 0) + 1,
         status=GroupStatus.OPEN,

@@ -20,6 +20,7 @@ def upgrade() -> None:
     sa.Column('id', sa.String(length=36), nullable=False),
     sa.Column('called_ae', sa.String(length=16), nullable=False),
     sa.Column('calling_ae', sa.String(length=16), nullable=False),
+    sa.Column('owner', sa.String(length=128), nullable=False),
     sa.Column('study_uid', sa.String(length=64), nullable=False),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
