@@ -1,7 +1,8 @@
 """The DICOM listener (pynetdicom): C-ECHO and C-STORE, for this node's AE title only.
 
 Associations are refused when the called AE title is not DICOM_AE_TITLE, or
-when the calling AE title is not on DICOM_ALLOWED_AES (when set). An allowed
+when the calling AE title is not on DICOM_ALLOWED_AES (when set); the node's
+own title may associate for C-ECHO only (the API's health check). An allowed
 title calling from another host than its entry names gets 0x0124 (refused: not
 authorized) on every request. Every storage SOP class is negotiated in every
 transfer syntax, so that a non-CT object gets a clear refusal status (0x0122,
@@ -32,8 +33,8 @@ def build_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.dicom_ae_title)
     ae.require_called_aet = True
     callers = allowed_callers(settings)
-    if callers:
-        ae.require_calling_aet = sorted({title for title, _ in callers})
+    if callers:  # and our own title, for C-ECHO only (the API's health check)
+        ae.require_calling_aet = sorted({title for title, _ in callers} | {ae.ae_title})
     for attr in ("acse_timeout", "dimse_timeout", "network_timeout"):
         setattr(ae, attr, settings.dicom_timeout_s)
     ae.maximum_associations = 16
@@ -67,7 +68,9 @@ def _allowed(event: evt.Event, callers: list[tuple[str, str | None]]) -> bool:
 
 
 def _on_echo(event: evt.Event, callers: list[tuple[str, str | None]]) -> int:
-    return 0x0000 if _allowed(event, callers) else NOT_AUTHORIZED
+    """Allowed callers, and this node's own title (GET /api/v1/admin/dicom), get an answer."""
+    own = event.assoc.requestor.ae_title == event.assoc.acceptor.ae_title
+    return 0x0000 if own or _allowed(event, callers) else NOT_AUTHORIZED
 
 
 def _on_store(event: evt.Event, settings: Settings, callers: list[tuple[str, str | None]]) -> int:

@@ -74,6 +74,7 @@ def store_instance(
     """
     if sop_class is not None and UID(sop_class) not in ACCEPTED_SOP_CLASSES:
         return _refused_class(sop_class)
+    data = part10(data)
     try:
         header = read_header(io.BytesIO(data))
     except Exception as exc:  # untrusted bytes: any parser failure
@@ -92,6 +93,15 @@ def store_instance(
     except OSError as exc:  # disk full, storage down
         log.warning("instance refused (A700): storage failed (%s)", type(exc).__name__)
         return Outcome(OUT_OF_RESOURCES, "storage unavailable", header.sop_uid, header.sop_class)
+
+
+def part10(data: bytes) -> bytes:
+    """A file meta group sent without the 128-byte preamble and ``DICM`` (STOW-RS
+    clients such as dicomweb-client send that) gets them, so every stored file
+    is a proper Part 10 file."""
+    if data[128:132] != b"DICM" and data[:2] == b"\x02\x00":
+        return bytes(128) + b"DICM" + data
+    return data
 
 
 def _refused_class(sop_class: str) -> Outcome:
