@@ -100,6 +100,7 @@ def check(settings: Settings) -> None:
             "APP_ENV=production refuses to start the DICOM node without DICOM_ALLOWED_AES"
         )
     allowed_callers(settings)
+    destinations(settings)
     _pairs(settings.dicom_ae_owners, "DICOM_AE_OWNERS")
     for ae in _pairs(settings.dicom_ae_destinations, "DICOM_AE_DESTINATIONS"):
         destinations_for(settings, ae)
