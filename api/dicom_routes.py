@@ -28,6 +28,12 @@ from dicomnet.results import SR_FILE
 from dicomnet.send import c_echo
 
 bp = APIBlueprint("dicom", __name__, url_prefix="/api/v1", tag="DICOM")
+SR_RESPONSES: dict[int | str, Any] = {
+    200: {"description": "DICOM Part 10", "content": {"application/dicom": {}}},
+    401: {"description": "no valid API key"},
+    404: {"description": "no such job, or it did not come over DICOM"},
+    409: {"description": "no SR yet"},
+}
 
 
 def _dicom_job(s: Session, job_id: str, who: Caller) -> tuple[Job, DicomResult | None]:
@@ -44,12 +50,7 @@ def _dicom_job(s: Session, job_id: str, who: Caller) -> tuple[Job, DicomResult |
 @bp.auth_required(auth)
 @bp.doc(
     summary="The job's DICOM SR (TID 1500), without patient identifiers",
-    responses={
-        200: {"description": "DICOM Part 10", "content": {"application/dicom": {}}},
-        401: {},
-        404: {},
-        409: {},
-    },
+    responses=SR_RESPONSES,
 )
 def get_sr(job_id: str) -> Response:
     with context.session() as s:

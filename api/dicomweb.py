@@ -26,6 +26,14 @@ from dicomnet.receive import Outcome, store_instance
 bp = APIBlueprint("dicomweb", __name__, url_prefix="/dicomweb", tag="DICOMweb")
 STOW_CALLING_AE = "STOW-RS"
 """The calling AE title recorded for instances that came over STOW-RS."""
+STOW_RESPONSES: dict[int | str, Any] = {
+    200: {"description": "all stored", "content": {"application/dicom+json": {}}},
+    202: {"description": "some refused (Failed SOP Sequence)"},
+    400: {"description": "no application/dicom part"},
+    401: {"description": "no valid API key"},
+    409: {"description": "none stored"},
+    415: {"description": "not multipart/related"},
+}
 # PS3.18 Table 10.5.3-1 / PS3.4 GG.4: why an instance failed
 FAILURE_REASON = "00081197"
 
@@ -34,15 +42,8 @@ FAILURE_REASON = "00081197"
 @bp.auth_required(auth)
 @bp.doc(
     summary="Store instances (STOW-RS)",
-    description="multipart/related; type=\"application/dicom\"; CT images only.",
-    responses={
-        200: {"description": "all stored", "content": {"application/dicom+json": {}}},
-        202: {"description": "some refused"},
-        400: {},
-        401: {},
-        409: {"description": "none stored"},
-        415: {},
-    },
+    description='multipart/related; type="application/dicom"; CT images only.',
+    responses=STOW_RESPONSES,
 )
 def store_studies() -> Response:
     parts = _dicom_parts()

@@ -18,6 +18,7 @@ import logging
 import uuid
 import zipfile
 from datetime import timedelta
+from typing import BinaryIO
 
 from pydicom import dcmread
 from sqlalchemy import delete, select
@@ -131,11 +132,11 @@ def _stored_job(
 
 
 def _write_zip(
-    f: io.BufferedIOBase | object, storage: Storage, group_id: str, rows: list[DicomInstance]
+    f: BinaryIO, storage: Storage, group_id: str, rows: list[DicomInstance]
 ) -> bytes | None:
     """Zip members ``<n>.dcm`` (no names from the headers); returns the first file's bytes."""
     first = None
-    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:  # type: ignore[arg-type]
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
         for n, row in enumerate(rows, 1):
             data = storage.get(group_id, instance_file(row.name))
             if data is None:

@@ -16,12 +16,12 @@ import logging
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from config import Settings
 from dicomnet.peers import allowed_callers, caller_allowed
 from dicomnet.receive import store_instance
+from dicomnet.send import VERIFICATION
 
 log = logging.getLogger(__name__)
 NOT_AUTHORIZED = 0x0124
@@ -39,8 +39,8 @@ def build_ae(settings: Settings) -> AE:
         setattr(ae, attr, settings.dicom_timeout_s)
     ae.maximum_associations = 16
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(VERIFICATION, ALL_TRANSFER_SYNTAXES)
     return ae
 
 

@@ -128,9 +128,7 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def _record(
-    settings: Settings, peer: tuple[str, str, str], h: DicomHeader, data: bytes
-) -> Outcome:
+def _record(settings: Settings, peer: tuple[str, str, str], h: DicomHeader, data: bytes) -> Outcome:
     """Join or open the group, write the file, record the instance: one transaction.
 
     The group lock serialises this with :func:`dicomnet.groups.close_group`, so an

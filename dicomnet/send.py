@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
 from config import Settings
 from dicomnet.peers import Destination
+
+VERIFICATION = "1.2.840.10008.1.1"  # the Verification SOP class (C-ECHO)
 
 
 class SendError(Exception):
@@ -42,7 +43,7 @@ def c_store(settings: Settings, dest: Destination, ds: Dataset) -> None:
 def c_echo(settings: Settings, dest: Destination) -> tuple[bool, str]:
     """(answered, a short word on it): the live check of GET /api/v1/admin/dicom."""
     ae = _ae(settings)
-    ae.add_requested_context(Verification)
+    ae.add_requested_context(VERIFICATION)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
         return False, _refused(assoc, dest)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
+
+from pynetdicom.transport import ThreadedAssociationServer
 
 from config import Settings
 from dicomnet import groups, listener, outbox, peers, results
@@ -27,7 +30,7 @@ class Node:
         self.settings = settings
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.server = None
+        self.server: ThreadedAssociationServer | None = None
 
     def start(self) -> Node:
         s = self.settings
@@ -43,7 +46,7 @@ class Node:
         )
         self._loop("dicom-housekeeping", self._housekeeping)
         for dest in peers.destinations(s).values():
-            self._loop(f"dicom-send-{dest.name}", lambda d=dest: outbox.send_due(s, d))
+            self._loop(f"dicom-send-{dest.name}", partial(outbox.send_due, s, dest))
         return self
 
     def _housekeeping(self) -> None:

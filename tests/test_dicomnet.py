@@ -163,7 +163,7 @@ def test_study_over_two_associations_comes_back_as_sr(node: Node, stack: Stack) 
     # the copy sent to the PACS carries the study's own patient module
     assert str(sr.PatientName) == PATIENT_NAME and sr.PatientID == PATIENT_ID
 
-    def exports() -> list[dict[str, Any]] | None:
+    def exports() -> dict[str, Any] | None:
         body = client.get(f"/api/v1/jobs/{job['id']}").get_json()
         states = {e["destination"]: e for e in body.get("exports", [])}
         return states if states.get("down", {}).get("status") == "failed" else None

@@ -28,7 +28,8 @@ def node_app(node: Node) -> Any:
     from api import create_app
     from config import Settings
 
-    return create_app(Settings(**{k.lower(): v for k, v in node.env.items() if "DICOM_" in k}))
+    dicom = {k.lower(): v for k, v in node.env.items() if "DICOM_" in k}
+    return create_app(Settings(**dicom))  # type: ignore[arg-type]
 
 
 def test_stow_rs_feeds_the_same_grouping(node: Node, stack: Stack) -> None:
@@ -50,9 +51,12 @@ def test_stow_rs_feeds_the_same_grouping(node: Node, stack: Stack) -> None:
     # on request, once more: a new outbox entry, delivered again
     answer = client.post(f"/api/v1/jobs/{job['id']}/export", json={"destination": "good"})
     assert answer.status_code == 202 and answer.json["status"] == "pending"
-    wait_until(lambda: len(node.good.received) >= 2, 30, "the exported copy")
-    exports = client.get(f"/api/v1/jobs/{job['id']}").json["exports"]
-    assert [e["status"] for e in exports if e["destination"] == "good"] == ["delivered"] * 2
+    def good_exports() -> list[str]:
+        exports = client.get(f"/api/v1/jobs/{job['id']}").json["exports"]
+        return [e["status"] for e in exports if e["destination"] == "good"]
+
+    wait_until(lambda: good_exports() == ["delivered"] * 2, 30, "the exported copy")
+    assert len(node.good.received) == 2
 
 
 def test_stow_rs_refuses_non_ct_and_bad_bodies(node: Node, stack: Stack) -> None:

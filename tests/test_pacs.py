@@ -32,8 +32,8 @@ from tests.conftest import DATA_DIR, Stack, free_port
 from tests.dicom_peers import start_node, wait_until
 
 log = logging.getLogger(__name__)
-ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/bin")
-STORESCU, ECHOSCU = shutil.which("storescu"), shutil.which("echoscu")
+ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/bin") or ""
+STORESCU, ECHOSCU = shutil.which("storescu") or "", shutil.which("echoscu") or ""
 STUDY = DATA_DIR / "lung-pet-ct-dx" / "Lung_Dx-A0001" / "04-04-2007-NA-Chest-07990"
 DICOM_PORT, HTTP_PORT = 14242, 18042
 REST = f"http://127.0.0.1:{HTTP_PORT}"
@@ -86,7 +86,7 @@ def _up() -> bool:
 
 
 def _find(level: str, query: dict[str, str]) -> list[str]:
-    body = {"Level": level, "Query": query}
+    body: dict[str, Any] = {"Level": level, "Query": query}
     return list(requests.post(f"{REST}/tools/find", json=body, timeout=10).json())
 
 
@@ -115,7 +115,7 @@ def test_orthanc_sends_the_study_and_gets_the_sr_back(
         ]
         assert len(requests.get(f"{REST}/studies/{study_id}/instances", timeout=10).json()) == 128
 
-        forward = {"Resources": [study_id], "Synchronous": True}
+        forward: dict[str, Any] = {"Resources": [study_id], "Synchronous": True}
         answer = requests.post(f"{REST}/modalities/lungct/store", json=forward, timeout=120)
         assert answer.ok, answer.text
         sent_at = time.monotonic()
