@@ -32,6 +32,13 @@ class Destination:
     def datasets(self) -> list[Dataset]:
         return [dcmread(io.BytesIO(b)) for b in list(self.received)]
 
+    def of_study(self, study_uid: str) -> list[bytes]:
+        """What arrived for one study (a restarted node also sends results it owed)."""
+        return [
+            b for b, ds in zip(list(self.received), self.datasets(), strict=True)
+            if ds.StudyInstanceUID == study_uid
+        ]  # fmt: skip
+
 
 @contextmanager
 def destination(ae_title: str, port: int) -> Iterator[Destination]:

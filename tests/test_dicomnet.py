@@ -17,6 +17,7 @@ from typing import Any
 
 import highdicom as hd
 import pytest
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import MRImageStorage, generate_uid
 from sqlalchemy import select
@@ -156,9 +157,9 @@ def test_study_over_two_associations_comes_back_as_sr(node: Node, stack: Stack) 
     assert job["owner"] == OWNER and job["kind"] == "study"
     assert job["progress"]["total"] == 4  # the localizer series was not classified
 
-    received = wait_until(lambda: node.good.datasets(), 30, "the SR at the destination")
+    received = wait_until(lambda: node.good.of_study(study_uid), 30, "the SR at the destination")
     assert len(received) == 1
-    sr = hd.sr.srread(io.BytesIO(node.good.received[0]))
+    sr = hd.sr.srread(io.BytesIO(received[0]))
     check_sr(sr, study_uid, {str(d.SOPInstanceUID) for d in datasets})
     # the copy sent to the PACS carries the study's own patient module
     assert str(sr.PatientName) == PATIENT_NAME and sr.PatientID == PATIENT_ID
@@ -235,6 +236,11 @@ def test_instances_after_the_group_closed_start_a_new_version(node: Node, stack:
     assert send(node.port, [again]) == [0]
     second = wait_until(lambda: job_of(stack, study_uid, version=2), 20, "version 2")
     assert second != first
-    srs = wait_until(lambda: len(node.good.received) >= 2 and node.good.datasets(), 120, "2 SRs")
+    mine = wait_until(
+        lambda: len(node.good.of_study(study_uid)) >= 2 and node.good.of_study(study_uid),
+        120,
+        "2 SRs",
+    )
+    srs = [dcmread(io.BytesIO(b)) for b in mine]
     assert len({d.SeriesInstanceUID for d in srs}) == 2  # new UIDs for every version
     assert len({d.SOPInstanceUID for d in srs}) == 2

@@ -45,7 +45,7 @@ def test_stow_rs_feeds_the_same_grouping(node: Node, stack: Stack) -> None:
     client = authed(node_app(node), key)
     job = ended_job(stack, client, study_uid)  # the key's owner owns the STOW-RS study
     assert job["status"] == "succeeded" and job["owner"] == "web-uploader", job
-    sr_bytes = wait_until(lambda: list(node.good.received), 30, "the SR")[0]
+    sr_bytes = wait_until(lambda: node.good.of_study(study_uid), 30, "the SR")[0]
     check_sr(hd.sr.srread(io.BytesIO(sr_bytes)), study_uid, stored)
 
     # on request, once more: a new outbox entry, delivered again
@@ -56,7 +56,7 @@ def test_stow_rs_feeds_the_same_grouping(node: Node, stack: Stack) -> None:
         return [e["status"] for e in exports if e["destination"] == "good"]
 
     wait_until(lambda: good_exports() == ["delivered"] * 2, 30, "the exported copy")
-    assert len(node.good.received) == 2
+    assert len(node.good.of_study(study_uid)) == 2
     # every export delivered: the header copy (patient module) is gone, the SR stays
     job_folder = Path(node.env["STORAGE_DIR"]) / job["id"]
     assert not (job_folder / "dicom" / "header.dcm").exists()

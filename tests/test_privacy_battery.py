@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from bench.e2e import spawn, stop
@@ -338,7 +340,9 @@ def _dicom_node_path(stack: Stack, tmp: Path, out: Collected):  # type: ignore[n
         client = authed(stack.app(), new_key(stack.env["DATABASE_URL"], OWNER))
         job_id = wait_until(lambda: _node_job(stack, datasets[0].StudyInstanceUID), 30, "job")
         out.jobs["dicomnet"] = wait_done(client, job_id)
-        sent = wait_until(lambda: node.good.datasets(), 60, "the SR at the destination")
+        study_uid = datasets[0].StudyInstanceUID
+        sent = wait_until(lambda: node.good.of_study(study_uid), 60, "the SR at the destination")
+        sent = [dcmread(io.BytesIO(b)) for b in sent]
         assert str(sent[0].PatientName) == NAME and sent[0].PatientID == PATIENT_ID
         out.texts["dicom node log"] = node.log()
     return client
