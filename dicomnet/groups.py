@@ -68,7 +68,7 @@ def close_group(settings: Settings, group_id: str, lock: str) -> str | None:
             return None
         rows = list(s.scalars(select(DicomInstance).where(DicomInstance.group_id == group_id)))
         chosen = _selected(rows, rules_for_model(card.raw, card.path, settings))
-        job = _stored_job(storage, job_id, group, chosen, card, settings)
+        job = _stored_job(storage, job_id, group, chosen, card)
         s.add(job)
         s.add(AuditEvent(owner=job.owner, action="dicom-receive", job_id=job_id))
         group.status = GroupStatus.CLOSED
@@ -109,7 +109,6 @@ def _stored_job(
     group: DicomGroup,
     rows: list[DicomInstance],
     card: ModelCard,
-    settings: Settings,
 ) -> Job:
     """Write the job's upload (a zip of the instances) and header copy; the unsaved row."""
     with scratch_file() as (f, _path):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydicom.uid import UID
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from config import Settings
@@ -90,9 +91,10 @@ def store_instance(
     try:
         who = owner or owner_for(settings, calling_ae)
         return _record(settings, (called_ae, calling_ae, who), header, data)
-    except OSError as exc:  # disk full, storage down
-        log.warning("instance refused (A700): storage failed (%s)", type(exc).__name__)
-        return Outcome(OUT_OF_RESOURCES, "storage unavailable", header.sop_uid, header.sop_class)
+    except (OSError, SQLAlchemyError) as exc:  # disk full, storage or database down
+        log.warning("instance refused (A700): %s failed", type(exc).__name__)
+        reason = "storage or database unavailable"
+        return Outcome(OUT_OF_RESOURCES, reason, header.sop_uid, header.sop_class)
 
 
 def part10(data: bytes) -> bytes:

@@ -27,6 +27,10 @@ class Node:
 
     def __init__(self, settings: Settings) -> None:
         peers.check(settings)
+        try:
+            groups.model_card(settings)
+        except KeyError as exc:
+            raise ValueError(f"DICOM_MODEL/DEFAULT_MODEL: no such model installed ({exc})") from exc
         self.settings = settings
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,10 +68,15 @@ def node_env(stack: Stack, port: int, good_port: int, down_port: int) -> dict[st
 
 @contextmanager
 def running_node(stack: Stack, tmp: Path, **overrides: str) -> Iterator[Node]:
-    """The node and its good destination; ``overrides`` change its settings."""
+    """The node and its good destination; ``overrides`` change its settings.
+
+    The down destination's port is bound but never listened on while the node
+    runs, so nothing else can answer there (connections are refused).
+    """
     port, good_port = free_port(), free_port()
-    env = {**node_env(stack, port, good_port, free_port()), **overrides}
-    with destination("GOOD", good_port) as good:
+    with socket.socket() as down, destination("GOOD", good_port) as good:
+        down.bind(("127.0.0.1", 0))
+        env = {**node_env(stack, port, good_port, down.getsockname()[1]), **overrides}
         n = Node(env, port, start_node(env, tmp / "node.log"), good, tmp)
         try:
             yield n

@@ -57,9 +57,9 @@ def test_stow_rs_feeds_the_same_grouping(node: Node, stack: Stack) -> None:
 
     wait_until(lambda: good_exports() == ["delivered"] * 2, 30, "the exported copy")
     assert len(node.good.of_study(study_uid)) == 2
-    # every export delivered: the header copy (patient module) is gone, the SR stays
+    # "down" still owes its copy: the header copy (patient module) stays until then
     job_folder = Path(node.env["STORAGE_DIR"]) / job["id"]
-    assert not (job_folder / "dicom" / "header.dcm").exists()
+    assert (job_folder / "dicom" / "header.dcm").exists()
     assert (job_folder / "dicom" / "sr.dcm").exists()
 
 

@@ -113,3 +113,34 @@ def test_closing_applies_the_series_rules_and_starts_a_new_version_after(tmp_pat
     assert store_instance(s, "LUNGCT", "PACS", axial[0]).ok  # after the close: version 2
     later = group_of(s, study_uid)
     assert later.version == 2 and later.id != group.id and later.status == GroupStatus.OPEN
+
+
+def test_result_and_outbox_deliver_then_forget_the_patient_module() -> None:
+    """An ended job (marked succeeded here) gets its SR; delivery deletes the header copy."""
+    from db.models import JobStatus
+    from dicomnet import outbox, peers, results
+    from tests.conftest import free_port
+    from tests.dicom_peers import destination
+
+    port = free_port()
+    s = settings(dicom_destinations=(f"pacs=PACS@127.0.0.1:{port}",), dicom_study_timeout_s=0.001)
+    study_uid = generate_uid()
+    for f in ct_study(2, study_uid):
+        assert store_instance(s, "LUNGCT", "PACS", f).ok
+    job_id = close_group(s, group_of(s, study_uid).id, group_lock("LUNGCT", study_uid))
+    assert job_id is not None
+    summary = {"label": "benign", "probabilities": {"benign": 0.6, "normal": 0.4}, "series": []}
+    with session_scope(s.database_url) as db:
+        job = db.get(Job, job_id)
+        assert job is not None
+        job.status, job.summary = JobStatus.SUCCEEDED, summary
+
+    assert results.build_due(s) == [job_id]
+    assert results.build_due(s) == []  # once
+    with destination("PACS", port) as pacs:
+        assert outbox.send_due(s, peers.destinations(s)["pacs"]) == 1
+        [sent] = pacs.datasets()
+    assert sent.StudyInstanceUID == study_uid and str(sent.PatientName) == PATIENT_NAME
+    assert [e["status"] for e in outbox.exports_of(s, job_id)] == ["delivered"]
+    assert not (s.storage_dir / job_id / HEADER_FILE).exists()
+    assert (s.storage_dir / job_id / results.SR_FILE).exists()
