@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from api import context
 from api.auth import Caller, auth, caller
-from api.schemas import DicomStatusOut, ExportIn, ExportOut
+from api.schemas import DicomStatusOut, ExportIn, ExportQueued
 from db.dicom_models import DicomExport, DicomGroup, DicomResult, ExportStatus
 from db.models import Job
 from dicomnet.peers import Destination, destinations
@@ -69,7 +69,7 @@ def get_sr(job_id: str) -> Response:
 @bp.post("/jobs/<job_id>/export")
 @bp.auth_required(auth)
 @bp.input(ExportIn, arg_name="body")
-@bp.output(ExportOut, status_code=202)
+@bp.output(ExportQueued, status_code=202)
 @bp.doc(
     summary="Send the job's SR to a DICOM destination",
     description="The entry joins the destination's outbox; poll the job's `exports`.",

@@ -118,6 +118,10 @@ class ExportOut(Schema):
     last_error = String(allow_none=True)
 
 
+class ExportQueued(ExportOut):
+    """The answer of POST /api/v1/jobs/<id>/export: the new outbox entry."""
+
+
 class ExportIn(Schema):
     destination = String(
         required=True,
