@@ -6,7 +6,8 @@ A throwaway service on a temporary SQLite file and storage folder (Redis at
 REDIS_URL): ``python -m worker``, ``python -m dicomnet``, and a pynetdicom
 storescp as the destination. One association sends a synthetic CT study of
 ``--instances`` 64x64 slices; the receive rate is instances / wall time of the
-sends (each answered only once stored and recorded). Then the time from the
+sends (each answered only once stored and recorded). The sender sets TCP_NODELAY
+(``--nagle``: it does not, and every C-STORE waits ~40 ms for a delayed ACK). Then the time from the
 last instance's answer to the SR arriving at the destination, which is the
 study timeout + the job (queue, inference) + building and sending the SR.
 """
@@ -37,12 +38,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--study-timeout", type=float, default=2.0)
+    parser.add_argument(
+        "--nagle",
+        action="store_true",
+        help="leave Nagle's algorithm on at the sender (pynetdicom's and dcmtk's default)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-dicom-") as folder:
-        run(Path(folder), args.instances, args.study_timeout)
+        run(Path(folder), args.instances, args.study_timeout, not args.nagle)
 
 
-def run(tmp: Path, n: int, timeout_s: float) -> None:
+def run(tmp: Path, n: int, timeout_s: float, nodelay: bool) -> None:
     node_port, dest_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -69,13 +75,16 @@ def run(tmp: Path, n: int, timeout_s: float) -> None:
             ds.StudyInstanceUID = study_uid
         with destination("BENCH", dest_port) as dest:
             start = time.perf_counter()
-            statuses = send(node_port, datasets)
+            statuses = send(node_port, datasets, nodelay=nodelay)
             last = time.perf_counter()
             assert statuses == [0] * n, "some instances were refused"
             wait_until(lambda: dest.received, 600, "the SR", every_s=0.05)
             arrived = time.perf_counter()
         rate = n / (last - start)
-        print(f"received {n} instances over one association in {last - start:.1f}s: {rate:.0f}/s")
+        sender = "TCP_NODELAY" if nodelay else "Nagle on"
+        print(
+            f"received {n} instances, one association ({sender}): {last - start:.1f}s, {rate:.0f}/s"
+        )
         print(
             f"last instance -> SR at the destination: {arrived - last:.1f}s "
             f"(DICOM_STUDY_TIMEOUT_S={timeout_s:g}, {n} slices classified)"
