@@ -4,7 +4,8 @@ The node polls the database (``DICOM_POLL_INTERVAL_S``) for jobs from the DICOM
 path that ended without a result row, so it needs no hook in the worker. A
 succeeded job gets its SR (stored as the job's ``dicom/sr.dcm``, free of patient
 identifiers) and one outbox entry per destination; a failed or cancelled one a
-result row saying so, and its header copy is deleted.
+result row saying so (``none``), and its header copy is deleted. An SR that
+cannot be built is logged once and marked ``error``.
 """
 
 from __future__ import annotations
@@ -39,8 +40,18 @@ def build_due(settings: Settings) -> list[str]:
             )
         )
     for job_id in due:
-        build_result(settings, job_id)
+        try:
+            build_result(settings, job_id)
+        except Exception:  # a summary the SR cannot express: say so once, not every round
+            log.exception("dicom: the SR of job %s could not be built", job_id)
+            _mark(settings, job_id, "error")
     return due
+
+
+def _mark(settings: Settings, job_id: str, status: str) -> None:
+    with session_scope(settings.database_url) as s:
+        if s.get(Job, job_id) is not None and s.get(DicomResult, job_id) is None:
+            s.add(DicomResult(job_id=job_id, status=status))
 
 
 def build_result(settings: Settings, job_id: str) -> None:
