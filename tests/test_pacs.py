@@ -20,6 +20,7 @@ import logging
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import requests
 
 from bench.e2e import spawn, stop
 from tests.conftest import DATA_DIR, Stack, free_port
-from tests.dicom_peers import start_node, wait_until
+from tests.dicom_peers import port_open, start_node, wait_until
 
 log = logging.getLogger(__name__)
 ORTHANC = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/bin") or ""
@@ -46,10 +47,10 @@ pytestmark = [
 ]
 
 
-def orthanc_config(tmp: Path, node_port: int) -> dict[str, Any]:
+def orthanc_config(tmp: Path, node_port: int, name: str) -> dict[str, Any]:
     """The lines a PACS administrator adds, plus test-only storage and ports."""
     return {
-        "Name": "lungct-level2",
+        "Name": name,
         "StorageDirectory": str(tmp / "storage"),
         "IndexDirectory": str(tmp / "storage"),
         "DicomAet": "ORTHANC",
@@ -65,24 +66,34 @@ def orthanc_config(tmp: Path, node_port: int) -> dict[str, Any]:
 
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[tuple[Any, int]]:
-    """Orthanc in the foreground on 14242/18042; yields (process, the node's port)."""
-    node_port = free_port()
+    """Orthanc in the foreground on 14242/18042; yields (process, the node's port).
+
+    The ports are fixed, so first wait (bounded) until nothing else holds them,
+    and then make sure the Orthanc that answers is this one (its Name).
+    """
+    wait_until(lambda: _ports_free(), 120, f"ports {DICOM_PORT}/{HTTP_PORT} to be free", 1)
+    node_port, name = free_port(), f"lungct-level2-{uuid.uuid4().hex[:8]}"
     config = tmp_path / "orthanc.json"
-    config.write_text(json.dumps(orthanc_config(tmp_path, node_port), indent=2))
+    config.write_text(json.dumps(orthanc_config(tmp_path, node_port, name), indent=2))
     proc = spawn([str(ORTHANC), str(config)], {"PATH": "/usr/bin:/bin"}, tmp_path / "orthanc.log")
     try:
-        wait_until(lambda: _up() or proc.poll() is not None, 30, "Orthanc's REST API")
+        wait_until(lambda: _up(name) or proc.poll() is not None, 30, "Orthanc's REST API")
         assert proc.poll() is None, (tmp_path / "orthanc.log").read_text()[-3000:]
         yield proc, node_port
     finally:
         stop(proc)  # by its PID (its own process group)
 
 
-def _up() -> bool:
+def _up(name: str) -> bool:
     try:
-        return requests.get(f"{REST}/system", timeout=1).ok
+        answer = requests.get(f"{REST}/system", timeout=1)
     except requests.ConnectionError:
         return False
+    return answer.ok and answer.json().get("Name") == name
+
+
+def _ports_free() -> bool:
+    return not (port_open(DICOM_PORT) or port_open(HTTP_PORT))
 
 
 def _find(level: str, query: dict[str, str]) -> list[str]:
