@@ -173,6 +173,8 @@ class Settings(BaseSettings):
     dicom_ae_destinations: CommaList = ()
     # The model of DICOM jobs (unset: DEFAULT_MODEL); its series rules pick the series.
     dicom_model: str = ""
+    # Also send the top slices' heat maps as Secondary Capture images (viewers without SR).
+    dicom_heatmap_images: bool = False
     # Outbox: attempts per export, waits of DICOM_RETRY_BASE_S * 2**n capped at DICOM_RETRY_MAX_S.
     dicom_max_attempts: PositiveInt = 6
     dicom_retry_base_s: PositiveFloat = 5.0

@@ -89,6 +89,8 @@ class DicomResult(Base):
     status: Mapped[str] = mapped_column(String(16))
     series_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     sop_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Secondary Capture heat-map images stored with it (``dicom/sc<n>.dcm``, n from 1)
+    images: Mapped[int] = mapped_column(Integer, default=0)
     built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

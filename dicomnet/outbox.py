@@ -21,12 +21,12 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 
 from config import Settings
-from db.dicom_models import DicomExport, ExportStatus
+from db.dicom_models import DicomExport, DicomResult, ExportStatus
 from db.models import Job, utcnow
 from db.session import session_scope
 from dicomnet.groups import HEADER_FILE
 from dicomnet.peers import Destination
-from dicomnet.results import SR_FILE
+from dicomnet.results import SR_FILE, image_file
 from dicomnet.send import SendError, c_store
 from dicomnet.sr import with_patient
 from storage import open_storage
@@ -91,11 +91,15 @@ def _send_one(settings: Settings, dest: Destination, entry_id: int) -> None:
     with session_scope(settings.database_url) as s:
         entry = s.get(DicomExport, entry_id)
         job_id = entry.job_id if entry is not None else ""
-    sr = storage.get(job_id, SR_FILE) if job_id else None
+        result = s.get(DicomResult, job_id) if job_id else None
+        images = result.images if result is not None else 0
+    names = [SR_FILE, *(image_file(n) for n in range(1, images + 1))]
+    files = [storage.get(job_id, name) for name in names] if job_id else [None]
     try:
-        if sr is None:
+        if any(f is None for f in files):
             raise SendError("the job has no SR (deleted, or its job did not succeed)")
-        c_store(settings, dest, with_patient(sr, storage.get(job_id, HEADER_FILE)))
+        header = storage.get(job_id, HEADER_FILE)
+        c_store(settings, dest, [with_patient(f, header) for f in files if f is not None])
     except Exception as exc:  # a destination failing in any way is the outbox's business
         _retry_later(settings, entry_id, _message(exc))
         return

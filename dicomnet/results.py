@@ -19,12 +19,18 @@ from db.dicom_models import DicomExport, DicomGroup, DicomInstance, DicomResult,
 from db.models import TERMINAL_STATUSES, Job, JobStatus
 from db.session import session_scope
 from dicomnet.groups import HEADER_FILE
+from dicomnet.heatmaps import heatmap_images
 from dicomnet.peers import destinations_for
 from dicomnet.sr import Algorithm, SourceImage, build_sr, to_bytes
 from storage import open_storage
 
 log = logging.getLogger(__name__)
 SR_FILE = "dicom/sr.dcm"
+
+
+def image_file(n: int) -> str:
+    """The storage name of the n-th heat-map image (from 1) of a job's result."""
+    return f"dicom/sc{n}.dcm"
 
 
 def build_due(settings: Settings) -> list[str]:
@@ -51,7 +57,7 @@ def build_due(settings: Settings) -> list[str]:
 def _mark(settings: Settings, job_id: str, status: str) -> None:
     with session_scope(settings.database_url) as s:
         if s.get(Job, job_id) is not None and s.get(DicomResult, job_id) is None:
-            s.add(DicomResult(job_id=job_id, status=status))
+            s.add(DicomResult(job_id=job_id, status=status, images=0))
 
 
 def build_result(settings: Settings, job_id: str) -> None:
@@ -63,7 +69,7 @@ def build_result(settings: Settings, job_id: str) -> None:
         if job is None or group is None or s.get(DicomResult, job_id) is not None:
             return
         if job.status != JobStatus.SUCCEEDED or not job.summary:
-            s.add(DicomResult(job_id=job_id, status="none"))
+            s.add(DicomResult(job_id=job_id, status="none", images=0))
             storage.delete(job_id, HEADER_FILE)
             log.info("dicom: job %s ended %s, no SR", job_id, job.status)
             return
@@ -79,12 +85,18 @@ def build_result(settings: Settings, job_id: str) -> None:
             group.version,
         )
         storage.put(job_id, SR_FILE, to_bytes(ds))
+        images = []
+        if settings.dicom_heatmap_images:
+            images = heatmap_images(storage, job_id, job.summary, group.study_uid, group.version)
+        for n, image in enumerate(images, 1):
+            storage.put(job_id, image_file(n), to_bytes(image))
         s.add(
             DicomResult(
                 job_id=job_id,
                 status="built",
                 series_uid=str(ds.SeriesInstanceUID),
                 sop_uid=str(ds.SOPInstanceUID),
+                images=len(images),
             )
         )
         names = destinations_for(settings, group.calling_ae)

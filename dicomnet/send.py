@@ -22,22 +22,24 @@ def _ae(settings: Settings) -> AE:
     return ae
 
 
-def c_store(settings: Settings, dest: Destination, ds: Dataset) -> None:
-    """Send one dataset; raises :class:`SendError` unless the peer answers Success."""
+def c_store(settings: Settings, dest: Destination, datasets: list[Dataset]) -> None:
+    """Send the datasets over one association; raises :class:`SendError` unless every
+    one is answered Success (or a warning)."""
     ae = _ae(settings)
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
         raise SendError(_refused(assoc, dest))
     try:
-        status = assoc.send_c_store(ds)
+        statuses = [getattr(assoc.send_c_store(ds), "Status", None) for ds in datasets]
     finally:
         assoc.release()
-    code = getattr(status, "Status", None)
-    if code is None:
-        raise SendError(f"{dest.name}: no answer to C-STORE")
-    if code not in (0x0000, 0xB000, 0xB007, 0xB006):  # success or warning
-        raise SendError(f"{dest.name}: C-STORE status 0x{code:04X}")
+    for code in statuses:
+        if code is None:
+            raise SendError(f"{dest.name}: no answer to C-STORE")
+        if code not in (0x0000, 0xB000, 0xB007, 0xB006):  # success or warning
+            raise SendError(f"{dest.name}: C-STORE status 0x{code:04X}")
 
 
 def c_echo(settings: Settings, dest: Destination) -> tuple[bool, str]:

@@ -144,3 +144,41 @@ def test_result_and_outbox_deliver_then_forget_the_patient_module() -> None:
     assert [e["status"] for e in outbox.exports_of(s, job_id)] == ["delivered"]
     assert not (s.storage_dir / job_id / HEADER_FILE).exists()
     assert (s.storage_dir / job_id / results.SR_FILE).exists()
+
+
+def test_heat_maps_go_with_the_sr_as_secondary_capture_images() -> None:
+    """DICOM_HEATMAP_IMAGES: each top slice with a stored map becomes an SC image."""
+    from db.models import JobStatus
+    from dicomnet import outbox, peers, results
+    from storage import open_storage
+    from tests.conftest import free_port, png_bytes
+    from tests.dicom_peers import destination
+
+    port = free_port()
+    s = settings(
+        dicom_destinations=(f"pacs=PACS@127.0.0.1:{port}",),
+        dicom_study_timeout_s=0.001,
+        dicom_heatmap_images=True,
+    )
+    study_uid = generate_uid()
+    for f in ct_study(2, study_uid):
+        assert store_instance(s, "LUNGCT", "PACS", f).ok
+    job_id = close_group(s, group_of(s, study_uid).id, group_lock("LUNGCT", study_uid))
+    assert job_id is not None
+    storage = open_storage(s)
+    storage.put(job_id, "images/0.png", png_bytes(1, size=32))
+    storage.put(job_id, "heatmaps/0.png", png_bytes(2, size=16))  # any size: resized over
+    top = [{"slice_index": 0, "series_uid": "x", "instance_number": 1, "probability": 0.9}]
+    summary = {"label": "malignant", "probabilities": {"malignant": 0.9}, "top_slices": top}
+    with session_scope(s.database_url) as db:
+        job = db.get(Job, job_id)
+        assert job is not None
+        job.status, job.summary = JobStatus.SUCCEEDED, summary
+    assert results.build_due(s) == [job_id]
+    with destination("PACS", port) as pacs:
+        assert outbox.send_due(s, peers.destinations(s)["pacs"]) == 1
+        sent = {str(d.SOPClassUID): d for d in pacs.datasets()}
+    sc = sent["1.2.840.10008.5.1.4.1.1.7"]  # Secondary Capture Image Storage
+    assert sc.StudyInstanceUID == study_uid and sc.pixel_array.shape == (32, 32, 3)
+    assert str(sc.PatientName) == PATIENT_NAME  # filed with the study, like the SR
+    assert "1.2.840.10008.5.1.4.1.1.88.34" in sent  # and the SR itself

@@ -58,6 +58,7 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('series_uid', sa.String(length=64), nullable=True),
     sa.Column('sop_uid', sa.String(length=64), nullable=True),
+    sa.Column('images', sa.Integer(), nullable=False),
     sa.Column('built_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('job_id')
