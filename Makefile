@@ -50,7 +50,7 @@ $(LUNGCT): pyproject.toml | $(STAMP)
 	$(VENV)/bin/uv pip install --python $(VPY) --no-deps -e .
 	@touch $@
 
-TYPED := api worker db ingest storage config models client
+TYPED := api worker db ingest storage config models client dicomnet
 
 lint: venv ## ruff check . and mypy over the service's packages
 	$(VPY) -m ruff check .

@@ -180,9 +180,9 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     app.register_error_handler(RateLimitExceeded, _rate_limited)
     open_storage(settings).prepare()  # the local folder; nothing for S3
 
-    from api import admin, docs, health, jobs, metrics, model_routes, ui
+    from api import admin, dicom_routes, dicomweb, docs, health, jobs, metrics, model_routes, ui
 
-    for module in (jobs, model_routes, admin, health, ui, docs, metrics):
+    for module in (jobs, model_routes, admin, health, ui, docs, metrics, dicom_routes, dicomweb):
         app.register_blueprint(module.bp)
     metrics.init_app(app)
     app.after_request(security_headers)

@@ -136,6 +136,41 @@ class Summary(SummaryGroup):
     disclaimer = String()
 
 
+class ExportOut(Schema):
+    """One outbox entry of a DICOM job's SR (docs/dicom.md, "Sending")."""
+
+    destination = String()
+    status = String(metadata={"enum": ["pending", "sending", "delivered", "failed"]})
+    attempts = Integer()
+    last_error = String(allow_none=True)
+
+
+class ExportQueued(ExportOut):
+    """The answer of POST /api/v1/jobs/<id>/export: the new outbox entry."""
+
+
+class ExportIn(Schema):
+    destination = String(
+        required=True,
+        validate=Length(min=1, max=64),
+        metadata={"description": "a name from DICOM_DESTINATIONS"},
+    )
+
+
+class DicomPeer(Schema):
+    name = String()
+    ae_title = String()
+    host = String()
+    port = Integer()
+    echo = Boolean(metadata={"description": "whether it answered C-ECHO just now"})
+    detail = String()
+
+
+class DicomStatusOut(Schema):
+    node = Nested(DicomPeer)
+    destinations = List(Nested(DicomPeer))
+
+
 class JobOut(Schema):
     id = String()
     status = String(metadata={"enum": JOB_STATUSES})
@@ -159,6 +194,8 @@ class JobOut(Schema):
     summary = Nested(
         Summary, allow_none=True, metadata={"description": "Study result once succeeded"}
     )
+    # DICOM node (docs/dicom.md): the SR's exports, one per destination
+    exports = List(Nested(ExportOut))
     links = Dict()
 
 

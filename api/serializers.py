@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from flask import url_for
+from sqlalchemy import inspect
 
 from db.models import Job, SlicePrediction, as_utc
 from db.records import SliceResult
@@ -42,11 +43,31 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "warnings": visible_json(job.warnings or []),
         "input_name": visible(job.input_name) if job.input_name else None,
         "summary": visible_json(job.summary),
+        "exports": exports(job),  # DICOM node (dicomnet/): the SR's outbox entries
         "links": {
             "self": url_for("jobs.get_job", job_id=job.id),
             "results": url_for("jobs.get_results", job_id=job.id),
         },
     }
+
+
+def exports(job: Job) -> list[dict[str, Any]]:
+    """Where a DICOM job's SR goes, and how that went; [] for other jobs.
+
+    Loaded on first use; a job already detached from its session without them
+    loaded (just submitted over HTTP) has none yet.
+    """
+    if "dicom_exports" in inspect(job).unloaded and inspect(job).session is None:
+        return []
+    return [
+        {
+            "destination": e.destination,
+            "status": e.status,
+            "attempts": e.attempts,
+            "last_error": e.last_error,
+        }
+        for e in job.dicom_exports
+    ]
 
 
 def prediction_to_dict(p: SlicePrediction) -> dict[str, Any]:

@@ -177,6 +177,36 @@ class Settings(BaseSettings):
     # (Not FLOWER_*: Flower reads every FLOWER_ variable as one of its options.)
     allow_unauthenticated_flower: bool = False
 
+    # --- the DICOM node (dicomnet/, docs/dicom.md) ---
+    dicom_ae_title: str = Field("LUNGCT", min_length=1, max_length=16)
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = Field(11112, ge=1, le=65535)
+    # Calling AE titles allowed to associate, "AE" or "AE@host"; unset: any caller
+    # (APP_ENV=production refuses to start the node without it).
+    dicom_allowed_aes: CommaList = ()
+    # Owner of the jobs a caller sends, "AE=owner,..."; others: DICOM_OWNER.
+    dicom_owner: str = Field("dicom", min_length=1, max_length=128)
+    dicom_ae_owners: CommaList = ()
+    # A study's group closes this long after its last instance and becomes a job.
+    dicom_study_timeout_s: PositiveFloat = 30.0
+    # Where results go by C-STORE, "name=AE@host:port,..."; every DICOM job goes to all
+    # of them unless DICOM_AE_DESTINATIONS ("CALLINGAE=name|name,...") narrows it.
+    dicom_destinations: CommaList = ()
+    dicom_ae_destinations: CommaList = ()
+    # The model of DICOM jobs (unset: DEFAULT_MODEL); its series rules pick the series.
+    dicom_model: str = ""
+    # Also send the top slices' heat maps as Secondary Capture images (viewers without SR).
+    dicom_heatmap_images: bool = False
+    # Outbox: attempts per export, waits of DICOM_RETRY_BASE_S * 2**n capped at DICOM_RETRY_MAX_S.
+    dicom_max_attempts: PositiveInt = 6
+    dicom_retry_base_s: PositiveFloat = 5.0
+    dicom_retry_max_s: PositiveFloat = 600.0
+    dicom_timeout_s: PositiveFloat = 10.0
+    dicom_poll_interval_s: PositiveFloat = 1.0
+    # Answer A700 (out of resources) beyond these.
+    dicom_max_study_instances: PositiveInt = 5000
+    dicom_min_free_mb: int = Field(512, ge=0)
+
     @field_validator("storage_dir", mode="before")
     @classmethod
     def _storage_path(cls, value: str | Path) -> Path:
@@ -207,6 +237,17 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator(
+        "dicom_allowed_aes",
+        "dicom_ae_owners",
+        "dicom_destinations",
+        "dicom_ae_destinations",
+        mode="before",
+    )
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split(value, ",")
 
     @field_validator("skip_image_types", "allowed_modalities", mode="before")
     @classmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -27,6 +27,9 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+if TYPE_CHECKING:
+    from db.dicom_models import DicomExport
 
 
 def utcnow() -> datetime:
@@ -114,6 +117,10 @@ class Job(Base):
     predictions: Mapped[list[SlicePrediction]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True
     )
+    # DICOM node (db/dicom_models.py): where the job's SR went; the API's `exports`
+    dicom_exports: Mapped[list[DicomExport]] = relationship(
+        order_by="DicomExport.id", viewonly=True
+    )
 
 
 class SlicePrediction(Base):
@@ -165,3 +172,8 @@ class AuditEvent(Base):
     owner: Mapped[str] = mapped_column(String(128), index=True)
     action: Mapped[str] = mapped_column(String(32))
     job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+
+
+# The DICOM node's tables live in their own module; imported here so that
+# Base.metadata (Alembic, tests/test_migrations.py) sees them.
+from db import dicom_models  # noqa: E402,F401

@@ -39,13 +39,15 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 
 from ingest.errors import SliceError
 from ingest.redact import IDENTIFYING_TAGS, Identifiers
+from ingest.series_rules import FileFacts, SeriesRules, orientation_name
 from ingest.sniff import natural_key
 from ingest.views import hu_view, to_int16
 
 HEADER_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber",
     "SeriesDescription", "Modality", "ImageType", "InstanceNumber", "ImagePositionPatient",
-    "ImageOrientationPatient", "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel",
+    "ImageOrientationPatient", "SliceThickness", "Rows", "Columns", "NumberOfFrames",
+    "SamplesPerPixel",
     "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence",
 ]  # fmt: skip
 _NON_IMAGE_MODALITIES = {
@@ -84,6 +86,7 @@ class DicomHeader:
     positions: tuple[float | None, ...]
     orientation: tuple[float, ...] | None
     transfer_syntax: str
+    slice_thickness: float | None = None
 
 
 @dataclass(frozen=True)
@@ -147,29 +150,24 @@ def _header(ds: Dataset, max_frames: int | None = None) -> DicomHeader:
         positions=_positions(ds, frames, orientation),
         orientation=orientation,
         transfer_syntax=_transfer_syntax(ds),
+        slice_thickness=_float(ds.get("SliceThickness")),
     )
 
 
-def exclusion_reason(
-    h: DicomHeader, modalities: Sequence[str], skip_types: Sequence[str], max_pixels: int
-) -> str | None:
-    """Why this file is not a slice for a CT classifier, or None to keep it.
+def exclusion_reason(h: DicomHeader, rules: SeriesRules, max_pixels: int) -> str | None:
+    """Why this file is not a slice for the model, or None to keep it.
 
-    The rule, in order: :func:`image_problem` (non-image objects such as SR, SEG,
-    RTSTRUCT, PR; no pixel matrix; undecodable transfer syntax; too large), then
-    Modality not in ``modalities``, then any ImageType value in ``skip_types``
-    (localizers, scouts, topograms).
+    In order: :func:`image_problem` (non-image objects such as SR, SEG, RTSTRUCT,
+    PR; no pixel matrix; undecodable transfer syntax; too large), then the
+    model's series rules (:mod:`ingest.series_rules`; by default Modality in
+    ALLOWED_MODALITIES and no ImageType value in SKIP_IMAGE_TYPES).
     """
-    problem = image_problem(h, max_pixels)
-    if problem:
-        return problem
-    if h.modality not in modalities:
-        allowed = ", ".join(modalities)
-        return f"modality {h.modality or 'unknown'} is not one of the allowed ({allowed})"
-    hits = [t for t in h.image_type if t in skip_types]
-    if hits:
-        return f"{hits[0].lower()} image (ImageType {hits[0]}), not a diagnostic slice"
-    return None
+    return image_problem(h, max_pixels) or rules.problem(facts(h))
+
+
+def facts(h: DicomHeader) -> FileFacts:
+    """What series rules read from a header."""
+    return FileFacts(h.modality, h.image_type, h.slice_thickness, orientation_name(h.orientation))
 
 
 def image_problem(h: DicomHeader, max_pixels: int) -> str | None:
@@ -482,3 +480,8 @@ def _int(value: Any) -> int | None:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
         return None
+
+
+def _float(value: Any) -> float | None:
+    values = _floats(value) if value not in (None, "") else None
+    return values[0] if values else None

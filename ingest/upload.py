@@ -41,6 +41,7 @@ from ingest.errors import InvalidUpload, LimitExceeded
 from ingest.images import open_image, verify_image
 from ingest.plan import MemberReader, SeriesInfo, SliceSource, UploadPlan
 from ingest.redact import Identifiers, known_suffix
+from ingest.series_rules import SeriesRule, SeriesRules
 from ingest.sniff import HEAD_BYTES, natural_key, sniff
 
 _NOT_SUPPORTED = "not a DICOM/PNG/JPEG/zip file"
@@ -92,19 +93,23 @@ def upload_input_name(path: Path, filename: str, settings: Settings) -> str | No
         learned.clear()
 
 
-def plan_upload(path: Path, settings: Settings, filename: str | None = None) -> UploadPlan:
+def plan_upload(
+    path: Path, settings: Settings, filename: str | None = None, rules: SeriesRules | None = None
+) -> UploadPlan:
     """Ordered slices, series and skipped members of an upload, scrubbed (ingest.privacy).
 
     Raises :class:`InvalidUpload` ("no decodable slices: ...") when nothing is left;
     its message is scrubbed too, and any other exception is tagged so that its
-    traceback is scrubbed wherever it is logged.
+    traceback is scrubbed wherever it is logged. ``rules`` select the series (a model's
+    :mod:`ingest.series_rules`); default: SKIP_IMAGE_TYPES and ALLOWED_MODALITIES.
     """
+    rules = rules or SeriesRules.from_settings(settings)
     kind = sniff(_head(path))
     name = filename or path.name
     learned = Identifiers(study_date=settings.redact_study_date)
     positions: dict[str, int] = {}
     try:
-        plan = _plan(path, kind, name, settings, learned, positions)
+        plan = _plan(path, kind, name, settings, learned, positions, rules)
     except BaseException as exc:
         scrubber = privacy.build(settings, learned, positions, archive=kind == "zip")
         learned.clear()
@@ -126,15 +131,16 @@ def _plan(
     settings: Settings,
     learned: Identifiers,
     positions: dict[str, int],
+    rules: SeriesRules,
 ) -> UploadPlan:
     """The unscrubbed plan; fills ``positions`` (member -> position in the archive)."""
     if kind == "zip":
-        return _plan_zip(path, settings, learned, positions)
+        return _plan_zip(path, settings, learned, positions, rules)
     if kind in _DICOM_KINDS or kind in _IMAGE_KINDS:
         positions[name] = 1
         origin = FileOrigin(path)
         found, skipped = _examine_all(origin, [name], settings, learned)
-        return _assemble(origin, found, skipped, settings, "image")
+        return _assemble(origin, found, skipped, settings, "image", rules)
     raise InvalidUpload(f"{_label(name)}{_NOT_SUPPORTED}")
 
 
@@ -172,9 +178,11 @@ def _inspect_dicom(path: Path, kind: str, limits: ArchiveLimits) -> None:
         except Exception as exc:  # any parser failure on untrusted bytes
             corrupt = "corrupt DICOM file: header unreadable"
             raise InvalidUpload(_NOT_SUPPORTED if kind == "dicom?" else corrupt) from exc
-    problem = exclusion_reason(
-        header, limits.allowed_modalities, limits.skip_image_types, limits.max_image_pixels
-    )
+    # the environment-level rule (the model is not known yet): a single file any
+    # model's default rule refuses is refused here; per-model rules apply in the job
+    rule = SeriesRule(modalities=limits.allowed_modalities, excluded_types=limits.skip_image_types)
+    default = SeriesRules((rule,))
+    problem = exclusion_reason(header, default, limits.max_image_pixels)
     if problem is None:
         with path.open("rb") as fp:
             try:
@@ -196,7 +204,11 @@ def _inspect_image(path: Path, limits: ArchiveLimits) -> None:
 
 
 def _plan_zip(
-    path: Path, settings: Settings, learned: Identifiers, positions: dict[str, int]
+    path: Path,
+    settings: Settings,
+    learned: Identifiers,
+    positions: dict[str, int],
+    rules: SeriesRules,
 ) -> UploadPlan:
     with open_zip(path) as zf:
         check_central_directory(zf, settings.limits)
@@ -207,7 +219,7 @@ def _plan_zip(
     names = [info.filename for info in candidates]
     try:
         found, more = _examine_all(origin, names, settings, learned)
-        return _assemble(origin, found, skipped + more, settings, "study")
+        return _assemble(origin, found, skipped + more, settings, "study", rules)
     except BaseException:
         origin.close()  # the plan that would own the zip handles never came to be
         raise
@@ -296,12 +308,17 @@ def _dicom_header(
 
 
 def _assemble(
-    origin: Origin, found: list[Found], skipped: list[Skipped], settings: Settings, kind: str
+    origin: Origin,
+    found: list[Found],
+    skipped: list[Skipped],
+    settings: Settings,
+    kind: str,
+    rules: SeriesRules,
 ) -> UploadPlan:
     """Select series, order slices (DICOM series first, then images), index them."""
     dicoms = [(m, h) for m, fmt, h in found if fmt == "dicom" and h is not None]
     images = sorted((m for m, fmt, _ in found if fmt == "image"), key=natural_key)
-    series, ordered = _select_series(dicoms, settings, skipped)
+    series, ordered = _select_series(dicoms, settings, skipped, rules)
     if ordered and images:
         reason = "PNG/JPEG next to DICOM series: only the DICOM series are used"
         skipped.extend(Skipped(m, reason) for m in images)
@@ -314,7 +331,10 @@ def _assemble(
 
 
 def _select_series(
-    dicoms: list[tuple[str, DicomHeader]], settings: Settings, skipped: list[Skipped]
+    dicoms: list[tuple[str, DicomHeader]],
+    settings: Settings,
+    skipped: list[Skipped],
+    rules: SeriesRules,
 ) -> tuple[list[SeriesInfo], list[DicomSlice]]:
     """Group by study + series, apply the selection rule, order each kept series."""
     groups: dict[tuple[str, str], list[tuple[str, DicomHeader]]] = {}
@@ -329,7 +349,7 @@ def _select_series(
     infos: list[SeriesInfo] = []
     ordered: list[DicomSlice] = []
     for key in sorted(groups, key=lambda k: _series_key(groups[k][0][1])):
-        info, slices = _select_one(groups[key], settings, skipped)
+        info, slices = _select_one(groups[key], settings, skipped, rules)
         infos.append(info)
         ordered.extend(slices)
     return infos, ordered
@@ -340,15 +360,13 @@ def _series_key(h: DicomHeader) -> tuple[str, bool, int, str]:
 
 
 def _select_one(
-    files: list[tuple[str, DicomHeader]], settings: Settings, skipped: list[Skipped]
+    files: list[tuple[str, DicomHeader]],
+    settings: Settings,
+    skipped: list[Skipped],
+    rules: SeriesRules,
 ) -> tuple[SeriesInfo, list[DicomSlice]]:
-    limits = settings.limits
-    reasons = {
-        m: exclusion_reason(
-            h, settings.allowed_modalities, settings.skip_image_types, limits.max_image_pixels
-        )
-        for m, h in files
-    }
+    max_pixels = settings.limits.max_image_pixels
+    reasons = {m: exclusion_reason(h, rules, max_pixels) for m, h in files}
     kept = [(m, h) for m, h in files if reasons[m] is None]
     excluded = [(m, r) for m, r in reasons.items() if r is not None]
     first = files[0][1]

@@ -13,8 +13,8 @@ PY="${VENV_PYTHON:-.venv/bin/python}"
 echo "== ruff check ."
 "$PY" -m ruff check .
 lint=$?
-echo "== mypy api worker db ingest storage config models client"
-"$PY" -m mypy api worker db ingest storage config models client || lint=1
+echo "== mypy api worker db ingest storage config models client dicomnet"
+"$PY" -m mypy api worker db ingest storage config models client dicomnet || lint=1
 
 echo "== pytest $*   (TEST_POSTGRES_URL=${TEST_POSTGRES_URL:-unset: PostgreSQL tests skip})"
 "$PY" scripts/redis_server.py --private -- "$PY" -m pytest "$@"

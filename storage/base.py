@@ -27,9 +27,13 @@ def stored_name(filename: str) -> str:
     return "upload" + (suffix if suffix in KNOWN_SUFFIXES else "")
 
 
-DERIVED_NAME = re.compile(r"(images|heatmaps)/\d{1,9}\.png|views/\d{1,9}\.view")
+DERIVED_NAME = re.compile(
+    r"(images|heatmaps)/\d{1,9}\.png|views/\d{1,9}\.view|dicom/[0-9a-z]{1,40}\.dcm"
+)
 """A job's derived files: ``images/<slice_index>.png``, ``heatmaps/<slice_index>.png`` and
-``views/<slice_index>.view`` (the slice viewer's copy, worker/images.py)."""
+``views/<slice_index>.view`` (the slice viewer's copy, ingest/views.py); the DICOM
+node's files (dicomnet/): ``dicom/<name>.dcm`` (received instances of a group, a job's
+header copy for the patient module, its SR)."""
 
 
 def valid_name(name: str) -> bool:
@@ -84,6 +88,10 @@ class Storage(ABC):
     @abstractmethod
     def get(self, job_id: str, name: str) -> bytes | None:
         """A derived file stored with :meth:`put`, or None."""
+
+    @abstractmethod
+    def delete(self, job_id: str, name: str) -> None:
+        """Delete one derived file stored with :meth:`put` (nothing if it is not there)."""
 
     @abstractmethod
     def drop_upload(self, job_id: str) -> None:

@@ -71,6 +71,10 @@ class LocalStorage(Storage):
         partial.write_bytes(data)
         os.replace(partial, path)
 
+    def delete(self, job_id: str, name: str) -> None:
+        if valid_job_id(job_id) and valid_name(name):
+            (self.root / job_id / name).unlink(missing_ok=True)
+
     def get(self, job_id: str, name: str) -> bytes | None:
         if not (valid_job_id(job_id) and valid_name(name)):
             return None

@@ -10,21 +10,25 @@ a real Flower process watches the task events:
   a note, a preview PNG and a DICOMDIR named after the patient;
 * a PNG-only archive with the same names (default ``none`` mode: no paths kept);
 * a DICOM archive whose only series has an odd Modality holding the name, so the
-  job fails with a message about it.
+  job fails with a message about it;
+* the DICOM node's path (``python -m dicomnet``): the same identified slices sent
+  by C-STORE, the job, its SR built and sent to a storescp destination.
 
 Then the database (the SQLite file and its WAL, or every row of the PostgreSQL
 schema), the API responses (status, results, list), the worker log, the API's log
-records, every Redis key and value (message bodies decoded) and Flower's task list,
-task API and task pages are searched for every spelling. The ID is ``PX0097531``
-rather than the README's ``PX0042`` so that its bare number can be searched for
-without hitting ordinary numbers (the unit tests in tests/test_ingest_redact.py
-cover ``42``).
+records, every Redis key and value (message bodies decoded), Flower's task list,
+task API and task pages, the DICOM node's log and the SR that ``GET .../sr`` serves
+are searched for every spelling (the SR sent to the PACS must carry the patient).
+The ID is ``PX0097531`` rather than the README's ``PX0042`` so that its bare
+number can be searched for without hitting ordinary numbers (the unit tests in
+tests/test_ingest_redact.py cover ``42``).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import logging
 import os
@@ -37,6 +41,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from bench.e2e import spawn, stop
@@ -195,7 +200,9 @@ def _wait_for_worker_events(base: str, proc, log: Path, timeout_s: float = 90) -
 
 
 @pytest.fixture(scope="module")
-def collected(stack: Stack, flower: str) -> Collected:
+def collected(
+    stack: Stack, flower: str, tmp_path_factory: pytest.TempPathFactory
+) -> Collected:
     """Run the three jobs, then gather every place their data could have reached."""
     records = _Records()
     root = logging.getLogger()
@@ -212,10 +219,12 @@ def collected(stack: Stack, flower: str) -> Collected:
         # issue 20: the job list's input name (one file, named after the patient in the header)
         single = submit(api, _slice("1.2.3.4.9", 1), f"x/{NAME}_{BIRTH_DATE}_{PATIENT_ID}.dcm")
         out.named["dicom file"] = wait_done(api, single["id"])
+        node_api = _dicom_node_path(stack, tmp_path_factory.mktemp("dicomnet"), out)
         api_text = [json.dumps(out.named["dicom file"])]
         for kind, job in out.jobs.items():
-            out.results[kind] = all_results(api, job["id"])
-            api_text.append(json.dumps(api.get(f"/api/v1/jobs/{job['id']}").json))
+            reader = node_api if kind == "dicomnet" else api
+            out.results[kind] = all_results(reader, job["id"])
+            api_text.append(json.dumps(reader.get(f"/api/v1/jobs/{job['id']}").json))
             api_text.append(json.dumps(out.results[kind]))
         listing = api.get("/api/v1/jobs")  # the job list, where the API has one
         if listing.status_code == 200:
@@ -223,6 +232,9 @@ def collected(stack: Stack, flower: str) -> Collected:
         out.texts["api responses"] = "\n".join(api_text)
         out.texts["flower"] = _flower_text(flower, [j["id"] for j in out.jobs.values()])
         out.flower_tasks = requests.get(f"{flower}/api/tasks", auth=FLOWER_AUTH, timeout=10).json()
+        served = node_api.get(f"/api/v1/jobs/{out.jobs['dicomnet']['id']}/sr")
+        assert served.status_code == 200
+        out.texts["served SR"] = served.data.decode("latin-1")
     finally:
         root.removeHandler(records)
         root.setLevel(level)
@@ -317,6 +329,35 @@ def _decoded(value: bytes) -> str:
     return text
 
 
+def _dicom_node_path(stack: Stack, tmp: Path, out: Collected):  # type: ignore[no-untyped-def]
+    """The identified slices over C-STORE to the node; its job, log and sent SR.
+
+    Returns an API client of the node's owner (its jobs are not the stack key's).
+    """
+    from tests.conftest import authed, new_key
+    from tests.dicom_peers import send, wait_until
+    from tests.test_dicomnet import OWNER, running_node, study
+
+    datasets = [_identified(d) for d in study(n_axial=3)]
+    with running_node(stack, tmp) as node:
+        assert send(node.port, datasets) == [0] * len(datasets)
+        client = authed(stack.app(), new_key(stack.env["DATABASE_URL"], OWNER))
+        job_id = wait_until(lambda: _node_job(stack, datasets[0].StudyInstanceUID), 30, "job")
+        out.jobs["dicomnet"] = wait_done(client, job_id)
+        study_uid = datasets[0].StudyInstanceUID
+        sent = wait_until(lambda: node.good.of_study(study_uid), 60, "the SR at the destination")
+        sent = [dcmread(io.BytesIO(b)) for b in sent]
+        assert str(sent[0].PatientName) == NAME and sent[0].PatientID == PATIENT_ID
+        out.texts["dicom node log"] = node.log()
+    return client
+
+
+def _node_job(stack: Stack, study_uid: str) -> str | None:
+    from tests.test_dicomnet import job_of
+
+    return job_of(stack, study_uid)
+
+
 # --- the checks ---------------------------------------------------------------------------
 
 
@@ -338,7 +379,17 @@ def test_flower_finds_each_job_by_its_id_in_its_true_state(collected: Collected)
 
 
 @pytest.mark.parametrize(
-    "place", ["database", "api responses", "api log", "worker log", "redis", "flower"]
+    "place",
+    [
+        "database",
+        "api responses",
+        "api log",
+        "worker log",
+        "redis",
+        "flower",
+        "dicom node log",
+        "served SR",
+    ],
 )
 def test_no_spelling_is_found(collected: Collected, place: str) -> None:
     found = findings(place, collected.texts[place])

@@ -108,6 +108,20 @@ def test_derived_files_outlive_the_upload_until_the_job_goes(storage: Storage) -
     assert list(storage.job_ids(older_than_s=-60)) == []
 
 
+def test_dicom_files_are_put_and_deleted_one_by_one(storage: Storage) -> None:
+    """The DICOM node's files (dicomnet/): received instances, a header copy, the SR."""
+    storage.put("j", "dicom/header.dcm", b"header")
+    storage.put("j", "dicom/sr.dcm", b"sr")
+    storage.delete("j", "dicom/header.dcm")  # delivered: the patient module goes
+    storage.delete("j", "dicom/absent.dcm")  # nothing there: no error
+    assert storage.get("j", "dicom/header.dcm") is None
+    assert storage.get("j", "dicom/sr.dcm") == b"sr"
+    for bad in ("dicom/../x.dcm", "dicom/Doe^Jane.dcm", "dicom/a.png"):
+        with pytest.raises(ValueError):
+            storage.put("j", bad, b"x")
+    storage.discard("j")
+
+
 def test_job_ids_by_age(storage: Storage) -> None:
     storage.save("fresh", "s.png", io.BytesIO(b"png"))
     assert list(storage.job_ids(older_than_s=3600)) == []
