@@ -40,6 +40,8 @@ def main() -> int:
         "\nlungct is running\n"
         f"  Web UI and API  {api}/   (API docs {api}/docs, OpenAPI {api}/openapi.json)\n"
         f"  Flower          http://127.0.0.1:{flower}/   (credentials printed above)\n"
+        f"  DICOM listener  AE title {settings.dicom_ae_title} at {settings.dicom_host}:"
+        f"{settings.dicom_port} (C-ECHO, C-STORE; docs/dicom.md)\n"
         "  API key         printed above on the first start\n"
         "Stop with Ctrl-C.\n",
         flush=True,

@@ -27,7 +27,7 @@ def test_the_procfile_names_every_process() -> None:
     )  # fmt: skip
     assert check.returncode == 0, check.stderr
     names = {line.split(":", 1)[0] for line in (ROOT / "Procfile").read_text().splitlines()}
-    assert {"redis", "worker", "api", "flower", "ready"} <= names
+    assert {"redis", "worker", "api", "dicom", "flower", "ready"} <= names
 
 
 def _redis_line(url: str) -> subprocess.Popen[str]:
