@@ -79,12 +79,14 @@ def associate(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     for uid in {*contexts, Verification}:
         ae.add_requested_context(uid)
-    handlers = [(evt.EVT_CONN_OPEN, _no_delay)] if nodelay else None
+    handlers: list[Any] | None = [(evt.EVT_CONN_OPEN, _no_delay)] if nodelay else None
     return ae.associate("127.0.0.1", port, ae_title=called, evt_handlers=handlers)
 
 
 def _no_delay(event: evt.Event) -> None:
-    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    wrapped = event.assoc.dul.socket
+    if wrapped is not None and wrapped.socket is not None:
+        wrapped.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def send(

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 import requests
+from pydicom import dcmread
 
 from bench.e2e import spawn, stop
 from tests.conftest import DATA_DIR, Stack, free_port
@@ -120,10 +121,10 @@ def test_orthanc_sends_the_study_and_gets_the_sr_back(
         load += ["127.0.0.1", str(DICOM_PORT), str(STUDY / "2.000000-5mm-40805")]
         load += [str(STUDY / "3.000000-5mm-41315")]
         subprocess.run(load, check=True, timeout=120, capture_output=True)
-        [study_id] = _find("Study", {})
-        study_uid = requests.get(f"{REST}/studies/{study_id}", timeout=10).json()["MainDicomTags"][
-            "StudyInstanceUID"
-        ]
+        # by its UID: the node may also deliver SRs an earlier node owed (a shared database)
+        first = next((STUDY / "2.000000-5mm-40805").glob("*.dcm"))
+        study_uid = str(dcmread(first, stop_before_pixels=True).StudyInstanceUID)
+        [study_id] = _find("Study", {"StudyInstanceUID": study_uid})
         assert len(requests.get(f"{REST}/studies/{study_id}/instances", timeout=10).json()) == 128
 
         forward: dict[str, Any] = {"Resources": [study_id], "Synchronous": True}
