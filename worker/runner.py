@@ -48,6 +48,7 @@ from db.models import Job, JobKind, JobStatus, SlicePrediction
 from db.records import SliceResult
 from db.session import session_scope
 from ingest import InvalidUpload, SliceError, SliceSource, plan_upload
+from ingest.series_rules import SeriesRules, rules_for_model
 from models.preprocessing import preprocess
 from storage import Storage
 from worker import metrics
@@ -149,9 +150,10 @@ def run(claimed: list[lifecycle.Started], ctx: Context) -> dict[str, str]:
     predictor = ctx.predictor(claimed[0].model_name)
     since = ctx.stages.add("model", since)
     works = [Work(c) for c in claimed]
+    rules = rules_for_model(predictor.card.raw, predictor.card.path, ctx.settings)
     with ExitStack() as stack:
         for w in works:
-            _plan(w, ctx, stack)
+            _plan(w, ctx, stack, rules)
         _record_plans(ctx, works)
         ctx.stages.add("plan", since)
         with Heartbeat(ctx.settings, [w.job_id for w in works]) as beat:
@@ -164,8 +166,9 @@ def run(claimed: list[lifecycle.Started], ctx: Context) -> dict[str, str]:
 # -- plan ----------------------------------------------------------------------
 
 
-def _plan(w: Work, ctx: Context, stack: ExitStack) -> None:
-    """Open the upload and list its slices; an unreadable upload fails only this job.
+def _plan(w: Work, ctx: Context, stack: ExitStack, rules: SeriesRules) -> None:
+    """Open the upload and list its slices (the model's series rules choose the series);
+    an unreadable upload fails only this job.
 
     The upload is read from a local file (S3: a temporary download, deleted
     when the run's ``ExitStack`` closes, before the job is closed).
@@ -173,7 +176,8 @@ def _plan(w: Work, ctx: Context, stack: ExitStack) -> None:
     key = w.started.upload_key
     try:
         path = stack.enter_context(ctx.storage.local_file(key))
-        plan = stack.enter_context(plan_upload(path, ctx.settings, filename=PurePath(key).name))
+        name = PurePath(key).name
+        plan = stack.enter_context(plan_upload(path, ctx.settings, filename=name, rules=rules))
     except InvalidUpload as exc:
         w.error = str(exc)
         return
