@@ -61,12 +61,29 @@ def test_a_burst_of_single_images_shares_forward_passes_with_unbatched_answers(
 
 
 def test_a_bad_image_fails_only_its_own_job(stack: Stack, api) -> None:  # type: ignore[no-untyped-def]
-    busy = _busy(api)
-    ids = [submit(api, png_bytes(200 + i), f"s{i}.png")["id"] for i in range(6)]
-    storage = Path(stack.env["STORAGE_DIR"])
-    (storage / ids[2] / "upload.png").write_bytes(b"this is no longer an image")
+    """Six queued images reach the worker in one push, one of them unreadable by then
+    (the upload check decodes every image, so the bytes are spoilt in storage)."""
+    from config import Settings, image_queue
+    from db.models import Job
+    from db.session import session_scope
+    from storage import open_storage
+
+    settings = Settings()
+    storage = open_storage(settings)
+    first = wait_done(api, submit(api, png_bytes(199), "first.png")["id"])  # owner and model
+    model = first["model"]["name"]
+    ids = []
+    for i in range(6):
+        job_id = str(uuid.uuid4())
+        data = b"this is no longer an image" if i == 2 else png_bytes(200 + i)
+        stored = storage.save(job_id, "s.png", io.BytesIO(data))
+        with session_scope() as s:
+            s.add(Job(id=job_id, kind="image", owner=first["owner"], model_name=model,
+                      model_version="1", upload_key=stored.key, upload_bytes=stored.size,
+                      warnings=[]))  # fmt: skip
+        ids.append(job_id)
+    image_queue.push(settings, ids, model)
     jobs = {j: wait_done(api, j) for j in ids}
-    wait_done(api, busy)
     assert jobs[ids[2]]["status"] == "failed" and jobs[ids[2]]["error"]
     assert all(jobs[j]["status"] == "succeeded" for j in ids if j != ids[2])
 
