@@ -3,7 +3,7 @@
 Usage (on a machine with a GPU; with no TensorFlow GPU build, Keras 3 runs the
 same ``.keras`` file on JAX)::
 
-    KERAS_BACKEND=jax python -m bench.gpu [--model NAME] [--n 512] [--batches 1 8 32 64 128 256]
+    KERAS_BACKEND=jax python -m bench.gpu [--model NAME] [--n 512] [--batches 32 64 128]
 
 Prints, in one run:
 
@@ -17,7 +17,12 @@ Prints, in one run:
     (goal >= 70 %; below it, decoding on the CPU is the bottleneck: raise
     DECODE_THREADS or the worker's CPU share).
 
-Paths alternate per batch size, medians of ``--repeat`` timings.
+Paths alternate per batch size, medians of ``--repeat`` timings. Then, unless
+``--table-only``, the same command runs ``bench.xla`` (XLA and mixed precision
+on and off) and ``bench.paths`` (every user path beside the seeds' way, the
+1,000-slice study end to end and the bare forward pass, with make run's
+settings), so one command gives every GPU figure. ``bench.paths`` needs the
+worker's TensorFlow (Grad-CAM): on a JAX-only host it is skipped with a note.
 """
 
 from __future__ import annotations
@@ -49,8 +54,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--n", type=int, default=512, help="images per timing")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64, 128, 256])
+    parser.add_argument("--batches", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--table-only", action="store_true", help="skip bench.xla, bench.paths")
     args = parser.parse_args()
 
     from bench.throughput import batched, make_zip, pick_slices
@@ -78,6 +84,24 @@ def main() -> None:
             best_a, best_b = max(best_a, rate_a), max(best_b, rate_b)
             print(f"{batch:>6} {rate_a:>15.0f} {rate_b:>19.0f}")
         print(f"(c) pipeline best / bare best: {100 * best_b / best_a:.0f} % (goal >= 70 %)")
+    if not args.table_only:
+        _the_other_tables()
+
+
+def _the_other_tables() -> None:
+    """bench.xla, then bench.paths (when TensorFlow is there for the worker)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    steps = [["bench.xla"]]
+    if importlib.util.find_spec("tensorflow") is not None:
+        steps.append(["bench.paths"])
+    else:
+        print("bench.paths skipped: the worker needs TensorFlow (Grad-CAM), absent here")
+    for step in steps:
+        print(f"\n=== python -m {' '.join(step)}", flush=True)
+        subprocess.call([sys.executable, "-m", *step])
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ import pytest
 from bench.faults import FAST, SCENARIOS, Config, Result
 from tests.conftest import POSTGRES_URL, database_backends
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# one xdist worker runs them all: the scenarios are shared by a module fixture
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.xdist_group("faults")]
 
 PARALLEL = int(os.environ.get("FAULTS_PARALLEL", "2"))
 # test -> scenario, and the scenario's rough cost (seconds on an idle 2-core VM)

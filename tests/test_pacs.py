@@ -43,6 +43,7 @@ STUDY_TIMEOUT_S = 3.0
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.xdist_group("pacs"),  # fixed ports: one xdist worker runs both backends
     pytest.mark.skipif(not (ORTHANC and STORESCU and ECHOSCU), reason="orthanc/dcmtk absent"),
     pytest.mark.skipif(not STUDY.is_dir(), reason=f"real study not found under {DATA_DIR}"),
 ]
