@@ -36,6 +36,9 @@ class State:
         self._entries: dict[str, Entry] = {}
         if path.exists():
             self._entries = _load(path)
+        # each entry as JSON-ready data, made once per change: a folder of thousands
+        # of slices rewrites the file thousands of times
+        self._data = {k: asdict(v) for k, v in self._entries.items()}
 
     @staticmethod
     def key(input_path: Path) -> str:
@@ -51,14 +54,16 @@ class State:
 
     def put(self, input_path: Path, entry: Entry) -> None:
         with self._lock:
-            self._entries[self.key(input_path)] = entry
+            key = self.key(input_path)
+            self._entries[key] = entry
+            self._data[key] = asdict(entry)
             self._save()
 
     def _save(self) -> None:
-        data = {"version": VERSION, "inputs": {k: asdict(v) for k, v in self._entries.items()}}
+        data = {"version": VERSION, "inputs": self._data}
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(data, separators=(",", ":")))
         os.replace(tmp, self.path)
 
 
