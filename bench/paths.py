@@ -190,10 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     changed = dict(s.split("=", 1) for s in args.set)
     settings = "make run's defaults" + (f", except {changed}" if changed else "")
     files = pick_slices(args.n)
-    study_files = pick_slices(args.study)
+    every = pick_slices(10_000)  # the data set holds fewer: the study repeats some slices
+    study_files = [every[i % len(every)] for i in range(args.study)]
     with tempfile.TemporaryDirectory(prefix="bench-paths-") as tmp:
         small = make_zip(files, Path(tmp) / "slices.zip")
-        big = make_zip(study_files, Path(tmp) / "study.zip")
+        big = _numbered_zip(study_files, Path(tmp) / "study.zip")
         port = _port()
         seeds = spawn(
             [sys.executable, "-m", "bench.seeds_app", str(port), args.model],
@@ -220,6 +221,16 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop(seeds)
     return 0
+
+
+def _numbered_zip(files: list[Path], out: Path) -> Path:
+    """A zip of ``files`` as ``study/<n>_<name>``: a slice may appear more than once."""
+    import zipfile
+
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+        for i, f in enumerate(files):
+            zf.write(f, f"study/{i:05d}_{f.name}")
+    return out
 
 
 def _wait_seeds(base: str, timeout_s: float = 120) -> None:
