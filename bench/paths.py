@@ -35,14 +35,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import requests
 
-from bench.burst import pipelined_client
+from bench.burst import burst, pipelined_client
 from bench.e2e import ROOT, Service, api_key, service, spawn, stop, time_one
 from bench.throughput import make_zip, pick_slices
 
@@ -89,23 +88,7 @@ def cli_folder(svc: Service, env: dict[str, str], files: list[Path], round_no: i
 
 def four_clients(svc: Service, files: list[Path]) -> float:
     """Seconds for ``len(files)`` single images from 4 clients (upload, then long polls)."""
-    errors: list[BaseException] = []
-
-    def client(share: list[Path]) -> None:
-        try:
-            pipelined_client(svc, share, None)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=client, args=(files[k::CLIENTS],)) for k in range(CLIENTS)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - start
+    return len(files) / burst(svc, files, CLIENTS, None, pipelined_client)
 
 
 def bare_forward(files: list[Path], model: str) -> Callable[[], float]:
