@@ -14,8 +14,8 @@ from __future__ import annotations
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,11 +23,9 @@ from ingest.archive import Origin, Skipped
 from ingest.dicom import decode_dicom, decode_dicom_view
 from ingest.errors import LimitExceeded, SliceError
 from ingest.images import decode_image
-from ingest.privacy import deactivate, tag
+from ingest.privacy import Scrubber, activate, deactivate, skipped_source, tag
 from ingest.views import image_view
-
-if TYPE_CHECKING:
-    from ingest.privacy import Scrubber
+from ingest.visible import visible
 
 __all__ = ["MemberReader", "SeriesInfo", "Skipped", "SliceSource", "UploadPlan"]
 
@@ -149,6 +147,38 @@ class UploadPlan:
     series: list[SeriesInfo]
     origin: Origin | None = field(default=None, repr=False, compare=False)
     scrubber: Scrubber | None = field(default=None, repr=False, compare=False)
+
+    def scrubbed(self, scrubber: Scrubber) -> UploadPlan:
+        """This plan with every name and text scrubbed, carrying the scrubber for later text.
+
+        Order and grouping were decided on the real names, so they do not change.
+        """
+
+        def shown(text: str | None) -> str | None:
+            return visible(scrubber(text)) if text else text
+
+        plan = replace(
+            self,
+            slices=[
+                replace(s, source=scrubber.path(s.source), scrub=scrubber) for s in self.slices
+            ],
+            skipped=[
+                Skipped(skipped_source(scrubber, k.source), visible(scrubber(k.reason)))
+                for k in self.skipped
+            ],
+            series=[
+                replace(
+                    i,
+                    modality=visible(scrubber(i.modality)),
+                    description=shown(i.description),
+                    note=shown(i.note),
+                )
+                for i in self.series
+            ],
+            scrubber=scrubber,
+        )
+        activate(scrubber)
+        return plan
 
     def scrub(self, text: str) -> str:
         """``text`` as it may leave the worker (log line, error message): see ingest.privacy."""

@@ -1,7 +1,7 @@
 """The one place that decides what of an upload's names may leave the worker.
 
 Everything the worker stores, shows, logs or raises about an upload passes through
-the :class:`Scrubber` that :func:`apply` puts on the :class:`~ingest.plan.UploadPlan`:
+the :class:`Scrubber` that :meth:`ingest.plan.UploadPlan.scrubbed` puts on a plan:
 
 * member paths (``SliceSource.source``, ``Skipped.source``) are stored as the
   ``STORE_SOURCE_PATHS`` mode says (:class:`SourcePaths`), with control and
@@ -28,16 +28,13 @@ import threading
 import traceback
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from ingest.archive import Skipped
 from ingest.redact import TEXT_UNITS, Identifiers, Matcher, known_suffix, redact
 from ingest.visible import visible
 
 if TYPE_CHECKING:
     from config.settings import Settings
-    from ingest.plan import UploadPlan
 
 
 class SourcePaths(enum.StrEnum):
@@ -128,33 +125,7 @@ def build(
     return Scrubber(mode, learned.matcher(), positions)
 
 
-def apply(plan: UploadPlan, scrubber: Scrubber) -> UploadPlan:
-    """The plan with every name and text scrubbed, carrying the scrubber for later text.
-
-    Order and grouping were decided on the real names, so they do not change.
-    """
-    scrubbed = replace(
-        plan,
-        slices=[replace(s, source=scrubber.path(s.source), scrub=scrubber) for s in plan.slices],
-        skipped=[
-            Skipped(_source(scrubber, k.source), visible(scrubber(k.reason))) for k in plan.skipped
-        ],
-        series=[
-            replace(
-                i,
-                modality=visible(scrubber(i.modality)),
-                description=visible(scrubber(i.description)) if i.description else i.description,
-                note=visible(scrubber(i.note)) if i.note else i.note,
-            )
-            for i in plan.series
-        ],
-        scrubber=scrubber,
-    )
-    activate(scrubber)
-    return scrubbed
-
-
-def _source(scrubber: Scrubber, source: str) -> str:
+def skipped_source(scrubber: Scrubber, source: str) -> str:
     """A skipped member's path, or a text such as ``series <uid>`` (not a member)."""
     return scrubber.path(source) if scrubber.is_member(source) else visible(scrubber(source))
 

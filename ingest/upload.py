@@ -121,7 +121,7 @@ def plan_upload(
         raise
     scrubber = privacy.build(settings, learned, positions, archive=kind == "zip")
     learned.clear()  # the scrubber keeps its own compiled copy; nothing else holds them
-    return privacy.apply(plan, scrubber)
+    return plan.scrubbed(scrubber)
 
 
 def _plan(
