@@ -9,8 +9,8 @@ The numbers that make recovery work (README, "Reliability"):
 * a hung Redis costs a submit at most about ``2 * BROKER_TIMEOUT_S + 0.5`` s
   (3.5 s at the default 1.5) and a JSON 503: a publish gives up after one
   socket timeout (it retries only a connection that Redis dropped), a single
-  image's doorbell after its SET and the DELETE that takes the key back, and
-  the rate limiter waits 0.5 s at most (docs/hardening.md);
+  image's RPUSH to its list after one (config/image_queue.py), and the rate
+  limiter waits 0.5 s at most (docs/hardening.md);
 * the broker's visibility timeout is longer than the hard time limit of a
   job, so Redis never hands a message to a second worker while the first may
   still legitimately run it; lost work is recovered by the sweeper instead
