@@ -279,34 +279,34 @@ def _check_active_cap(s: Session, owner: str, kind: str) -> None:
     likely to be free, from how fast this owner's jobs ended lately.
     """
     settings = context.settings()
-    studies, images = _active_counts(s, owner)
-    if kind == JobKind.STUDY:
-        studies += 1
-    else:
-        images += 1
-    cost = studies + math.ceil(images / settings.microbatch_max_jobs)
+    per_unit = settings.microbatch_max_jobs
+    active = _counts_by_kind(
+        s, Job.owner == owner, Job.status.in_([str(a) for a in ACTIVE_STATUSES])
+    )
+    with_this = {**active, kind: active.get(kind, 0) + 1}
     cap = settings.max_active_jobs_per_owner
-    if cost > cap:
-        studies, images = _active_counts(s, owner)
+    if _units(with_this, per_unit, whole=True) > cap:
         abort(
             429,
-            f"{studies} studies and {images} single images of yours are queued or running "
-            f"(limit {cap} units of work, MAX_ACTIVE_JOBS_PER_OWNER; a study is one unit, "
-            f"{settings.microbatch_max_jobs} single images are one); retry after Retry-After "
-            "seconds",
-            headers={"Retry-After": str(_drain_wait_s(s, owner, settings.microbatch_max_jobs))},
+            f"{active.get(JobKind.STUDY, 0)} studies and {active.get(JobKind.IMAGE, 0)} single "
+            f"images of yours are queued or running (limit {cap} units of work, "
+            f"MAX_ACTIVE_JOBS_PER_OWNER; a study is one unit, {per_unit} single images are "
+            "one); retry after Retry-After seconds",
+            headers={"Retry-After": str(_drain_wait_s(s, owner, per_unit))},
         )
 
 
-def _active_counts(s: Session, owner: str) -> tuple[int, int]:
-    """(studies, single images) of the owner that are queued or running."""
-    rows = s.execute(
-        select(Job.kind, func.count())
-        .where(Job.owner == owner, Job.status.in_([str(a) for a in ACTIVE_STATUSES]))
-        .group_by(Job.kind)
-    ).all()
-    counts = {kind: n for kind, n in rows}
-    return counts.get(JobKind.STUDY, 0), counts.get(JobKind.IMAGE, 0)
+def _counts_by_kind(s: Session, *where: Any) -> dict[str, int]:
+    """Jobs matching ``where``, counted by kind (study, image)."""
+    rows = s.execute(select(Job.kind, func.count()).where(*where).group_by(Job.kind)).all()
+    return {str(kind): int(n) for kind, n in rows}
+
+
+def _units(counts: dict[str, int], images_per_unit: int, whole: bool = False) -> float:
+    """Units of work: a study is one, ``images_per_unit`` single images are one
+    (``whole``: a started unit counts whole, as the cap does)."""
+    images = counts.get(JobKind.IMAGE, 0) / images_per_unit
+    return counts.get(JobKind.STUDY, 0) + (math.ceil(images) if whole else images)
 
 
 DRAIN_WINDOW_S = 30
@@ -320,13 +320,8 @@ def _drain_wait_s(s: Session, owner: str, images_per_unit: int) -> int:
     none (a long study running): 5 s, a poll's worth.
     """
     since = utcnow() - timedelta(seconds=DRAIN_WINDOW_S)
-    rows = s.execute(
-        select(Job.kind, func.count())
-        .where(Job.owner == owner, Job.finished_at >= since)
-        .group_by(Job.kind)
-    ).all()
-    ended = {kind: n for kind, n in rows}
-    units = ended.get(JobKind.STUDY, 0) + ended.get(JobKind.IMAGE, 0) / images_per_unit
+    ended = _counts_by_kind(s, Job.owner == owner, Job.finished_at >= since)
+    units = _units(ended, images_per_unit)
     if units <= 0:
         return 5
     return max(1, min(MAX_RETRY_AFTER_S, math.ceil(DRAIN_WINDOW_S / units)))
