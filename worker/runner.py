@@ -201,11 +201,15 @@ def _stored_indexes(ctx: Context, job_id: str) -> set[int]:
 
 
 def _record_plans(ctx: Context, works: list[Work]) -> None:
-    """Store slice counts and skipped members before inference, so progress shows."""
+    """Store slice counts and skipped members before inference, so progress shows.
+
+    Only for jobs of more than one slice: a single image's counts are written
+    once, when it is closed (a micro-batch would otherwise write every row twice).
+    """
     values = [
         {"id": w.job_id, "total": len(w.todo), "warnings": w.warnings}
         for w in works
-        if w.error is None and not w.resumed
+        if w.error is None and not w.resumed and len(w.todo) > 1
     ]
     if values:
         with session_scope(ctx.settings.database_url) as s:
