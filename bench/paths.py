@@ -98,10 +98,11 @@ def bare_forward(files: list[Path], model: str) -> Callable[[], float]:
     from config import get_settings
     from models.data import load_gray
     from models.preprocessing import preprocess
-    from worker.inference import get_predictor
+    from worker.inference import batch_size, get_predictor
 
-    predictor = get_predictor(model)
-    batch = get_settings().inference_batch_size
+    settings = get_settings()
+    predictor = get_predictor(model, settings.models_dirs)
+    batch = batch_size(predictor, settings.inference_batch_size)
     tensors = np.stack([preprocess(load_gray(f), predictor.card.input) for f in files])
     predictor.predict(tensors[:batch])  # trace once
 

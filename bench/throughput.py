@@ -68,14 +68,16 @@ def batched(archive: Path, predictor) -> float:  # type: ignore[no-untyped-def]
     from config import get_settings
     from ingest import plan_upload
     from storage import open_storage
+    from worker.inference import batch_size
     from worker.runner import Context, _batches, _decode_ahead
 
     settings = get_settings()
     ctx = Context(settings, open_storage(settings), lambda _: predictor, lambda *_: None)
+    size = batch_size(predictor, settings.inference_batch_size)
     start = time.perf_counter()
     with plan_upload(archive, settings) as plan:
-        decoded = _decode_ahead([("bench", s) for s in plan.slices], predictor, ctx)
-        for batch in _batches(decoded, settings.inference_batch_size):
+        decoded = _decode_ahead([("bench", s) for s in plan.slices], predictor, ctx, 2 * size)
+        for batch in _batches(decoded, size):
             predictor.predict(np.stack([d.tensor for d in batch if d.tensor is not None]))
     return time.perf_counter() - start
 
@@ -116,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from config import get_settings
-    from worker.inference import get_predictor, warm_up
+    from worker.inference import batch_size, get_predictor, warm_up
 
     settings = get_settings()
     name = args.model or settings.default_model
@@ -124,13 +126,15 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory(prefix="bench-")
     archive = make_zip(files, Path(tmp.name) / "study.zip")
     warm_up(name, settings)
-    predictor = get_predictor(name)
+    predictor = get_predictor(name, settings.models_dirs)
     per_image(files[:5], predictor)  # warm the per-image path too
     batched(archive, predictor)
     n = len(files)
     print(
         f"model {predictor.card.name} {predictor.card.version}, {n} slices, "
-        f"batch size {settings.inference_batch_size}, decode threads {settings.decode_threads}"
+        f"batch size {batch_size(predictor, settings.inference_batch_size)} "
+        f"(INFERENCE_BATCH_SIZE={settings.inference_batch_size}), "
+        f"decode threads {settings.decode_threads}"
     )
     batch_path: Timed = ("(b) worker batched path     ", lambda: batched(archive, predictor))
     single_path: Timed = ("(a) per-image model.predict ", lambda: per_image(files, predictor))

@@ -85,7 +85,9 @@ class Settings(BaseSettings):
     # --- uploads and inference ---
     max_upload_mb: PositiveInt = 1024
     max_form_parts: PositiveInt = 100
-    inference_batch_size: PositiveInt = 64
+    # "auto": each worker process times a few batch sizes on its own device when it
+    # loads a model and keeps the fastest (worker/inference.py batch_size)
+    inference_batch_size: PositiveInt | Literal["auto"] = "auto"
     decode_threads: PositiveInt = 2
     # DICOM display window (HU) that reproduces how the IQ-OTH/NCCD training
     # JPEGs were exported; measured in ingest/README.md ("Windowing").

@@ -53,7 +53,7 @@ from models.preprocessing import preprocess
 from storage import Storage
 from worker import metrics
 from worker.images import image_name, store_heatmaps, to_png, view_name
-from worker.inference import Predictor
+from worker.inference import Predictor, batch_size
 from worker.summary import SeriesName, series_names, summarize
 
 log = logging.getLogger(__name__)
@@ -229,11 +229,12 @@ def _predict_and_store(
     settings = ctx.settings
     by_id = {w.job_id: w for w in works}
     todo = [(w.job_id, s) for w in works for s in w.todo]
+    size = batch_size(predictor, settings.inference_batch_size)
     stop: Stop | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer") as writer:
         pending: Future[None] | None = None
-        decoded = _decode_ahead(todo, predictor, ctx)
-        for batch in _batches(decoded, settings.inference_batch_size):
+        decoded = _decode_ahead(todo, predictor, ctx, 2 * size)
+        for batch in _batches(decoded, size):
             started = time.perf_counter()
             rows = _predict(batch, predictor)
             failed = sum(1 for d in batch if d.tensor is None)
@@ -281,11 +282,10 @@ def _load(
 
 
 def _decode_ahead(
-    todo: list[tuple[str, SliceSource]], predictor: Predictor, ctx: Context
+    todo: list[tuple[str, SliceSource]], predictor: Predictor, ctx: Context, window: int
 ) -> Iterator[Decoded]:
-    """Decode in a thread pool, at most two batches ahead of the consumer."""
+    """Decode in a thread pool, at most ``window`` slices (two batches) ahead of the consumer."""
     settings = ctx.settings
-    window = 2 * settings.inference_batch_size
     with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
         pending: list[Future[Decoded]] = []
         sources = iter(todo)
