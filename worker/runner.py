@@ -9,9 +9,11 @@ with one slice each. Both go through the same stages:
 Decoding runs in a thread pool at most two batches ahead of the model, so
 reading the next slices (and encoding their slice images) overlaps the
 forward pass of the current batch. Slices of several jobs share forward
-passes. A writer thread stores each batch (slice images, then rows, progress
-and a heartbeat in one transaction) while the next batch is predicted; at
-most one write is in flight, so a slow database applies back-pressure.
+passes. A writer thread stores the predicted batches (slice images, then rows,
+progress and a heartbeat in one transaction) while the next ones are
+predicted; batches predicted during a store are stored together by the next
+one, and at most one write is in flight, so a slow database applies
+back-pressure.
 
 Writes are idempotent (unique job/slice index, insert-or-ignore), so a job
 continued by another worker only fills in what is missing. Heat maps are
@@ -60,6 +62,11 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN = threading.Event()
 """Set (by worker/signals.py) when this worker process is asked to stop: jobs hand back."""
+
+STORE_BACKLOG = 4
+"""Batches predicted while a store is in flight are stored together, up to this many:
+small (fast) batches then need fewer commits, and a slow database still holds the
+model back (at most one write in flight)."""
 
 INSERT_ROWS = 2000
 """Rows per INSERT: 12 values each stays far below PostgreSQL's 65,535 parameters."""
@@ -222,7 +229,8 @@ def _record_plans(ctx: Context, works: list[Work]) -> None:
 def _predict_and_store(
     works: list[Work], predictor: Predictor, ctx: Context, beat: Heartbeat
 ) -> Stop | None:
-    """Predict batch after batch while a writer thread stores the previous batch.
+    """Predict batch after batch while a writer thread stores the previous ones
+    (the batches predicted during a store go in one store: :data:`STORE_BACKLOG`).
 
     Returns why the run stopped early, or None once every slice is stored.
     """
@@ -233,6 +241,8 @@ def _predict_and_store(
     stop: Stop | None = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer") as writer:
         pending: Future[None] | None = None
+        unsaved: list[Decoded] = []  # predicted while the previous write was in flight
+        unsaved_rows: list[SliceResult] = []
         decoded = _decode_ahead(todo, predictor, ctx, 2 * size)
         for batch in _batches(decoded, size):
             started = time.perf_counter()
@@ -243,16 +253,26 @@ def _predict_and_store(
             for d, row in zip(batch, rows, strict=True):
                 by_id[d.job_id].rows.append(row)
                 by_id[d.job_id].left -= 1
-            if pending is not None:
-                since = time.perf_counter()
-                pending.result()
-                ctx.stages.add("wait_store", since)
-            pending = writer.submit(_store_batch, ctx, batch, rows, by_id, beat)
+            unsaved += batch
+            unsaved_rows += rows
+            if pending is None or pending.done() or len(unsaved) >= STORE_BACKLOG * size:
+                _wait_store(pending, ctx)
+                pending = writer.submit(_store_batch, ctx, unsaved, unsaved_rows, by_id, beat)
+                unsaved, unsaved_rows = [], []
             if (stop := beat.stop_reason()) is not None:
                 break
-        if pending is not None:
-            pending.result()
+        _wait_store(pending, ctx)
+        if unsaved:
+            _store_batch(ctx, unsaved, unsaved_rows, by_id, beat)
     return stop or beat.stop_reason()
+
+
+def _wait_store(pending: Future[None] | None, ctx: Context) -> None:
+    """Wait for the writer's store in flight, if any (its errors are raised here)."""
+    if pending is not None:
+        since = time.perf_counter()
+        pending.result()
+        ctx.stages.add("wait_store", since)
 
 
 def _load(
