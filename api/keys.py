@@ -22,8 +22,8 @@ from db.models import ApiKey, utcnow
 from db.session import session_scope
 
 
-def _create(owner: str, admin: bool) -> int:
-    with session_scope(get_settings().database_url) as s:
+def _create(url: str, owner: str, admin: bool) -> int:
+    with session_scope(url) as s:
         row, key = create_key(s, owner, admin=admin)
         kind = "admin key" if admin else "key"
         print(f"created {kind} {row.prefix}... for owner {row.owner!r}; it is shown only once:")
@@ -31,8 +31,8 @@ def _create(owner: str, admin: bool) -> int:
     return 0
 
 
-def _ensure(owner: str) -> int:
-    with session_scope() as s:
+def _ensure(url: str, owner: str) -> int:
+    with session_scope(url) as s:
         active = s.scalar(
             select(func.count())
             .select_from(ApiKey)
@@ -41,11 +41,11 @@ def _ensure(owner: str) -> int:
     if active:
         print(f"owner {owner!r} already has {active} active key(s); none created")
         return 0
-    return _create(owner, admin=False)
+    return _create(url, owner, admin=False)
 
 
-def _list() -> int:
-    with session_scope() as s:
+def _list(url: str) -> int:
+    with session_scope(url) as s:
         rows = s.scalars(select(ApiKey).order_by(ApiKey.owner, ApiKey.created_at)).all()
         print(f"{'owner':<24} {'prefix':<14} {'admin':<6} {'created':<26} {'last used':<26} state")
         for r in rows:
@@ -58,8 +58,8 @@ def _list() -> int:
     return 0
 
 
-def _revoke(ident: str) -> int:
-    with session_scope() as s:
+def _revoke(url: str, ident: str) -> int:
+    with session_scope(url) as s:
         rows = s.scalars(
             select(ApiKey).where(
                 (ApiKey.prefix == ident) | (ApiKey.key_hash == hash_key(ident)),
@@ -86,13 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     revoke = sub.add_parser("revoke", help="revoke a key by its prefix")
     revoke.add_argument("prefix")
     args = parser.parse_args(argv)
+    url = get_settings().database_url
     if args.command == "create":
-        return _create(args.owner, args.admin)
+        return _create(url, args.owner, args.admin)
     if args.command == "ensure":
-        return _ensure(args.owner)
+        return _ensure(url, args.owner)
     if args.command == "list":
-        return _list()
-    return _revoke(args.prefix)
+        return _list(url)
+    return _revoke(url, args.prefix)
 
 
 if __name__ == "__main__":

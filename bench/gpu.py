@@ -64,7 +64,7 @@ def main() -> None:
     from worker.inference import get_predictor
 
     settings = get_settings()
-    predictor = get_predictor(args.model or settings.default_model)
+    predictor = get_predictor(args.model or settings.default_model, settings.models_dirs)
     files = pick_slices(100)
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         archive = make_zip([files[i % len(files)] for i in range(args.n)], Path(tmp) / "s.zip")
@@ -72,13 +72,12 @@ def main() -> None:
         print(f"{'batch':>6} {'(a) bare img/s':>15} {'(b) pipeline img/s':>19}")
         best_a = best_b = 0.0
         for batch in args.batches:
-            get_settings.cache_clear()
-            os.environ["INFERENCE_BATCH_SIZE"] = str(batch)
+            at_batch = settings.model_copy(update={"inference_batch_size": batch})
             bare(predictor, batch, batch)  # compile this shape
             a, b = [], []
             for _ in range(args.repeat):
                 a.append(bare(predictor, batch, args.n))
-                b.append(batched(archive, predictor))
+                b.append(batched(archive, predictor, at_batch))
             rate_a = (args.n // batch) * batch / statistics.median(a)
             rate_b = args.n / statistics.median(b)
             best_a, best_b = max(best_a, rate_a), max(best_b, rate_b)

@@ -44,6 +44,7 @@ import requests
 from bench.burst import burst, pipelined_client
 from bench.e2e import ROOT, Service, api_key, service, spawn, stop, time_one
 from bench.throughput import make_zip, pick_slices
+from config import Settings, get_settings
 
 CLIENTS = 4
 
@@ -91,16 +92,14 @@ def four_clients(svc: Service, files: list[Path]) -> float:
     return len(files) / burst(svc, files, CLIENTS, None, pipelined_client)
 
 
-def bare_forward(files: list[Path], model: str) -> Callable[[], float]:
+def bare_forward(files: list[Path], model: str, settings: Settings) -> Callable[[], float]:
     """A timer of the worker's forward passes over ``files``, decoded once beforehand."""
     import numpy as np
 
-    from config import get_settings
     from models.data import load_gray
     from models.preprocessing import preprocess
     from worker.inference import batch_size, get_predictor
 
-    settings = get_settings()
     predictor = get_predictor(model, settings.models_dirs)
     batch = batch_size(predictor, settings.inference_batch_size)
     tensors = np.stack([preprocess(load_gray(f), predictor.card.input) for f in files])
@@ -189,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             with service(args.model, extra_env=changed, limits=False) as svc:
                 _wait_seeds(f"http://127.0.0.1:{port}")
                 env = {**os.environ, "DATABASE_URL": f"sqlite:///{svc.folder / 'bench.db'}"}
-                bare = bare_forward(study_files, args.model)
+                bare = bare_forward(study_files, args.model, get_settings())
                 rates: dict[str, list[float]] = {k: [] for k in ("seeds", "zip", "cli", "burst")}
                 rates |= {"study": [], "bare": []}
                 for r in range(args.rounds):

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from config import Settings
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("DATA_DIR", str(ROOT.parent / "shared" / "data")))
@@ -63,15 +65,13 @@ def per_image(files: list[Path], predictor) -> float:  # type: ignore[no-untyped
     return time.perf_counter() - start
 
 
-def batched(archive: Path, predictor) -> float:  # type: ignore[no-untyped-def]
+def batched(archive: Path, predictor, settings: Settings) -> float:  # type: ignore[no-untyped-def]
     """Seconds for the worker's own plan -> decode-ahead -> batched predict path."""
-    from config import get_settings
     from ingest import plan_upload
     from storage import open_storage
     from worker.inference import batch_size
     from worker.runner import Context, _batches, _decode_ahead
 
-    settings = get_settings()
     ctx = Context(settings, open_storage(settings), lambda _: predictor, lambda *_: None)
     size = batch_size(predictor, settings.inference_batch_size)
     start = time.perf_counter()
@@ -128,7 +128,7 @@ def main() -> None:
     warm_up(name, settings)
     predictor = get_predictor(name, settings.models_dirs)
     per_image(files[:5], predictor)  # warm the per-image path too
-    batched(archive, predictor)
+    batched(archive, predictor, settings)
     n = len(files)
     print(
         f"model {predictor.card.name} {predictor.card.version}, {n} slices, "
@@ -136,7 +136,10 @@ def main() -> None:
         f"(INFERENCE_BATCH_SIZE={settings.inference_batch_size}), "
         f"decode threads {settings.decode_threads}"
     )
-    batch_path: Timed = ("(b) worker batched path     ", lambda: batched(archive, predictor))
+    batch_path: Timed = (
+        "(b) worker batched path     ",
+        lambda: batched(archive, predictor, settings),
+    )
     single_path: Timed = ("(a) per-image model.predict ", lambda: per_image(files, predictor))
     ratio = _side_by_side(n, args.repeat, single_path, batch_path)
     print(f"    batched / per-image speed-up (medians): {ratio:.1f}x")

@@ -51,19 +51,19 @@ def wait_for_database(url: str, timeout_s: float = 60.0) -> None:
         engine.dispose()
 
 
-def upgrade(url: str | None = None, timeout_s: float = 60.0) -> None:
-    """Migrate ``url`` (default ``DATABASE_URL``) to the latest revision."""
-    url = url or get_settings().database_url
+def upgrade(url: str, timeout_s: float = 60.0) -> None:
+    """Migrate ``url`` to the latest revision."""
     wait_for_database(url, timeout_s)
     command.upgrade(alembic_config(url), "head")
 
 
 def main() -> None:
+    """CLI entry point: migrates the settings' ``DATABASE_URL``."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the DB")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    upgrade(timeout_s=args.timeout)
+    upgrade(get_settings().database_url, timeout_s=args.timeout)
     log.info("database is at the latest revision")
 
 

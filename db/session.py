@@ -1,8 +1,12 @@
-"""Engine and session factory, created lazily once per process.
+"""Engine and session factory, created lazily once per process and database URL.
 
 Lazily, because gunicorn and Celery fork: an engine created before the fork
 would share pooled connections between processes. Celery workers also call
 :func:`dispose_after_fork` in each child (SQLAlchemy pooling docs).
+
+Every function takes the database URL from its caller (the settings its entry
+point built), never from the environment: one process may use several
+databases (tests do), and nothing here has to be reset when the URL changes.
 """
 
 from __future__ import annotations
@@ -17,8 +21,6 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
-
-from config import get_settings
 
 log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -55,9 +57,8 @@ _makers: dict[str, sessionmaker[Session]] = {}
 _lock = threading.Lock()
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The process-wide engine for ``url`` (default ``DATABASE_URL``), one per URL."""
-    url = url or get_settings().database_url
+def get_engine(url: str) -> Engine:
+    """The process-wide engine for ``url``, one per URL."""
     with _lock:
         if url not in _engines:
             _engines[url] = build_engine(url)
@@ -66,9 +67,8 @@ def get_engine(url: str | None = None) -> Engine:
 
 
 @contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A session in one transaction: commit on success, roll back on error."""
-    url = url or get_settings().database_url
+def session_scope(url: str) -> Iterator[Session]:
+    """A session on ``url`` in one transaction: commit on success, roll back on error."""
     get_engine(url)
     with _makers[url]() as session, session.begin():
         yield session
@@ -100,10 +100,14 @@ def dispose_after_fork() -> None:
         engine.dispose(close=False)
 
 
-def dispose_all() -> None:
-    """Close and forget every engine of this process (tests switching databases)."""
+def dispose(url: str) -> None:
+    """Close and forget ``url``'s engine, if this process made one.
+
+    For a database that is going away (a test's PostgreSQL schema is dropped
+    afterwards, which waits for open connections); a later call makes a new one.
+    """
     with _lock:
-        for engine in _engines.values():
-            engine.dispose()
-        _engines.clear()
-        _makers.clear()
+        engine = _engines.pop(url, None)
+        _makers.pop(url, None)
+    if engine is not None:
+        engine.dispose()

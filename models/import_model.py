@@ -195,12 +195,14 @@ def render_markdown(card: dict[str, Any]) -> str:
     )
 
 
-def import_model(args: argparse.Namespace) -> Path:
-    """Run every check, then write ``<dest>/<name>/`` and return it."""
+def import_model(args: argparse.Namespace, models_dirs: Sequence[Path]) -> Path:
+    """Run every check, then write ``<dest>/<name>/`` and return it.
+
+    ``models_dirs``: the service's ``MODELS_DIRS``; the default destination is the
+    last, and a name already served from any of them is refused without ``--force``.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
-
-    from config import get_settings
 
     if not NAME.match(args.name):
         raise ImportRefused(f"--name {args.name!r}: use 1-64 lowercase letters, digits, . _ -")
@@ -214,9 +216,8 @@ def import_model(args: argparse.Namespace) -> Path:
             raise ImportRefused(str(exc)) from None
     if not args.model.is_file() or args.model.suffix.lower() not in (".keras", ".h5"):
         raise ImportRefused(f"{args.model} is not a .keras or .h5 file")
-    dirs = get_settings().models_dirs
-    dest = args.dest or dirs[-1]
-    existing = {c.name: c.path for c in Registry([*dirs, dest]).cards()}
+    dest = args.dest or models_dirs[-1]
+    existing = {c.name: c.path for c in Registry([*models_dirs, dest]).cards()}
     if args.name in existing and not args.force:
         raise ImportRefused(f"a model named {args.name!r} exists ({existing[args.name]}); --force")
     try:
@@ -240,9 +241,11 @@ def import_model(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: exit 2 with the reason when a check fails."""
+    from config import get_settings
+
     args = parse_args(argv)
     try:
-        out = import_model(args)
+        out = import_model(args, get_settings().models_dirs)
     except ImportRefused as exc:
         print(f"not imported: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -112,11 +112,12 @@ def decode_study(study: Path, spec: InputSpec, settings: object) -> tuple[list[n
     return tensors, failed
 
 
-def load_studies(root: Path, spec: InputSpec, settings: object | None = None) -> StudyData:
-    """Decode every listed study; studies that fail entirely are skipped with the reason."""
-    from config import get_settings
+def load_studies(root: Path, spec: InputSpec, settings: object) -> StudyData:
+    """Decode every listed study; studies that fail entirely are skipped with the reason.
 
-    settings = settings or get_settings()
+    ``settings``: the service's settings (``config.Settings``), so studies decode as the
+    worker would decode them; the caller's entry point reads them.
+    """
     listed = list_studies(root)
     classes = sorted({label for _, label, _ in listed})
     if len(classes) < 2:

@@ -407,8 +407,12 @@ def split_arrays(x: np.ndarray, dataset: Dataset, split: Split) -> dict[str, Arr
     return {s: Arrays(x[idx], dataset.labels[idx]) for s, idx in split.indices.items()}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole training run; returns the card written to ``args.out``."""
+def run(args: argparse.Namespace, settings: object) -> dict[str, Any]:
+    """The whole training run; returns the card written to ``args.out``.
+
+    ``settings``: the service's (``config.Settings``), for decoding labelled studies
+    exactly as uploads are decoded.
+    """
     import keras
     import tensorflow as tf
 
@@ -416,7 +420,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     channels = args.channels or (3 if args.arch in THREE_CHANNEL else 1)
     spec = InputSpec(args.img_size, args.img_size, channels)
     if is_study_source(args.data):  # labelled DICOM/zip studies, decoded like uploads
-        studies = load_studies(args.data, spec)
+        studies = load_studies(args.data, spec, settings)
         dataset, split = studies.dataset, study_split(studies, args.seed)
         print(f"{len(studies.studies)} studies, {len(dataset.paths)} slices", flush=True)
         x = studies.x
@@ -477,8 +481,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI entry point; prints the test-split summary at the end."""
+    from config import get_settings
+
     args = parse_args(argv)
-    card = run(args)
+    card = run(args, get_settings())
     test = card["metrics"]["test"]
     print(
         f"saved {args.out}: test accuracy {test['accuracy']:.3f}, "

@@ -38,7 +38,8 @@ from db.models import SlicePrediction
 from ingest import plan_upload
 from ingest.images import decode_image
 from models.preprocessing import preprocess
-from worker.inference import Predictor, get_predictor, registry
+from models.registry import Registry
+from worker.inference import Predictor, get_predictor
 from worker.summary import summarize
 
 FRACTIONS = (0.0, 0.1, 0.2)
@@ -151,19 +152,19 @@ def table_sizes(studies: dict, predictor: Predictor) -> None:
             print(f"| {cls} ({len(pool)} slices) | {n} | " + " | ".join(cells) + " |")
 
 
-def table_dicom(data: Path, predictor: Predictor) -> None:
+def table_dicom(data: Path, predictor: Predictor, settings: Settings) -> None:
     study = data / "lung-pet-ct-dx" / "Lung_Dx-A0001"
     with tempfile.TemporaryDirectory() as tmp:
         upload = Path(tmp) / "study.zip"
         with zipfile.ZipFile(upload, "w") as zf:
             for p in sorted(study.rglob("*.dcm")):
                 zf.write(p, p.relative_to(study).as_posix())
-        with plan_upload(upload, get_settings(), filename="study.zip") as plan:
+        with plan_upload(upload, settings, filename="study.zip") as plan:
             preds = _predict(predictor, [s.load() for s in plan.slices])
             rows = _rows(preds, predictor.card.classes)
             for row, s in zip(rows, plan.slices, strict=True):
                 row.series_uid = s.series_uid
-    summary = summarize(rows, predictor.card, get_settings())
+    summary = summarize(rows, predictor.card, settings)
     print("\n| group | slices | OOD fraction | label (model output) | verdict | evidence |")
     print("|---|---|---|---|---|---|")
     for g in [summary, *summary["series"]]:
@@ -176,11 +177,13 @@ def table_dicom(data: Path, predictor: Predictor) -> None:
 
 
 def main(data: Path) -> None:
-    predictor = get_predictor(registry().cards()[0].name)
+    settings = get_settings()
+    name = Registry(settings.models_dirs).cards()[0].name
+    predictor = get_predictor(name, settings.models_dirs)
     studies = _pseudo_studies(data, predictor)
     table_pseudo(studies, predictor)
     table_sizes(studies, predictor)
-    table_dicom(data, predictor)
+    table_dicom(data, predictor, settings)
 
 
 if __name__ == "__main__":

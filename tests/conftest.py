@@ -51,19 +51,6 @@ def served(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
         thread.join()
 
 
-def reset_caches() -> None:
-    """Forget the process-wide settings and engines built from the previous environment.
-
-    The API itself takes its settings from ``create_app(settings)``; the worker-side
-    code that tests call in-process (the sweeper, db.lifecycle) reads the environment.
-    """
-    from config import get_settings
-    from db.session import dispose_all
-
-    dispose_all()
-    get_settings.cache_clear()
-
-
 def new_key(database_url: str, owner: str = "alice", admin: bool = False) -> str:
     """Create an API key for ``owner`` directly in the database; return the key."""
     from api.auth import create_key
@@ -180,16 +167,16 @@ def database_backends() -> list[str]:
 def api_env(tmp_path: Path, tiny_models_dir: Path) -> Iterator[dict[str, str]]:
     """An isolated SQLite database and storage folder for one API test (no worker)."""
     from db.migrate import upgrade
+    from db.session import dispose
 
     env = base_env(tmp_path, tiny_models_dir, f"sqlite:///{tmp_path / 'api.db'}")
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
-        reset_caches()
         upgrade(env["DATABASE_URL"], timeout_s=5)
         yield env
         _drop_queue(env)
-    reset_caches()
+    dispose(env["DATABASE_URL"])  # close the finished database's connections
 
 
 def _drop_queue(env: dict[str, str]) -> None:
@@ -279,6 +266,7 @@ def stack(
 ) -> Iterator[Stack]:
     """Real Redis + real Celery worker subprocess + real database, per backend."""
     from db.migrate import upgrade
+    from db.session import dispose
 
     tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
     db = _sqlite(tmp) if request.param == "sqlite" else _postgres()
@@ -287,7 +275,6 @@ def stack(
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
-        reset_caches()
         upgrade(db.url, timeout_s=10)
         proc = start_worker(env, log)
         try:
@@ -296,7 +283,7 @@ def stack(
         finally:
             stop(proc)
             _drop_queue(env)
-            reset_caches()
+            dispose(db.url)  # a PostgreSQL schema is dropped only once no one is connected
             db.cleanup()
 
 

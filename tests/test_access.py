@@ -22,7 +22,6 @@ from tests.conftest import (
     database_backends,
     new_key,
     png_bytes,
-    reset_caches,
 )
 
 
@@ -133,7 +132,7 @@ def test_idempotent_retry_returns_the_original_job(client, bob) -> None:  # type
     assert "different upload" in other_content.json["error"]["message"]
     other = _submit(bob, **{"Idempotency-Key": "upload-42"})  # keys are per owner
     assert other.status_code == 202 and other.json["id"] != first.json["id"]
-    with session_scope() as s:
+    with session_scope(client.application.config["SETTINGS"].database_url) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 2
         keys = set(s.scalars(select(Job.idempotency_key)))
     assert keys == {hashlib.sha256(b"upload-42").hexdigest()}  # a hash, never the key
@@ -144,7 +143,7 @@ def test_an_expired_idempotency_key_makes_a_new_job(client) -> None:  # type: ig
     from db.session import session_scope
 
     first = _submit(client, **{"Idempotency-Key": "k"}).json["id"]
-    with session_scope() as s:
+    with session_scope(client.application.config["SETTINGS"].database_url) as s:
         s.get_one(Job, first).created_at = datetime.now(UTC) - timedelta(hours=25)
     second = _submit(client, **{"Idempotency-Key": "k"})
     assert second.status_code == 202 and second.json["id"] != first
@@ -185,6 +184,7 @@ def test_a_burst_past_the_read_limit_gets_429_with_retry_after(api_env) -> None:
 def any_db(request, api_env, monkeypatch) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The API test's database URL: its SQLite file, or a fresh PostgreSQL schema."""
     from db.migrate import upgrade
+    from db.session import dispose
 
     if request.param == "sqlite":
         yield api_env["DATABASE_URL"]
@@ -192,11 +192,10 @@ def any_db(request, api_env, monkeypatch) -> Iterator[str]:  # type: ignore[no-u
     db = _postgres()
     try:
         upgrade(db.url, timeout_s=10)
-        monkeypatch.setenv("DATABASE_URL", db.url)
-        reset_caches()
+        monkeypatch.setenv("DATABASE_URL", db.url)  # what the test's Settings() read
         yield db.url
     finally:
-        reset_caches()
+        dispose(db.url)  # a schema is dropped only once no one is connected
         db.cleanup()  # type: ignore[operator]
 
 

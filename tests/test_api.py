@@ -14,11 +14,12 @@ from sqlalchemy import func, select
 from tests.conftest import ROOT, TINY_MODEL, default_model, png_bytes, zip_bytes
 
 
-def _job_count() -> int:
+def _job_count(client) -> int:  # type: ignore[no-untyped-def]
+    """Jobs in the database of ``client``'s API."""
     from db.models import Job
     from db.session import session_scope
 
-    with session_scope() as s:
+    with session_scope(client.application.config["SETTINGS"].database_url) as s:
         return s.scalar(select(func.count()).select_from(Job)) or 0
 
 
@@ -52,7 +53,7 @@ def test_missing_file_is_400_without_job(client) -> None:  # type: ignore[no-unt
     r = client.post("/api/v1/jobs", data={}, content_type="multipart/form-data")
     assert r.status_code == 400
     assert "file" in r.json["error"]["message"] and "Missing" in r.json["error"]["message"]
-    assert _job_count() == 0
+    assert _job_count(client) == 0
 
 
 def test_bad_uploads_are_4xx_with_message_and_no_job(client) -> None:  # type: ignore[no-untyped-def]
@@ -66,14 +67,14 @@ def test_bad_uploads_are_4xx_with_message_and_no_job(client) -> None:  # type: i
         r = _submit(client, data, name, model=TINY_MODEL)
         assert 400 <= r.status_code < 500, (name, r.status_code)
         assert r.json["error"]["message"], name
-    assert _job_count() == 0
+    assert _job_count(client) == 0
 
 
 def test_unknown_model_is_400_listing_choices(client) -> None:  # type: ignore[no-untyped-def]
     r = _submit(client, png_bytes(), "slice.png", model="no-such-model")
     assert r.status_code == 400
     assert TINY_MODEL in r.json["error"]["message"]
-    assert _job_count() == 0
+    assert _job_count(client) == 0
 
 
 def test_too_large_upload_is_413(client) -> None:  # type: ignore[no-untyped-def]
@@ -81,7 +82,7 @@ def test_too_large_upload_is_413(client) -> None:  # type: ignore[no-untyped-def
     r = _submit(client, png_bytes(size=256), "big.png", model=TINY_MODEL)
     assert r.status_code == 413
     assert r.json["error"]["code"] == 413
-    assert _job_count() == 0
+    assert _job_count(client) == 0
 
 
 def test_unknown_job_is_404_json(client) -> None:  # type: ignore[no-untyped-def]
@@ -142,7 +143,7 @@ def test_client_file_name_is_never_stored(client) -> None:  # type: ignore[no-un
     from db.session import session_scope
 
     job_id = _submit(client, png_bytes(), "Doe_John_19500101.png", model=TINY_MODEL).json["id"]
-    with session_scope() as s:
+    with session_scope(client.application.config["SETTINGS"].database_url) as s:
         assert s.get_one(Job, job_id).upload_key == f"{job_id}/upload.png"
 
 
@@ -160,7 +161,7 @@ def test_queue_down_is_503_and_the_job_is_marked_failed(client, monkeypatch) -> 
         headers={"Idempotency-Key": "retry-me"},
     )
     assert r.status_code == 503 and "queue" in r.json["error"]["message"]
-    with session_scope() as s:
+    with session_scope(broken.database_url) as s:
         [job] = s.query(Job).all()
         assert job.status == "failed" and job.error == "could not be queued"
         assert job.idempotency_key is None  # a retry with the same key makes a new job
@@ -264,17 +265,19 @@ def test_card_html_is_sanitised_and_shows_every_plot(tmp_path) -> None:  # type:
 
 def _end_later(job_id: str, delay_s: float, announce: bool) -> threading.Thread:
     """End a queued job from another thread, as a worker would (with or without a notice)."""
-    from config import get_settings
+    from config import Settings
     from config.notices import announce_ended
     from db import lifecycle
     from db.session import session_scope
 
+    settings = Settings()  # the test's environment: the API's database and Redis
+
     def end() -> None:
         time.sleep(delay_s)
-        with session_scope() as s:
+        with session_scope(settings.database_url) as s:
             assert lifecycle.fail(s, job_id, "ended by the test")
         if announce:
-            announce_ended(get_settings(), [job_id])
+            announce_ended(settings, [job_id])
 
     thread = threading.Thread(target=end)
     thread.start()

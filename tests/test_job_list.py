@@ -66,7 +66,7 @@ def test_filters_by_verdict_ood_and_name_and_next_keeps_them(stack: Stack) -> No
         "e": None,  # still queued
     }
     jobs = {name: str(uuid.uuid4()) for name in summaries}
-    with session_scope() as s:
+    with session_scope(stack.env["DATABASE_URL"]) as s:
         for i, (name, summary) in enumerate(summaries.items()):
             s.add(
                 Job(

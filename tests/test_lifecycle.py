@@ -16,9 +16,11 @@ from tests.conftest import TINY_MODEL
 @pytest.fixture
 def db(api_env):  # type: ignore[no-untyped-def]
     """A session factory on the test's migrated SQLite database."""
+    from functools import partial
+
     from db.session import session_scope
 
-    return session_scope
+    return partial(session_scope, api_env["DATABASE_URL"])
 
 
 def _job(db, status: str = "queued", **values) -> str:  # type: ignore[no-untyped-def]

@@ -77,7 +77,7 @@ def test_a_bad_image_fails_only_its_own_job(stack: Stack, api) -> None:  # type:
         job_id = str(uuid.uuid4())
         data = b"this is no longer an image" if i == 2 else png_bytes(200 + i)
         stored = storage.save(job_id, "s.png", io.BytesIO(data))
-        with session_scope() as s:
+        with session_scope(settings.database_url) as s:
             s.add(Job(id=job_id, kind="image", owner=first["owner"], model_name=model,
                       model_version="1", upload_key=stored.key, upload_bytes=stored.size,
                       warnings=[]))  # fmt: skip
@@ -127,19 +127,20 @@ def test_one_store_of_many_rows_fits_every_database(stack: Stack) -> None:
         "frame": None, "label": "a", "probabilities": {"a": 1.0}, "ood_score": 0.1,
         "out_of_distribution": False, "error": None,
     }  # fmt: skip
+    url = stack.env["DATABASE_URL"]
     rows = [{"job_id": j, "slice_index": i, **row} for j in ids for i in range(per_job)]
-    with session_scope() as s:
+    with session_scope(url) as s:
         for j in ids:
             s.add(Job(id=j, kind="image", owner="t", model_name="m", model_version="1",
                       upload_key=f"{j}/upload.dcm", upload_bytes=1, warnings=[]))  # fmt: skip
-    if stack.env["DATABASE_URL"].startswith("postgresql"):  # what chunks prevent
-        with pytest.raises(Exception, match="65535"), session_scope() as s:
+    if url.startswith("postgresql"):  # what chunks prevent
+        with pytest.raises(Exception, match="65535"), session_scope(url) as s:
             _insert_ignore(s, rows, chunk=len(rows))
-    with session_scope() as s:
+    with session_scope(url) as s:
         _insert_ignore(s, rows)
-    with session_scope() as s:
+    with session_scope(url) as s:
         _insert_ignore(s, rows[:10])  # a redelivery stores nothing twice
-    with session_scope() as s:
+    with session_scope(url) as s:
         count = s.scalar(select(func.count()).where(SlicePrediction.job_id.in_(ids)))
         for j in ids:
             s.delete(s.get_one(Job, j))
@@ -191,7 +192,7 @@ def test_the_claim_takes_each_listed_image_once_and_drops_ended_ones(api_env, cl
     model = client.get(f"/api/v1/jobs/{ids[0]}").json["model"]["name"]
     taken = image_queue.take(settings, [model], limit=3, block_s=1)
     assert taken == (model, ids[:3])  # the oldest three, in order
-    with session_scope() as s:
+    with session_scope(api_env["DATABASE_URL"]) as s:
         started = lifecycle.start_images(s, [*taken[1], *taken[1]])
     assert sorted(c.job_id for c in started) == sorted([ids[0], ids[2]])  # not the cancelled
     assert image_queue.take(settings, [model], limit=3, block_s=1) == (model, [ids[3]])
@@ -213,15 +214,15 @@ def test_an_enqueue_failure_fails_only_a_job_still_queued(api_env) -> None:  # t
     for name in ("queued.png", "running.png"):
         job_id = str(uuid.uuid4())
         stored = storage.save(job_id, name, io.BytesIO(png_bytes(1)))
-        with session_scope() as s:
+        with session_scope(settings.database_url) as s:
             s.add(Job(id=job_id, kind="image", owner="a", model_name="m", model_version="1",
                       upload_key=stored.key, upload_bytes=stored.size, warnings=[]))  # fmt: skip
         ids.append(job_id)
-    with session_scope() as s:
+    with session_scope(settings.database_url) as s:
         assert lifecycle.start(s, ids[1], stale_after_s=30) is not None  # a worker took it
     end = ending.failed("could not be queued", allowed=(JobStatus.QUEUED,))
     assert ending.close(settings, storage, {job_id: end for job_id in ids}) == [ids[0]]
-    with session_scope() as s:
+    with session_scope(settings.database_url) as s:
         assert [s.get_one(Job, j).status for j in ids] == ["failed", "running"]
     uploads = Path(api_env["STORAGE_DIR"])
     assert not list((uploads / ids[0]).glob("upload*"))  # released
@@ -242,6 +243,6 @@ def test_a_submit_whose_queue_is_down_answers_503_and_fails_the_job(api_env) -> 
     client = authed(app, new_key(api_env["DATABASE_URL"]))
     answer = client.post("/api/v1/jobs", data={"file": (io.BytesIO(png_bytes(1)), "a.png")})
     assert answer.status_code == 503 and "queue is unavailable" in answer.json["error"]["message"]
-    with session_scope() as s:
+    with session_scope(api_env["DATABASE_URL"]) as s:
         (job,) = s.scalars(select(Job)).all()
         assert (job.status, job.error) == ("failed", "could not be queued")

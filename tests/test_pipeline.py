@@ -108,7 +108,8 @@ def test_redelivery_does_not_duplicate_rows(stack: Stack, api) -> None:  # type:
     job_id = submit(api, archive, "s.zip")["id"]
     wait_done(api, job_id)
     assert not list((Path(stack.env["STORAGE_DIR"]) / job_id).glob("upload*"))  # dropped when done
-    with session_scope() as s:  # pretend the worker died after the first batch
+    # pretend the worker died after the first batch
+    with session_scope(stack.env["DATABASE_URL"]) as s:
         s.query(SlicePrediction).filter(
             SlicePrediction.job_id == job_id, SlicePrediction.slice_index >= 8
         ).delete()
@@ -126,7 +127,7 @@ def test_redelivery_does_not_duplicate_rows(stack: Stack, api) -> None:  # type:
     while time.monotonic() < deadline and job["summary"] is None:
         time.sleep(0.1)
         job = api.get(f"/api/v1/jobs/{job_id}").json
-    with session_scope() as s:
+    with session_scope(stack.env["DATABASE_URL"]) as s:
         n = s.scalar(select(func.count()).where(SlicePrediction.job_id == job_id))
     assert n == 12 and job["progress"]["done"] == 12 and job["status"] == "succeeded"
 
@@ -170,7 +171,7 @@ def test_a_running_job_can_be_cancelled_and_keeps_what_it_stored(api) -> None:  
     assert r.status_code == 200 and r.json["status"] in ("running", "cancelled")
     job = wait_done(api, job_id)
     assert job["status"] == "cancelled" and job["finished_at"]
-    with session_scope() as s:
+    with session_scope(api.application.config["SETTINGS"].database_url) as s:
         stored = s.scalar(select(func.count()).where(SlicePrediction.job_id == job_id))
     assert 0 < stored < 1200 and job["progress"]["done"] == stored
 

@@ -278,7 +278,7 @@ def _database_text(stack: Stack) -> str:
 
     from db.session import get_engine
 
-    engine = get_engine()
+    engine = get_engine(url)
     rows = []
     with engine.connect() as conn:
         for table in inspect(conn).get_table_names():

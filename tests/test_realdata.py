@@ -99,11 +99,11 @@ def _identifiers() -> set[str]:
     return {v for v in values if len(v) >= 3}
 
 
-def _database_text(job_id: str) -> str:
+def _database_text(job_id: str, url: str) -> str:
     from db.models import Job, SlicePrediction
     from db.session import session_scope
 
-    with session_scope() as s:
+    with session_scope(url) as s:
         job = s.get_one(Job, job_id)
         rows = s.query(SlicePrediction).filter_by(job_id=job_id).all()
         cols = [c.name for c in Job.__table__.columns]
@@ -149,5 +149,9 @@ def test_real_dicom_study(http: requests.Session, base_url: str, stack: Stack) -
     # Issue 20: a flagged study is never headlined as a diagnosis
     assert summary["verdict"] == ("inconclusive" if summary["out_of_distribution"] else "malignant")
     api_text = json.dumps([job, items])
-    stored = _database_text(job["id"]) + stack.log.read_text(errors="replace") + api_text
+    stored = (
+        _database_text(job["id"], stack.env["DATABASE_URL"])
+        + stack.log.read_text(errors="replace")
+        + api_text
+    )
     assert not [v for v in secrets if v in stored]

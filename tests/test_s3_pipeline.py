@@ -36,7 +36,6 @@ from tests.conftest import (
     new_bucket,
     new_key,
     png_bytes,
-    reset_caches,
     wait_for_worker,
     zip_bytes,
 )
@@ -57,6 +56,7 @@ def s3_stack(
 ) -> Iterator[S3Stack]:
     """Real Redis + real worker subprocess + SQLite, with uploads in a fresh S3 bucket."""
     from db.migrate import upgrade
+    from db.session import dispose
 
     tmp = tmp_path_factory.mktemp("s3-stack")
     db = _sqlite(tmp)
@@ -76,7 +76,6 @@ def s3_stack(
         for k, v in env.items():
             mp.setenv(k, v)
         mp.setattr(tempfile, "tempdir", str(scratch))  # the API's spooled uploads
-        reset_caches()
         upgrade(db.url, timeout_s=10)
         proc = _start_worker(env, log)
         try:
@@ -87,7 +86,7 @@ def s3_stack(
         finally:
             stop(proc)
             _drop_queue(env)
-            reset_caches()
+            dispose(db.url)
 
 
 def submit(client, data: bytes, name: str, status: int = 202) -> dict[str, Any]:  # type: ignore[no-untyped-def]
@@ -145,7 +144,7 @@ def test_study_through_s3_leaves_nothing_behind(s3_stack: S3Stack) -> None:
     assert len(archive) > 500 * 1024  # werkzeug spools it to a temporary file
     job = wait_done(api, submit(api, archive, "Doe^John.zip")["id"])
     assert job["status"] == "succeeded", job
-    with session_scope() as s:
+    with session_scope(s3_stack.env["DATABASE_URL"]) as s:
         row = s.get_one(Job, job["id"])
         assert (row.upload_key, row.upload_bytes) == (f"{job['id']}/upload.zip", len(archive))
     assert [i["slice_index"] for i in all_results(api, job["id"])] == list(range(12))

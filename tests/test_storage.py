@@ -185,6 +185,8 @@ def test_readable_path_uses_the_spooled_file(size: int, scratch: Path) -> None:
 @pytest.mark.integration
 def test_sweeper_removes_orphans_from_s3(s3: S3, api_env: dict[str, str]) -> None:
     """Old job prefixes with no job row go, with unfinished multipart uploads; the rest stays."""
+    from functools import partial
+
     from db.models import Job
     from db.session import session_scope
     from worker.inference import get_predictor
@@ -196,7 +198,7 @@ def test_sweeper_removes_orphans_from_s3(s3: S3, api_env: dict[str, str]) -> Non
     storage.save("orphan", "s.zip", io.BytesIO(b"a submit that crashed after the upload"))
     client.create_multipart_upload(Bucket=s3.bucket, Key=f"{s3.prefix}/killed/upload.zip")
     live = storage.save("live", "s.png", io.BytesIO(b"png"))
-    with session_scope() as s:
+    with session_scope(api_env["DATABASE_URL"]) as s:
         s.add(
             Job(
                 id="live", kind="image", owner="alice", model_name="m", model_version="1",
@@ -206,7 +208,8 @@ def test_sweeper_removes_orphans_from_s3(s3: S3, api_env: dict[str, str]) -> Non
     time.sleep(3)
     storage.save("young", "s.png", io.BytesIO(b"a submit still in progress"))
     settings = Settings(orphan_upload_age_s=1.5, retention_days=0)
-    ctx = Context(settings, open_storage(settings), get_predictor, lambda *job: None)
+    predictor = partial(get_predictor, models_dirs=settings.models_dirs)
+    ctx = Context(settings, open_storage(settings), predictor, lambda *job: None)
     report = sweep(ctx, Redis.from_url(api_env["REDIS_URL"]))
     assert report is not None and sorted(report.orphans_removed) == ["killed", "orphan"]
     assert sorted(s3.keys()) == [f"{s3.prefix}/live/upload.png", f"{s3.prefix}/young/upload.png"]

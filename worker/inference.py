@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from config import Settings, get_settings
+from config import Settings
 from models.calibration import apply_temperature
 from models.ood import OODDetector
 from models.registry import ModelCard, Registry
@@ -116,16 +116,16 @@ def _enable_gpu_memory_growth() -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def get_predictor(name: str, models_dirs: Sequence[Path] | None = None) -> Predictor:
+def get_predictor(name: str, models_dirs: Sequence[Path]) -> Predictor:
     """The cached predictor for model ``name``, loading it on first use.
 
-    ``models_dirs``: where to look (the worker passes its settings'); tools that
-    run outside a worker may leave it to MODELS_DIRS.
+    ``models_dirs``: where to look for its card, the caller's ``MODELS_DIRS``
+    (the worker passes its settings'), so this module reads no settings itself.
     """
     with _lock:
         if name not in _cache:
             _enable_gpu_memory_growth()
-            card = Registry(models_dirs or get_settings().models_dirs).get(name)
+            card = Registry(models_dirs).get(name)
             log.info("loading model %s %s from %s", card.name, card.version, card.path)
             started = time.perf_counter()
             _cache[name] = Predictor.load(card)
