@@ -61,7 +61,7 @@ def main() -> None:
 
     from bench.throughput import batched, make_zip, pick_slices
     from config import get_settings
-    from worker.inference import get_predictor
+    from worker.inference import batch_size, get_predictor
 
     settings = get_settings()
     predictor = get_predictor(args.model or settings.default_model, settings.models_dirs)
@@ -83,6 +83,7 @@ def main() -> None:
             best_a, best_b = max(best_a, rate_a), max(best_b, rate_b)
             print(f"{batch:>6} {rate_a:>15.0f} {rate_b:>19.0f}")
         print(f"(c) pipeline best / bare best: {100 * best_b / best_a:.0f} % (goal >= 70 %)")
+        print(f"INFERENCE_BATCH_SIZE=auto picks {batch_size(predictor, 'auto')} on this device")
     if not args.table_only:
         _the_other_tables()
 
