@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     # --- uploads and inference ---
     max_upload_mb: PositiveInt = 1024
     max_form_parts: PositiveInt = 100
+    # Files in one POST /api/v1/jobs/batch (api/batch.py): each becomes its own job.
+    batch_max_files: PositiveInt = 100
     inference_batch_size: PositiveInt = 64
     decode_threads: PositiveInt = 2
     # DICOM display window (HU) that reproduces how the IQ-OTH/NCCD training
