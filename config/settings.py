@@ -168,7 +168,7 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9101, ge=0, le=65535)
 
     # --- access (api/auth.py, api/app.py) ---
-    # A folder of slices is one submit per slice: 10 a second per key by default.
+    # Submit requests per key (a batch of up to BATCH_MAX_FILES files is one): 10 a second.
     rate_limit_submit: str = "600/minute"
     rate_limit_read: str = "1200/minute"
     max_active_jobs_per_owner: PositiveInt = 50
