@@ -16,7 +16,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api import context
+from api import batch, context
 from api.auth import bearer_token, hash_key
 from api.body_guard import BodyGuard
 from api.docs import docs_config
@@ -72,6 +72,11 @@ def _too_large(error: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
             f"too many form fields: at most {settings.max_form_parts} are accepted "
             "(send the upload as the multipart field 'file', plus 'model')"
         )
+        if request.endpoint == batch.SUBMIT_ENDPOINT:
+            message = (
+                f"too many form fields: a batch takes at most {settings.batch_max_files} "
+                "files (BATCH_MAX_FILES), each with an optional 'idempotency_key', plus 'model'"
+            )
         return error_body(400, message), 400
     message = f"upload too large: the limit is {limit / 1024**2:g} MB (MAX_UPLOAD_MB)"
     return error_body(413, message), 413
@@ -125,8 +130,10 @@ def _limiter(app: APIFlask, settings: Settings) -> Limiter:
     # submits unlimited: the route still called the undecorated function).
     submit_limit = limiter.limit(lambda: settings.rate_limit_submit, methods=["POST"])
     # Flask types a view as sync or async; this one is sync, as the decorator needs.
-    view = cast(Callable[..., ResponseReturnValue], app.view_functions["jobs.submit_job"])
-    app.view_functions["jobs.submit_job"] = submit_limit(view)
+    # A batch counts once here; its files count against the per-owner cap (api/batch.py).
+    for endpoint in ("jobs.submit_job", batch.SUBMIT_ENDPOINT):
+        view = cast(Callable[..., ResponseReturnValue], app.view_functions[endpoint])
+        app.view_functions[endpoint] = submit_limit(view)
     return limiter
 
 
@@ -182,7 +189,8 @@ def create_app(settings: Settings | None = None) -> APIFlask:
 
     from api import admin, dicom_routes, dicomweb, docs, health, jobs, metrics, model_routes, ui
 
-    for module in (jobs, model_routes, admin, health, ui, docs, metrics, dicom_routes, dicomweb):
+    modules = (jobs, batch, model_routes, admin, health, ui, docs, metrics, dicom_routes, dicomweb)
+    for module in modules:
         app.register_blueprint(module.bp)
     metrics.init_app(app)
     app.after_request(security_headers)

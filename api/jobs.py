@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
@@ -23,7 +23,7 @@ from apiflask.types import ResponsesObjectType
 from flask import Response, current_app, request, url_for
 from sqlalchemy import Select, false, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 from werkzeug.datastructures import FileStorage
 
 from api import context, pages
@@ -69,7 +69,7 @@ PNG_RESPONSES: ResponsesObjectType = {
 }
 
 
-def _choose_model(name: str | None) -> ModelCard:
+def choose_model(name: str | None) -> ModelCard:
     """The requested model, or the default; 400 with the choices if unknown."""
     settings = context.settings()
     registry = Registry(settings.models_dirs)
@@ -88,7 +88,7 @@ def _owned(s: Session, job_id: str, who: Caller) -> Job:
     return job
 
 
-def _audit(s: Session, who: Caller, action: str, job_id: str) -> None:
+def audit(s: Session, who: Caller, action: str, job_id: str) -> None:
     """Record who did what to which job (no patient data); logged as well."""
     s.add(AuditEvent(owner=who.owner, action=action, job_id=job_id))
     log.info("audit: owner=%s action=%s job=%s", who.owner, action, job_id)
@@ -115,10 +115,10 @@ def submit_job(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str
     if upload is None or not upload.filename:
         abort(400, "missing file: send the image or study archive as multipart field 'file'")
     key = _idempotency_key()
-    digest = _upload_sha256(upload) if key else None
+    digest = upload_sha256(upload) if key else None
     if key and (earlier := _replay(who, key, digest)) is not None:
         return earlier
-    card = _choose_model(form.get("model"))
+    card = choose_model(form.get("model"))
     job_id = str(uuid.uuid4())
     try:
         job = _store_and_record(job_id, upload, card, who, key, digest)
@@ -126,33 +126,39 @@ def submit_job(form: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str
         context.storage().discard(job_id)  # a rejected or failed submit leaves nothing
         raise
     if job.id != job_id:  # lost an idempotency race: the other request's job answers
-        return _created(job, 200)
+        return created(job, 200)
     try:
         queue_job(context.settings(), job_id, job.kind, job.model_name)
     except Exception as exc:  # broker down or hung: say so, and keep the record honest
         _unqueued(job_id, type(exc).__name__)
-    return _created(job, 202)
+    return created(job, 202)
 
 
-def _created(job: Job, status: int) -> tuple[dict[str, Any], int, dict[str, str]]:
+def created(job: Job, status: int) -> tuple[dict[str, Any], int, dict[str, str]]:
     return job_to_dict(job), status, {"Location": url_for("jobs.get_job", job_id=job.id)}
 
 
 def _idempotency_key() -> str | None:
-    """SHA-256 (hex) of the Idempotency-Key header: the key itself is never stored.
+    """The Idempotency-Key header, hashed (:func:`hashed_key`)."""
+    return hashed_key(request.headers.get(IDEMPOTENCY_HEADER, ""), IDEMPOTENCY_HEADER)
 
-    Clients choose the key, and one was seen holding a patient's name.
+
+def hashed_key(raw: str, what: str) -> str | None:
+    """SHA-256 (hex) of an idempotency key: the key itself is never stored.
+
+    Clients choose the key, and one was seen holding a patient's name. ``what``
+    names where it came from, for the 400 of a key over 255 characters.
     """
-    key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
+    key = raw.strip()
     if len(key) > 255:
-        abort(400, f"{IDEMPOTENCY_HEADER} must be at most 255 characters")
+        abort(400, f"{what} must be at most 255 characters")
     return hashlib.sha256(key.encode()).hexdigest() if key else None
 
 
 HASH_CHUNK = 1024 * 1024
 
 
-def _upload_sha256(upload: FileStorage) -> str:
+def upload_sha256(upload: FileStorage) -> str:
     """SHA-256 (hex) of the spooled upload; the stream is left at its start.
 
     ``time.sleep(0)`` between chunks lets the other requests of a gevent
@@ -172,11 +178,11 @@ def _replay(
 ) -> tuple[dict[str, Any], int, dict[str, str]] | None:
     """The original answer for a retried submit, if this owner used ``key`` recently."""
     with context.session() as s:
-        job = _job_by_key(s, who.owner, key)
-        return None if job is None else _created(_same_upload(job, digest), 200)
+        job = jobs_by_keys(s, who.owner, [key]).get(key)
+        return None if job is None else created(same_upload(job, digest), 200)
 
 
-def _same_upload(job: Job, digest: str | None) -> Job:
+def same_upload(job: Job, digest: str | None, what: str = IDEMPOTENCY_HEADER) -> Job:
     """``job`` if it was made from the same bytes, else 422 (the IETF draft's answer).
 
     A key reused for other content would otherwise silently lose that upload.
@@ -184,23 +190,28 @@ def _same_upload(job: Job, digest: str | None) -> Job:
     if job.upload_sha256 is not None and digest is not None and job.upload_sha256 != digest:
         abort(
             422,
-            f"this {IDEMPOTENCY_HEADER} was already used for a different upload (job {job.id}); "
+            f"this {what} was already used for a different upload (job {job.id}); "
             "send a new key for new content",
         )
     return job
 
 
-def _job_by_key(s: Session, owner: str, key: str) -> Job | None:
-    """The owner's job with this (hashed) key, if it is recent; an old one lets go of it."""
-    job = s.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
-    if job is None:
-        return None
-    horizon = timedelta(hours=context.settings().idempotency_hours)
-    if as_utc(job.created_at) < utcnow() - horizon:
+def jobs_by_keys(s: Session, owner: str, keys: Collection[str]) -> dict[str, Job]:
+    """The owner's recent jobs with these (hashed) keys, by key, in one query.
+
+    A job older than IDEMPOTENCY_HOURS lets go of its key (and is not returned).
+    """
+    if not keys:
+        return {}
+    q = select(Job).where(Job.owner == owner, Job.idempotency_key.in_(set(keys)))
+    found = list(s.scalars(q.options(selectinload(Job.dicom_exports))))
+    horizon = utcnow() - timedelta(hours=context.settings().idempotency_hours)
+    expired = [job for job in found if as_utc(job.created_at) < horizon]
+    for job in expired:
         job.idempotency_key = None
+    if expired:
         s.flush()
-        return None
-    return job
+    return {cast(str, job.idempotency_key): job for job in found if job not in expired}
 
 
 def _store_and_record(
@@ -211,14 +222,46 @@ def _store_and_record(
     key: str | None,
     digest: str | None = None,
 ) -> Job:
-    """Check the upload (4xx if it cannot be a slice or study), save it, commit the job.
+    """Check the upload (4xx if it cannot be a slice or study), save it, commit the job."""
+    job = stored_job(job_id, upload, card, who, key, digest)
+    try:
+        with context.session() as s:
+            # one owner's count-then-insert at a time, across API processes and hosts
+            transaction_lock(s, owner_lock(who.owner))
+            _check_active_cap(s, who.owner, job.kind)
+            s.add(job)
+            audit(s, who, "submit", job_id)
+    except IntegrityError:  # the same idempotency key committed a moment ago
+        context.storage().discard(job_id)
+        with context.session() as s:
+            earlier = jobs_by_keys(s, who.owner, [key or ""]).get(key or "")
+        if earlier is None:
+            raise
+        return same_upload(earlier, digest)
+    return job
+
+
+def owner_lock(owner: str) -> str:
+    """The name of the lock under which an owner's jobs are counted and inserted."""
+    return f"lungct-owner:{owner}"
+
+
+def stored_job(
+    job_id: str,
+    upload: FileStorage,
+    card: ModelCard,
+    who: Caller,
+    key: str | None,
+    digest: str | None,
+) -> Job:
+    """Check the upload (4xx if it cannot be a slice or study), save it; the job, not committed.
 
     The check reads the temporary file werkzeug spooled the request body to,
     so a rejected upload is never stored (README, Architecture, storage/).
     """
     kind = _inspect(job_id, upload)
     stored = context.storage().save(job_id, upload.filename or "", upload.stream)
-    job = Job(
+    return Job(
         id=job_id,
         kind=kind,
         owner=who.owner,
@@ -232,21 +275,6 @@ def _store_and_record(
         status=JobStatus.QUEUED,
         warnings=[],
     )
-    try:
-        with context.session() as s:
-            # one owner's count-then-insert at a time, across API processes and hosts
-            transaction_lock(s, f"lungct-owner:{who.owner}")
-            _check_active_cap(s, who.owner, kind)
-            s.add(job)
-            _audit(s, who, "submit", job_id)
-    except IntegrityError:  # the same idempotency key committed a moment ago
-        context.storage().discard(job_id)
-        with context.session() as s:
-            earlier = _job_by_key(s, who.owner, key or "")
-        if earlier is None:
-            raise
-        return _same_upload(earlier, digest)
-    return job
 
 
 def _input_name(upload: FileStorage) -> str | None:
@@ -278,22 +306,45 @@ def _check_active_cap(s: Session, owner: str, kind: str) -> None:
     the queue in front of everyone else. ``Retry-After`` says when a unit is
     likely to be free, from how fast this owner's jobs ended lately.
     """
+    active = active_counts(s, owner)
+    if admissible(active, [kind]) == 0:
+        message, retry_after = cap_refusal(s, owner, active)
+        abort(429, message, headers={"Retry-After": str(retry_after)})
+
+
+def active_counts(s: Session, owner: str) -> dict[str, int]:
+    """The owner's queued and running jobs, counted by kind."""
+    return _counts_by_kind(s, Job.owner == owner, Job.status.in_([str(a) for a in ACTIVE_STATUSES]))
+
+
+def admissible(active: dict[str, int], kinds: list[str]) -> int:
+    """How many jobs of ``kinds``, taken in order, fit under the cap beside ``active``.
+
+    A prefix: the first job that does not fit ends it, so a later, smaller job
+    never overtakes an earlier one.
+    """
     settings = context.settings()
-    per_unit = settings.microbatch_max_jobs
-    active = _counts_by_kind(
-        s, Job.owner == owner, Job.status.in_([str(a) for a in ACTIVE_STATUSES])
+    counts = dict(active)
+    for n, kind in enumerate(kinds):
+        counts[kind] = counts.get(kind, 0) + 1
+        if _units(counts, settings.microbatch_max_jobs, whole=True) > (
+            settings.max_active_jobs_per_owner
+        ):
+            return n
+    return len(kinds)
+
+
+def cap_refusal(s: Session, owner: str, active: dict[str, int]) -> tuple[str, int]:
+    """The cap's 429 message for an owner with ``active`` work, and its Retry-After."""
+    settings = context.settings()
+    per_unit, cap = settings.microbatch_max_jobs, settings.max_active_jobs_per_owner
+    message = (
+        f"{active.get(JobKind.STUDY, 0)} studies and {active.get(JobKind.IMAGE, 0)} single "
+        f"images of yours are queued or running (limit {cap} units of work, "
+        f"MAX_ACTIVE_JOBS_PER_OWNER; a study is one unit, {per_unit} single images are "
+        "one); retry after Retry-After seconds"
     )
-    with_this = {**active, kind: active.get(kind, 0) + 1}
-    cap = settings.max_active_jobs_per_owner
-    if _units(with_this, per_unit, whole=True) > cap:
-        abort(
-            429,
-            f"{active.get(JobKind.STUDY, 0)} studies and {active.get(JobKind.IMAGE, 0)} single "
-            f"images of yours are queued or running (limit {cap} units of work, "
-            f"MAX_ACTIVE_JOBS_PER_OWNER; a study is one unit, {per_unit} single images are "
-            "one); retry after Retry-After seconds",
-            headers={"Retry-After": str(_drain_wait_s(s, owner, per_unit))},
-        )
+    return message, _drain_wait_s(s, owner, per_unit)
 
 
 def _counts_by_kind(s: Session, *where: Any) -> dict[str, int]:
@@ -335,13 +386,23 @@ def _unqueued(job_id: str, reason: str) -> NoReturn:
     job lets go of its Idempotency-Key, so the client's retry with the same
     key makes a new job instead of replaying one that will never run.
     """
-    log.warning("could not enqueue job %s: %s", job_id, reason)
-    settings = context.settings()
+    fail_unqueued([job_id], reason)
+    abort(503, queue_unavailable(reason))
+
+
+def fail_unqueued(job_ids: list[str], reason: str) -> None:
+    """Record jobs the queue did not take as failed, those still queued (see :func:`_unqueued`)."""
+    log.warning("could not enqueue %d job(s) %s: %s", len(job_ids), job_ids[:3], reason)
     end = ending.failed("could not be queued", allowed=(JobStatus.QUEUED,))
-    if ending.close(settings, context.storage(), {job_id: end}):
+    moved = ending.close(context.settings(), context.storage(), dict.fromkeys(job_ids, end))
+    if moved:
         with context.session() as s:
-            s.execute(update(Job).where(Job.id == job_id).values(idempotency_key=None))
-    abort(503, f"the job queue is unavailable ({reason}); please resubmit")
+            s.execute(update(Job).where(Job.id.in_(moved)).values(idempotency_key=None))
+
+
+def queue_unavailable(reason: str) -> str:
+    """The 503 message of a job the queue did not take."""
+    return f"the job queue is unavailable ({reason}); please resubmit"
 
 
 @bp.get("/jobs")
@@ -522,7 +583,7 @@ def cancel_job(job_id: str) -> dict[str, Any]:
     with context.session() as s:
         if not ended and not lifecycle.request_cancel(s, job_id):
             abort(409, f"job has already ended ({s.get_one(Job, job_id).status})")
-        _audit(s, who, "cancel", job_id)
+        audit(s, who, "cancel", job_id)
         return job_to_dict(s.get_one(Job, job_id))
 
 
@@ -537,7 +598,7 @@ def delete_job(job_id: str) -> tuple[str, int]:
         job = _owned(s, job_id, who)
         if job.status in ACTIVE_STATUSES:
             abort(409, f"job is {job.status}; cancel it first, or delete it once it has ended")
-        _audit(s, who, "delete", job_id)
+        audit(s, who, "delete", job_id)
     ending.remove(context.settings(), context.storage(), [job_id])
     return "", 204
 

@@ -60,6 +60,29 @@ class JobIn(Schema):
     )
 
 
+class BatchIn(Schema):
+    file = List(
+        File(),
+        required=True,
+        validate=Length(min=1),
+        metadata={
+            "description": "Repeated: each a .png/.jpg/.jpeg image, a DICOM file or a .zip study "
+            "archive, and each its own job (at most BATCH_MAX_FILES)"
+        },
+    )
+    model = String(
+        validate=Length(max=128),
+        metadata={"description": "Model name for every file; default model if absent"},
+    )
+    idempotency_key = List(
+        String(),
+        metadata={
+            "description": "Repeated, one per file in the files' order (empty: none for that "
+            "file); each works as the Idempotency-Key header of POST /api/v1/jobs"
+        },
+    )
+
+
 class ModelRef(Schema):
     name = String()
     version = String()
@@ -203,6 +226,26 @@ class CancelOut(JobOut):
     pass
 
 
+class ItemError(Schema):
+    message = String()
+
+
+class BatchItem(Schema):
+    index = Integer(metadata={"description": "the file's position in the request, from 0"})
+    status = Integer(
+        metadata={
+            "description": "202 created, 200 replayed (same key and bytes), or the refusal: "
+            "400 unreadable, 422 key reused for other bytes, 429 cap, 503 queue down"
+        }
+    )
+    job = Nested(JobOut, metadata={"description": "the job (202 and 200)"})
+    error = Nested(ItemError, metadata={"description": "why the file was refused"})
+
+
+class BatchOut(Schema):
+    items = List(Nested(BatchItem), metadata={"description": "one per file, in order"})
+
+
 class Page(Schema):
     offset = Integer(load_default=0, validate=Range(min=0, max=MAX_OFFSET))
     limit = Integer(load_default=None, validate=Range(min=1, max=1000))
@@ -278,10 +321,31 @@ SliceOut = Schema.from_dict(
 )
 """One slice's result: generated from db/records.py, the one definition of it."""
 
+JobSliceOut = Schema.from_dict(
+    {"job_id": String(required=True)}
+    | {f.name: _slice_field(f) for f in dataclasses.fields(SliceResult)},
+    name="JobSliceOut",
+)
+"""One slice's result with the job it belongs to (GET /api/v1/results)."""
+
 
 class ResultsOut(Schema):
     items = List(Nested(SliceOut))
     total = Integer()
+    next = String(allow_none=True)
+
+
+class ManyResultsQuery(Page):
+    job = List(
+        String(validate=Length(max=64)),
+        required=True,
+        validate=Length(min=1, max=MAX_LISTED_IDS),
+        metadata={"description": f"A job ID (repeated; at most {MAX_LISTED_IDS})"},
+    )
+
+
+class ManyResultsOut(Schema):
+    items = List(Nested(JobSliceOut), metadata={"description": "by job ID, then slice order"})
     next = String(allow_none=True)
 
 

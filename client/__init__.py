@@ -13,7 +13,9 @@ from client.api import (
     LungCTClient,
     LungCTError,
     NotFound,
+    NotSupported,
     SliceResult,
+    Upload,
 )
 
 __all__ = [
@@ -25,5 +27,7 @@ __all__ = [
     "LungCTClient",
     "LungCTError",
     "NotFound",
+    "NotSupported",
     "SliceResult",
+    "Upload",
 ]

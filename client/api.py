@@ -8,6 +8,12 @@ Retries: connection errors, timeouts, 429 (after its ``Retry-After``) and
 carries an ``Idempotency-Key`` derived from the upload's SHA-256 (and the
 model), so a retried upload whose first attempt did reach the server gets the
 original job back (200) instead of a second one.
+
+Many files: :meth:`LungCTClient.submit_many` sends them in one request
+(``POST /api/v1/jobs/batch``, one job per file, an answer per file) and
+:meth:`LungCTClient.results_many` reads the slices of up to 100 jobs per
+request; both raise :class:`NotSupported` against a server without those
+routes, so a caller can fall back to one request per file.
 """
 
 from __future__ import annotations
@@ -18,12 +24,12 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, cast
 from urllib.parse import urljoin
 
 import requests
@@ -31,11 +37,15 @@ import requests.adapters
 
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+BATCH_PATH = "/api/v1/jobs/batch"
 CHUNK = 1 << 20
 LONG_POLL_S = 10.0
 """How long one ``wait`` request asks the server to hold its answer (JOB_WAIT_MAX_S caps it)."""
 MAX_IDS = 100
 """Job IDs per :meth:`LungCTClient.jobs_by_id` request (the API's limit)."""
+MAX_BATCH_FILES = 100
+"""Files per :meth:`LungCTClient.submit_many` request (the API's default BATCH_MAX_FILES;
+a server with a lower limit says so, and the batch is split)."""
 
 ProgressCallback = Callable[[int], None]  # called with the number of bytes just sent
 
@@ -68,6 +78,10 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     """409: the job is in the wrong state for this action."""
+
+
+class NotSupported(ApiError):
+    """404 or 405 from a route an older server does not have (the batch routes)."""
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -212,6 +226,33 @@ class SliceResult:
         )
 
 
+@dataclass(frozen=True)
+class Upload:
+    """One file of :meth:`LungCTClient.submit_many`: a path or bytes, the name to send, and
+    its Idempotency-Key (default: derived from the content and the model, as ``submit``)."""
+
+    source: str | os.PathLike[str] | bytes
+    filename: str | None = None
+    idempotency_key: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.filename:
+            return self.filename
+        return "upload" if isinstance(self.source, bytes) else Path(self.source).name
+
+    @property
+    def size(self) -> int:
+        if isinstance(self.source, bytes):
+            return len(self.source)
+        return Path(self.source).stat().st_size
+
+    def open(self) -> BinaryIO:
+        if isinstance(self.source, bytes):
+            return io.BytesIO(self.source)
+        return Path(self.source).open("rb")
+
+
 def sha256_of(source: str | os.PathLike[str] | bytes) -> str:
     """Hex SHA-256 of a file's content (read in chunks) or of bytes."""
     h = hashlib.sha256()
@@ -234,41 +275,52 @@ def idempotency_key(content_sha256: str, model: str | None, salt: str = "") -> s
     return "lungct-" + hashlib.sha256(text.encode()).hexdigest()
 
 
-class _MultipartBody:
-    """A multipart/form-data body streamed from a file, with a known length.
+FilePart = tuple[str, Callable[[], BinaryIO], int]
+"""A file of a multipart body: its name, how to open it, its size in bytes."""
 
-    ``requests`` would read the whole file into memory to build the body; this
-    reads it in chunks while sending, and reports the bytes sent.
+
+class _MultipartBody:
+    """A multipart/form-data body streamed from files, with a known length.
+
+    ``requests`` would read every file into memory to build the body; this
+    opens each file when the body reaches it, reads it in chunks while
+    sending, closes it, and reports the bytes sent. ``fields`` may repeat a
+    name; every file is sent as the field ``file``.
     """
 
     def __init__(
         self,
-        stream: BinaryIO,
-        size: int,
-        filename: str,
-        fields: dict[str, str],
+        fields: Sequence[tuple[str, str]],
+        files: Sequence[FilePart],
         on_sent: ProgressCallback | None,
     ) -> None:
         self.boundary = f"lungct-{os.urandom(12).hex()}"
-        head = b""
-        for name, value in fields.items():
-            head += (
-                f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
-                f"{value}\r\n"
-            ).encode()
+        text = b"".join(self._field(name, value) for name, value in fields)
+        self._parts: list[bytes | Callable[[], BinaryIO]] = []
+        self._len = 0
+        for filename, opener, size in files:
+            head = text + self._file_head(filename)
+            self._parts += [head, opener]
+            self._len += len(head) + size
+            text = b"\r\n"
+        tail = text + f"--{self.boundary}--\r\n".encode()
+        self._parts.append(tail)
+        self._len += len(tail)
+        self._current: IO[bytes] | None = None
+        self._on_sent = on_sent
+
+    def _field(self, name: str, value: str) -> bytes:
+        return (
+            f'--{self.boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        ).encode()
+
+    def _file_head(self, filename: str) -> bytes:
         safe_name = filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
-        head += (
+        return (
             f"--{self.boundary}\r\nContent-Disposition: form-data; "
             f'name="file"; filename="{safe_name}"\r\n'
             "Content-Type: application/octet-stream\r\n\r\n"
         ).encode()
-        self._parts: list[IO[bytes]] = [
-            io.BytesIO(head),
-            stream,
-            io.BytesIO(f"\r\n--{self.boundary}--\r\n".encode()),
-        ]
-        self._len = len(head) + size + len(self._parts[2].getvalue())  # type: ignore[attr-defined]
-        self._on_sent = on_sent
 
     @property
     def content_type(self) -> str:
@@ -283,15 +335,26 @@ class _MultipartBody:
 
     def read(self, n: int = -1) -> bytes:
         out = b""
-        while self._parts and (n < 0 or len(out) < n):
-            chunk = self._parts[0].read(-1 if n < 0 else n - len(out))
+        while n < 0 or len(out) < n:
+            if self._current is None:
+                if not self._parts:
+                    break
+                part = self._parts.pop(0)
+                self._current = io.BytesIO(part) if isinstance(part, bytes) else part()
+            chunk = self._current.read(-1 if n < 0 else n - len(out))
             if not chunk:
-                self._parts.pop(0)
+                self.close()
                 continue
             out += chunk
         if out and self._on_sent:
             self._on_sent(len(out))
         return out
+
+    def close(self) -> None:
+        """Close the file being read (a body dropped mid-way by a failed attempt)."""
+        if self._current is not None:
+            self._current.close()
+            self._current = None
 
 
 class LungCTClient:
@@ -378,24 +441,104 @@ class LungCTClient:
         key: str,
         on_sent: ProgressCallback | None,
     ) -> Job:
-        fields = {"model": model} if model else {}
-        opened: list[BinaryIO] = []
+        fields = [("model", model)] if model else []
+        bodies: list[_MultipartBody] = []
 
         def body() -> dict[str, Any]:
-            for fh in opened:
-                fh.close()
-            stream = opener()
-            opened.append(stream)
-            data = _MultipartBody(stream, size, name, fields, on_sent)
+            for earlier in bodies:
+                earlier.close()
+            data = _MultipartBody(fields, [(name, opener, size)], on_sent)
+            bodies.append(data)
             headers = {"Content-Type": data.content_type, "Idempotency-Key": key}
             return {"data": data, "headers": headers}
 
         try:
             resp = self._request("POST", "/api/v1/jobs", build=body)
         finally:
-            for fh in opened:
-                fh.close()
+            for data in bodies:
+                data.close()
         return Job.from_dict(resp.json(), replayed=resp.status_code == 200)
+
+    def submit_many(
+        self,
+        uploads: Sequence[Upload],
+        model: str | None = None,
+        *,
+        on_sent: ProgressCallback | None = None,
+    ) -> list[Job | ApiError]:
+        """Upload many files, :data:`MAX_BATCH_FILES` per request; each becomes its own job.
+
+        Returns, per upload and in order, its job (``replayed`` when an earlier
+        job had its key) or the :class:`ApiError` that refused it. Files refused
+        with 429 (the per-owner cap) or 503 are sent again, without the others,
+        after ``Retry-After`` (else a backoff), up to ``retries`` times. A batch
+        the server finds too large (413, or more files than it takes) is split.
+        Raises :class:`NotSupported` when the server has no batch route (an
+        older one: use :meth:`submit`), and :class:`ApiError` when it refuses
+        the whole request (an unknown model).
+        """
+        keyed = [
+            u if u.idempotency_key else replace(u, idempotency_key=_key_for(u.source, model))
+            for u in uploads
+        ]
+        out: list[Job | ApiError] = []
+        for i in range(0, len(keyed), MAX_BATCH_FILES):
+            out += self._batch_with_retries(keyed[i : i + MAX_BATCH_FILES], model, on_sent)
+        return out
+
+    def _batch_with_retries(
+        self, uploads: list[Upload], model: str | None, on_sent: ProgressCallback | None
+    ) -> list[Job | ApiError]:
+        """One batch; the files refused for a while (429, 503) again, after the wait asked."""
+        out: list[Job | ApiError] = [ApiError(0, "not sent")] * len(uploads)
+        pending = list(range(len(uploads)))
+        for attempt in range(self.retries + 1):
+            answers, asked = self._batch([uploads[i] for i in pending], model, on_sent)
+            for i, answer in zip(pending, answers, strict=True):
+                out[i] = answer
+            again = [i for i in pending if _retried(out[i])]
+            if not again or attempt >= self.retries:
+                break
+            delay = min(self._backoff(attempt) if asked is None else asked, self.max_retry_after_s)
+            if self.on_retry is not None:
+                statuses = sorted({cast(ApiError, out[i]).status for i in again})
+                why = f"HTTP {'/'.join(map(str, statuses))} for {len(again)} of the files"
+                url = self._url(BATCH_PATH)
+                self.on_retry(Retry("POST", url, why, attempt + 1, self.retries, delay))
+            self._sleep(delay)
+            pending = again
+        return out
+
+    def _batch(
+        self, uploads: list[Upload], model: str | None, on_sent: ProgressCallback | None
+    ) -> tuple[list[Job | ApiError], float | None]:
+        """One ``POST /api/v1/jobs/batch``: per upload its job or refusal, and Retry-After."""
+        fields = [("model", model)] if model else []
+        fields += [("idempotency_key", u.idempotency_key or "") for u in uploads]
+        files = [(u.name, u.open, u.size) for u in uploads]
+        bodies: list[_MultipartBody] = []
+
+        def body() -> dict[str, Any]:
+            for earlier in bodies:
+                earlier.close()
+            bodies.append(_MultipartBody(fields, files, on_sent))
+            return {"data": bodies[-1], "headers": {"Content-Type": bodies[-1].content_type}}
+
+        try:
+            resp = self._request("POST", BATCH_PATH, build=body)
+        except ApiError as exc:
+            if exc.status in (404, 405):
+                raise NotSupported(exc.status, exc.message, exc.detail) from exc
+            if (smaller := _smaller_batch(exc, len(uploads))) is None:
+                raise
+            parts = [uploads[i : i + smaller] for i in range(0, len(uploads), smaller)]
+            answered = [self._batch(part, model, on_sent) for part in parts]
+            waits = [w for _, w in answered if w is not None]
+            return [a for answers, _ in answered for a in answers], max(waits, default=None)
+        finally:
+            for data in bodies:
+                data.close()
+        return [_item_answer(item) for item in resp.json()["items"]], _retry_after(resp)
 
     def job(self, job_id: str, *, wait: float = 0.0) -> Job:
         """The job as it is; with ``wait`` > 0 the server answers when it ends (or after wait s)."""
@@ -441,6 +584,28 @@ class LungCTClient:
         """Every slice of a job, in the API's order (series, then position)."""
         for page in self._pages(f"/api/v1/jobs/{job_id}/results", {"limit": page_size}):
             yield from (SliceResult.from_dict(d) for d in page["items"])
+
+    def results_many(
+        self, job_ids: Sequence[str], *, page_size: int = 1000
+    ) -> dict[str, list[SliceResult]]:
+        """Every slice of these jobs (any number; :data:`MAX_IDS` per request), by job ID.
+
+        Jobs that do not exist, or are another owner's, are absent. Raises
+        :class:`NotSupported` against a server without ``GET /api/v1/results``.
+        """
+        out: dict[str, list[SliceResult]] = {}
+        unique = list(dict.fromkeys(job_ids))
+        for i in range(0, len(unique), MAX_IDS):
+            params = {"job": unique[i : i + MAX_IDS], "limit": page_size}
+            try:
+                for page in self._pages("/api/v1/results", params):
+                    for d in page["items"]:
+                        out.setdefault(d["job_id"], []).append(SliceResult.from_dict(d))
+            except ApiError as exc:
+                if exc.status in (404, 405):
+                    raise NotSupported(exc.status, exc.message, exc.detail) from exc
+                raise
+        return out
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a job (a running one stops after its current batch); 409 once ended."""
@@ -538,6 +703,37 @@ class LungCTClient:
 
 def _key_for(source: str | os.PathLike[str] | bytes, model: str | None) -> str:
     return idempotency_key(sha256_of(source), model)
+
+
+def _retried(answer: Job | ApiError) -> bool:
+    """A file refused for a while (the cap, the queue), worth sending again."""
+    return isinstance(answer, ApiError) and answer.status in RETRY_STATUSES
+
+
+def _item_answer(item: dict[str, Any]) -> Job | ApiError:
+    """One file's answer of a batch: its job, or why it was refused."""
+    status = int(item["status"])
+    if "job" in item and status < 400:
+        return Job.from_dict(item["job"], replayed=status == 200)
+    message = str((item.get("error") or {}).get("message") or "refused")
+    return ApiError(status, message)
+
+
+def _smaller_batch(exc: ApiError, files: int) -> int | None:
+    """How many files to send per request after the server refused a batch as too large.
+
+    413: half as many (the body is over MAX_UPLOAD_MB); 400 with
+    ``detail.batch.max_files``: the server's BATCH_MAX_FILES. None: it cannot
+    be split (one file, or another refusal).
+    """
+    if files <= 1:
+        return None
+    if exc.status == 413:
+        return (files + 1) // 2
+    detail = exc.detail if isinstance(exc.detail, dict) and exc.status == 400 else {}
+    batch = detail.get("batch")
+    limit = batch.get("max_files") if isinstance(batch, dict) else None
+    return limit if isinstance(limit, int) and 0 < limit < files else None
 
 
 def _retry_after(resp: requests.Response) -> float | None:

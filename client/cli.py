@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +25,7 @@ import requests
 
 from client.api import (
     LONG_POLL_S,
+    MAX_BATCH_FILES,
     MAX_IDS,
     ApiError,
     AuthError,
@@ -30,7 +33,10 @@ from client.api import (
     Job,
     LungCTClient,
     NotFound,
+    NotSupported,
     Retry,
+    SliceResult,
+    Upload,
     idempotency_key,
 )
 from client.export import JobResults, format_for, write
@@ -128,9 +134,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     ):
         progress.add_inputs(len(inputs), sum(i.size for i in inputs))
         upload = _uploader(api, args.model, state, progress, Path(tmp))
+        send = _batch_sender(api, args.model, state, progress)
         pool = ThreadPoolExecutor(max_workers=args.concurrency)
         try:
-            outcomes = list(pool.map(upload, inputs))
+            outcomes = _upload_all(inputs, upload, send, pool, args.concurrency)
         finally:  # on Ctrl-C or a fatal error, start no further uploads
             pool.shutdown(wait=False, cancel_futures=True)
         if wait:
@@ -149,9 +156,60 @@ def _default_state(out: str | None) -> Path:
     return folder / STATE_NAME
 
 
+BATCH_FILES = MAX_BATCH_FILES
+BATCH_BYTES = 32 * 1024**2
+"""A batch of single files holds at most this many files and, beyond its first file,
+about this many bytes (a request that a slow link still sends well within --timeout)."""
+
+Uploader = Callable[[Input], Outcome]
+BatchSender = Callable[[list[Input]], list[Outcome | Input]]
+
+
+def _upload_all(
+    inputs: list[Input],
+    upload: Uploader,
+    send: BatchSender,
+    pool: ThreadPoolExecutor,
+    concurrency: int,
+) -> list[Outcome]:
+    """Every input's outcome, in order: single files in batches (one request each), DICOM
+    folders one by one, ``concurrency`` requests at a time.
+
+    Inputs a batch hands back (the server has no batch route) go one request each.
+    """
+
+    def run(group: list[Input]) -> list[Outcome | Input]:
+        return send(group) if not group[0].is_dicom_folder else [upload(group[0])]
+
+    done = [r for answers in pool.map(run, _groups(inputs, concurrency)) for r in answers]
+    leftover = iter(pool.map(upload, [r for r in done if isinstance(r, Input)]))
+    return [r if isinstance(r, Outcome) else next(leftover) for r in done]
+
+
+def _groups(inputs: list[Input], concurrency: int) -> list[list[Input]]:
+    """Inputs in the order given, as upload requests: single files in batches of at most
+    BATCH_FILES files and about BATCH_BYTES, spread over ``concurrency`` requests (so the
+    first jobs are queued while later batches are still sent); each DICOM folder alone."""
+    singles = sum(1 for i in inputs if not i.is_dicom_folder)
+    per_batch = max(1, min(BATCH_FILES, math.ceil(singles / concurrency)))
+    groups: list[list[Input]] = []
+    batch: list[Input] = []
+    size = 0
+    for item in inputs:
+        if item.is_dicom_folder:
+            groups.append([item])
+            continue
+        if batch and (len(batch) >= per_batch or size + item.size > BATCH_BYTES):
+            groups.append(batch)
+            batch, size = [], 0
+        batch.append(item)
+        size += item.size
+    return [*groups, batch] if batch else groups
+
+
 def _uploader(
     api: LungCTClient, model: str | None, state: State, progress: Progress, tmp: Path
-) -> Callable[[Input], Outcome]:
+) -> Uploader:
     """Upload one input unless the state file knows its job; record what happened."""
 
     def upload(item: Input) -> Outcome:
@@ -159,13 +217,9 @@ def _uploader(
         entry = state.find(item.path, sha, model)
         salt = ""
         if entry and entry.job_id:
-            job = _current(api, entry.job_id)
-            if job and job.status not in ("failed", "cancelled"):
-                state.put(item.path, Entry(sha, model, job.id, job.status))
-                progress.input_done(unsent=item.size)
-                progress.log(f"resumed   {item.path} -> job {job.id} ({job.status})")
-                return Outcome(item, sha, job)
-            salt = job.id if job else ""  # a fresh job, not the failed one again
+            resumed, salt = _resume(item, sha, _current(api, entry.job_id), model, state, progress)
+            if resumed:
+                return resumed
         path = item.materialize(tmp)
         try:
             progress.resize(path.stat().st_size - item.size)
@@ -176,20 +230,121 @@ def _uploader(
         except (AuthError, ConnectionFailed):
             raise
         except ApiError as exc:
-            state.put(item.path, Entry(sha, model, None, "rejected", exc.message))
-            progress.input_done()
-            progress.log(f"rejected  {item.path}: {exc.message} (HTTP {exc.status})")
-            return Outcome(item, sha, error=f"{exc.message} (HTTP {exc.status})")
+            return _rejected(item, sha, model, exc, state, progress)
         finally:
             if path != item.path:
                 path.unlink(missing_ok=True)
-        state.put(item.path, Entry(sha, model, job.id, job.status))
-        progress.input_done()
-        verb = "existing " if job.replayed else "submitted"
-        progress.log(f"{verb} {item.path} -> job {job.id} ({job.status})")
-        return Outcome(item, sha, job)
+        return _submitted(item, sha, job, model, state, progress)
 
     return upload
+
+
+def _batch_sender(
+    api: LungCTClient, model: str | None, state: State, progress: Progress
+) -> BatchSender:
+    """Upload single files in one request, those the state file does not know; per input
+    the same lines, state entries and outcomes as one upload each would give.
+
+    Against a server without the batch route, hands the inputs it did not resume back
+    (and every later batch at once) for one request each.
+    """
+    unsupported = threading.Event()
+
+    def send(batch: list[Input]) -> list[Outcome | Input]:
+        if unsupported.is_set():
+            return list(batch)
+        shas = [item.content_sha256() for item in batch]
+        out, salts = _resume_batch(api, batch, shas, model, state, progress)
+        todo = [n for n, o in enumerate(out) if isinstance(o, Input)]
+        uploads = [
+            Upload(batch[n].path, batch[n].upload_name, idempotency_key(shas[n], model, salts[n]))
+            for n in todo
+        ]
+        try:
+            answers = _answers(api, uploads, model, progress) if todo else []
+        except NotSupported:
+            unsupported.set()
+            return out
+        for n, answer in zip(todo, answers, strict=True):
+            if isinstance(answer, Job):
+                out[n] = _submitted(batch[n], shas[n], answer, model, state, progress)
+            else:
+                out[n] = _rejected(batch[n], shas[n], model, answer, state, progress)
+        return out
+
+    return send
+
+
+def _resume_batch(
+    api: LungCTClient,
+    batch: list[Input],
+    shas: list[str],
+    model: str | None,
+    state: State,
+    progress: Progress,
+) -> tuple[list[Outcome | Input], list[str]]:
+    """Per input, its outcome when the state file knows a job that still counts (all of
+    them read in one request), else the input; and the salt of each one's key."""
+    entries = [state.find(item.path, sha, model) for item, sha in zip(batch, shas, strict=True)]
+    known = [e.job_id for e in entries if e and e.job_id]
+    current = {job.id: job for job in api.jobs_by_id(known)} if known else {}
+    out: list[Outcome | Input] = []
+    salts: list[str] = []
+    for item, sha, entry in zip(batch, shas, entries, strict=True):
+        resumed, salt = None, ""
+        if entry and entry.job_id:
+            job = current.get(entry.job_id)
+            resumed, salt = _resume(item, sha, job, model, state, progress)
+        out.append(resumed or item)
+        salts.append(salt)
+    return out, salts
+
+
+def _answers(
+    api: LungCTClient, uploads: list[Upload], model: str | None, progress: Progress
+) -> Sequence[Job | ApiError]:
+    """Per upload, its job or its refusal; a request refused whole (an unknown model)
+    refuses every file of it. NotSupported, a bad key and an unreachable API propagate."""
+    try:
+        return api.submit_many(uploads, model, on_sent=progress.sent_bytes)
+    except (NotSupported, AuthError):
+        raise
+    except ApiError as exc:
+        return [exc] * len(uploads)
+
+
+def _resume(
+    item: Input, sha: str, job: Job | None, model: str | None, state: State, progress: Progress
+) -> tuple[Outcome | None, str]:
+    """An input whose job the state file knows: its outcome while that job still counts,
+    else None and the salt of its new key (a fresh job, not the failed one again)."""
+    if job and job.status not in ("failed", "cancelled"):
+        state.put(item.path, Entry(sha, model, job.id, job.status))
+        progress.input_done(unsent=item.size)
+        progress.log(f"resumed   {item.path} -> job {job.id} ({job.status})")
+        return Outcome(item, sha, job), ""
+    return None, job.id if job else ""
+
+
+def _submitted(
+    item: Input, sha: str, job: Job, model: str | None, state: State, progress: Progress
+) -> Outcome:
+    """An input the API took (a new job, or the earlier one for the same key)."""
+    state.put(item.path, Entry(sha, model, job.id, job.status))
+    progress.input_done()
+    verb = "existing " if job.replayed else "submitted"
+    progress.log(f"{verb} {item.path} -> job {job.id} ({job.status})")
+    return Outcome(item, sha, job)
+
+
+def _rejected(
+    item: Input, sha: str, model: str | None, exc: ApiError, state: State, progress: Progress
+) -> Outcome:
+    """An input the API refused, with its reason."""
+    state.put(item.path, Entry(sha, model, None, "rejected", exc.message))
+    progress.input_done()
+    progress.log(f"rejected  {item.path}: {exc.message} (HTTP {exc.status})")
+    return Outcome(item, sha, error=f"{exc.message} (HTTP {exc.status})")
 
 
 def _current(api: LungCTClient, job_id: str) -> Job | None:
@@ -257,21 +412,30 @@ def _detail(job: Job) -> str:
 
 
 def _fetch_results(api: LungCTClient, outcomes: list[Outcome], workers: int) -> list[JobResults]:
-    done = [o for o in outcomes if o.job]
-
-    def fetch(o: Outcome) -> JobResults:
-        assert o.job is not None
-        slices = list(api.results(o.job.id))
-        return JobResults(o.job, str(o.item.path), slices, o.item.members())
-
+    """Every input's slices: :data:`MAX_IDS` jobs per request (``workers`` at a time), or,
+    from a server without ``GET /api/v1/results``, one request per job."""
+    done = [(o, o.job) for o in outcomes if o.job]
+    ids = list(dict.fromkeys(job.id for _, job in done))
+    chunks = [ids[i : i + MAX_IDS] for i in range(0, len(ids), MAX_IDS)]
+    slices: dict[str, list[SliceResult]] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fetch, done))
+        try:
+            for part in pool.map(api.results_many, chunks):
+                slices |= part
+        except NotSupported:
+            slices = dict(zip(ids, pool.map(lambda j: list(api.results(j)), ids), strict=True))
+    return [
+        JobResults(job, str(o.item.path), slices.get(job.id, []), o.item.members())
+        for o, job in done
+    ]
 
 
 def _print_outcomes(outcomes: list[Outcome]) -> None:
     for o in outcomes:
         if o.job:
-            print(f"{o.job.id}\t{o.job.status}\t{shown(o.job.verdict_line)}\t{shown(str(o.item.path))}")
+            print(
+                f"{o.job.id}\t{o.job.status}\t{shown(o.job.verdict_line)}\t{shown(str(o.item.path))}"
+            )
         else:
             print(f"-\trejected\t\t{shown(str(o.item.path))}")
 
@@ -388,7 +552,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="model name (default: the API's default model)")
     s.add_argument("--wait", action="store_true", help="wait until every job has ended")
     s.add_argument("--out", metavar="FILE", help="write results (.csv or .json); implies --wait")
-    s.add_argument("--concurrency", type=_positive, default=4, help="parallel uploads")
+    s.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=4,
+        help="parallel upload requests (single files go up to 100 per request)",
+    )
     s.add_argument("--state", metavar="FILE", help=f"resume file (default: {STATE_NAME} "
                    "next to --out, else in the current folder)")  # fmt: skip
     s.add_argument(

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     # --- uploads and inference ---
     max_upload_mb: PositiveInt = 1024
     max_form_parts: PositiveInt = 100
+    # Files in one POST /api/v1/jobs/batch (api/batch.py): each becomes its own job.
+    batch_max_files: PositiveInt = 100
     # "auto": each worker process times a few batch sizes on its own device when it
     # loads a model and keeps the fastest (worker/inference.py batch_size)
     inference_batch_size: PositiveInt | Literal["auto"] = "auto"
@@ -168,7 +170,7 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9101, ge=0, le=65535)
 
     # --- access (api/auth.py, api/app.py) ---
-    # A folder of slices is one submit per slice: 10 a second per key by default.
+    # Submit requests per key (a batch of up to BATCH_MAX_FILES files is one): 10 a second.
     rate_limit_submit: str = "600/minute"
     rate_limit_read: str = "1200/minute"
     max_active_jobs_per_owner: PositiveInt = 50

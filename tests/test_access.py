@@ -242,6 +242,49 @@ def test_the_per_owner_cap_holds_under_a_burst(any_db: str) -> None:
         assert s.scalar(select(func.count()).select_from(Job)) == 3
 
 
+def test_the_per_owner_cap_holds_under_parallel_batches(any_db: str) -> None:
+    """Four parallel batches of three images against a cap of five: exactly five jobs exist,
+    each batch admits a prefix of its files (one lock per batch, not per file)."""
+    from werkzeug.serving import make_server
+
+    from api import create_app
+    from config import Settings
+    from db.models import Job
+    from db.session import session_scope
+
+    app = create_app(Settings(max_active_jobs_per_owner=5, microbatch_max_jobs=1))
+    key = new_key(any_db)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    answers: list[list[int]] = []
+
+    def batch(seed: int) -> None:
+        import requests
+
+        files = [("file", (f"s{i}.png", png_bytes(seed * 10 + i))) for i in range(3)]
+        r = requests.post(
+            f"http://127.0.0.1:{server.port}/api/v1/jobs/batch",
+            files=files,
+            data={"model": TINY_MODEL},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=60,
+        )
+        answers.append([item["status"] for item in r.json()["items"]])
+
+    try:
+        threads = [threading.Thread(target=batch, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.shutdown()
+    assert sum(a.count(202) for a in answers) == 5 and sum(a.count(429) for a in answers) == 7
+    assert all(a == sorted(a) for a in answers)  # admitted files first: a prefix of each
+    with session_scope(any_db) as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 5
+
+
 def test_the_cap_counts_single_images_by_what_they_cost(api_env) -> None:  # type: ignore[no-untyped-def]
     """MICROBATCH_MAX_JOBS single images share a forward pass: they count as one unit of
     work, a study as one; the refusal says when to come back, in seconds, not a minute."""

@@ -323,3 +323,79 @@ def test_the_cli_prints_each_retry_while_the_api_is_down(tmp_path: Path) -> None
     lines = [line for line in run.stderr.splitlines() if "retry" in line]
     assert len(lines) == 2 and "retry 1 of 2" in lines[0] and "retry 2 of 2" in lines[1]
     assert "cannot reach the API (ConnectionError)" in lines[0]
+
+
+class Counted:
+    """WSGI middleware: counts requests by (method, path); the paths in ``missing`` answer
+    as a server without those routes would (405 for a POST, else 404), after reading the
+    body as gunicorn does."""
+
+    def __init__(self, app, missing: tuple[str, ...] = ()) -> None:  # type: ignore[no-untyped-def]
+        self.app, self.missing = app, missing
+        self.seen: Counter[tuple[str, str]] = Counter()
+
+    def __call__(self, environ, start_response):  # type: ignore[no-untyped-def]
+        method, path = environ["REQUEST_METHOD"], environ["PATH_INFO"]
+        self.seen[(method, path)] += 1
+        if path not in self.missing:
+            return self.app(environ, start_response)
+        from werkzeug.wsgi import get_input_stream
+
+        get_input_stream(environ).read()  # Content-Length bytes, not until the client closes
+        status = "405 METHOD NOT ALLOWED" if method == "POST" else "404 NOT FOUND"
+        start_response(status, [("Content-Type", "application/json")])
+        return [json.dumps({"error": {"code": int(status[:3]), "message": status}}).encode()]
+
+
+def _slices_folder(folder: Path, n: int) -> None:
+    """``n`` PNG slices; the last one a copy of the first (the same bytes, one job)."""
+    folder.mkdir()
+    for i in range(n - 1):
+        (folder / f"s{i:02d}.png").write_bytes(png_bytes(700 + i))
+    (folder / f"s{n - 1:02d}.png").write_bytes(png_bytes(700))
+
+
+def test_a_folder_of_slices_goes_in_batches_with_every_row_and_a_true_tally(
+    stack: Stack, key: str, tmp_path: Path
+) -> None:
+    _slices_folder(tmp_path / "slices", 12)
+    server = Counted(stack.app())
+    out = tmp_path / "r.csv"
+    args = ["submit", "slices", "--model", TINY_MODEL, "--out", str(out), "--poll", "0.2"]
+    with served(server) as url:
+        run = lungct(url, key, *args, "--concurrency", "2", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "12 inputs: 12 succeeded" in run.stderr
+    assert run.stderr.count("submitted") == 11 and run.stderr.count("existing") == 1
+    posts = {path: n for (method, path), n in server.seen.items() if method == "POST"}
+    assert posts == {"/api/v1/jobs/batch": 2}  # 12 files in 2 requests (--concurrency 2)
+    assert server.seen[("GET", "/api/v1/results")] == 1
+    rows = read_csv(out)
+    assert sorted(r["input"] for r in rows) == [f"slices/s{i:02d}.png" for i in range(12)]
+    assert len({r["job_id"] for r in rows}) == 11 and all(r["label"] for r in rows)
+    state = json.loads((tmp_path / ".lungct-state.json").read_text())["inputs"]
+    assert len(state) == 12 and {e["status"] for e in state.values()} == {"succeeded"}
+
+    out.unlink()  # a rerun resumes every input from the state file, in one request per batch
+    with served(server) as url:
+        again = lungct(url, key, *args, "--concurrency", "2", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("resumed") == 12 and len(read_csv(out)) == 12
+    assert server.seen[("POST", "/api/v1/jobs/batch")] == 2  # nothing sent again
+
+
+def test_against_a_server_without_the_batch_routes_each_file_goes_alone(
+    stack: Stack, base_url: str, key: str, tmp_path: Path
+) -> None:
+    _slices_folder(tmp_path / "slices", 4)
+    server = Counted(stack.app(), missing=("/api/v1/jobs/batch", "/api/v1/results"))
+    out = tmp_path / "r.csv"
+    args = ["submit", "slices", "--model", TINY_MODEL, "--out", str(out), "--poll", "0.2"]
+    with served(server) as url:
+        run = lungct(url, key, *args, "--concurrency", "1", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "4 inputs: 4 succeeded" in run.stderr
+    assert server.seen[("POST", "/api/v1/jobs/batch")] == 1  # tried once, then one by one
+    assert server.seen[("POST", "/api/v1/jobs")] == 4
+    assert server.seen[("GET", "/api/v1/results")] == 1
+    assert len(read_csv(out)) == 4 and len(job_ids(base_url, key)) == 3

@@ -223,3 +223,87 @@ def test_each_retry_is_told_before_the_wait() -> None:
     assert told[0].reason == "cannot reach the API (ConnectionError)"
     assert [r.delay_s for r in told] == sleeps
     assert str(told[1]).endswith("retry 2 of 5 in 2.0 s")
+
+
+def test_submit_many_sends_one_request_and_answers_per_file(tmp_path: Path) -> None:
+    from client.api import Upload
+
+    (tmp_path / "a.png").write_bytes(b"A" * 300)
+    uploads = [Upload(tmp_path / "a.png"), Upload(b"B" * 200, "b.png", "key-b")]
+    answer = {
+        "items": [
+            {"index": 0, "status": 202, "job": JOB},
+            {"index": 1, "status": 200, "job": {**JOB, "id": "j0"}},
+        ]
+    }
+    sent: list[int] = []
+    api, adapter, _ = make([requests.ConnectionError, (200, answer, {})])
+    jobs = api.submit_many(uploads, "m", on_sent=sent.append)
+    assert [(j.id, j.replayed) for j in jobs] == [("j1", False), ("j0", True)]  # type: ignore[union-attr]
+    assert adapter.sent[1].url == "http://api.test/api/v1/jobs/batch"
+    body = adapter.bodies[1]
+    assert int(adapter.sent[1].headers["Content-Length"]) == len(body)
+    key_a = idempotency_key(sha256_of(tmp_path / "a.png"), "m")
+    assert body.index(f"\r\n\r\n{key_a}\r\n".encode()) < body.index(b"\r\n\r\nkey-b\r\n")
+    assert body.index(b'filename="a.png"') < body.index(b"A" * 300) < body.index(b'"b.png"')
+    assert b"B" * 200 + b"\r\n--" in body and body.endswith(b"--\r\n")
+    assert sum(sent) == len(adapter.bodies[0]) + len(body)
+
+
+def test_submit_many_sends_files_refused_for_a_while_again_after_retry_after() -> None:
+    from client.api import Upload
+
+    first = {
+        "items": [
+            {"index": 0, "status": 202, "job": JOB},
+            {"index": 1, "status": 429, "error": {"message": "cap"}},
+            {"index": 2, "status": 400, "error": {"message": "not an image"}},
+        ]
+    }
+    again = {"items": [{"index": 0, "status": 202, "job": {**JOB, "id": "j2"}}]}
+    told: list[Retry] = []
+    api, adapter, sleeps = make(
+        [(200, first, {"Retry-After": "3"}), (200, again, {})], on_retry=told.append
+    )
+    answers = api.submit_many([Upload(bytes([i]), f"{i}.png") for i in range(3)])
+    assert isinstance(answers[0], Job) and isinstance(answers[1], Job) and answers[1].id == "j2"
+    assert isinstance(answers[2], ApiError) and answers[2].status == 400
+    assert answers[2].message == "not an image"
+    assert sleeps == [3.0] and told[0].reason == "HTTP 429 for 1 of the files"
+    assert adapter.bodies[1].count(b'name="file"') == 1  # only the refused file again
+
+
+def test_submit_many_splits_a_batch_the_server_finds_too_large() -> None:
+    from client.api import Upload
+
+    limit = {"error": {"code": 400, "message": "too many", "detail": {"batch": {"max_files": 2}}}}
+
+    def ok(*ids: str) -> Reply:
+        return (200, {"items": [{"status": 202, "job": {**JOB, "id": i}} for i in ids]}, {})
+
+    api, adapter, _ = make([(400, limit, {}), ok("a", "b"), (413, None, {}), ok("c"), ok("d")])
+    answers = api.submit_many([Upload(bytes([i]), f"{i}.png") for i in range(4)])
+    assert [a.id for a in answers] == ["a", "b", "c", "d"]  # type: ignore[union-attr]
+    assert [b.count(b'name="file"') for b in adapter.bodies] == [4, 2, 2, 1, 1]
+
+
+def test_the_batch_routes_of_an_older_server_raise_not_supported() -> None:
+    from client.api import NotSupported, Upload
+
+    api, _, _ = make([(405, {"error": {"code": 405, "message": "no"}}, {}), (404, None, {})])
+    with pytest.raises(NotSupported):
+        api.submit_many([Upload(b"x", "x.png")])
+    with pytest.raises(NotSupported):
+        api.results_many(["j1"])
+
+
+def test_results_many_groups_slices_by_job_over_pages() -> None:
+    page1 = {
+        "items": [{"job_id": "j1", "slice_index": 0}, {"job_id": "j1", "slice_index": 1}],
+        "next": "/api/v1/results?offset=2&limit=2&job=j1&job=j2",
+    }
+    page2 = {"items": [{"job_id": "j2", "slice_index": 0, "label": "a"}], "next": None}
+    api, adapter, _ = make([(200, page1, {}), (200, page2, {})])
+    got = api.results_many(["j1", "j2", "j1"], page_size=2)
+    assert {j: [s.slice_index for s in v] for j, v in got.items()} == {"j1": [0, 1], "j2": [0]}
+    assert adapter.sent[0].url == "http://api.test/api/v1/results?job=j1&job=j2&limit=2"
