@@ -25,9 +25,10 @@ def _batch(client, files: list[tuple[bytes, str]], keys: list[str] | None = None
 
 
 def _count(model: Any, *where: Any) -> int:
+    from config import Settings
     from db.session import session_scope
 
-    with session_scope() as s:
+    with session_scope(Settings().database_url) as s:
         return s.scalar(select(func.count()).select_from(model).where(*where)) or 0
 
 
@@ -151,7 +152,7 @@ def test_queue_down_fails_each_job_with_a_503_item(client) -> None:  # type: ign
     items = _batch(client, files, ["ka", "kb", "kc"]).json["items"]
     assert [i["status"] for i in items] == [503, 400, 503]
     assert "queue" in items[0]["error"]["message"]
-    with session_scope() as s:
+    with session_scope(Settings().database_url) as s:
         jobs = s.scalars(select(Job)).all()
         assert len(jobs) == 2 and {j.status for j in jobs} == {"failed"}
         assert {j.idempotency_key for j in jobs} == {None}  # a retry makes new jobs
@@ -159,10 +160,11 @@ def test_queue_down_fails_each_job_with_a_503_item(client) -> None:  # type: ign
 
 def _slices(job_id: str, n: int) -> None:
     """Store ``n`` slice results for a job, as a worker would."""
+    from config import Settings
     from db.models import SlicePrediction
     from db.session import session_scope
 
-    with session_scope() as s:
+    with session_scope(Settings().database_url) as s:
         for i in range(n):
             s.add(SlicePrediction(job_id=job_id, slice_index=i, source=f"#{i + 1}.png",
                                   label="normal", probabilities={"normal": 1.0}))  # fmt: skip
