@@ -112,16 +112,36 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder with a small untrained model, built in a subprocess.
 
     A subprocess keeps TensorFlow out of the test process, so API tests see
-    exactly what the API process would import.
+    exactly what the API process would import. Under xdist the first worker
+    builds it in the run's shared temp folder and the others use that one
+    (each build imports TensorFlow: seconds of CPU the other tests need).
     """
-    out = tmp_path_factory.mktemp("models") / TINY_MODEL
-    subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "make_tiny_model.py"), str(out)],
-        check=True,
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    out = root / "tiny-models" / TINY_MODEL
+    with _locked(root / "tiny-models.lock"):
+        if not (out / "card.json").exists():  # written last
+            subprocess.run(
+                [sys.executable, str(ROOT / "tests" / "make_tiny_model.py"), str(out)],
+                check=True,
+                cwd=ROOT,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            )
     return out.parent
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if need be) while the block runs."""
+    import fcntl
+
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def default_model() -> str:
