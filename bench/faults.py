@@ -16,7 +16,8 @@ life-cycle settings (``STALE_AFTER_S=30``, ``SWEEP_INTERVAL_S=10``,
 ``HEARTBEAT_INTERVAL_S=5``, ``MAX_ATTEMPTS=3``) and prints the table for the
 README (``--postgres URL``, default ``TEST_POSTGRES_URL``, adds PostgreSQL
 runs of two scenarios; ``--only NAME...`` picks scenarios). ``--fast`` uses
-the test suite's settings (6 s, 2 s, 1 s, 2 attempts). The workload is the
+the test suite's settings (6 s, 2 s, 1 s, 2 attempts; slow-clients uploads for
+10 s against an 8 s ``WEB_TIMEOUT_S`` instead of 32 s against 30). The workload is the
 same in both: the tiny test model, ``INFERENCE_BATCH_SIZE=2`` and zips of
 32x32 PNGs, so a job lasts a few seconds and can be hit mid-way.
 
