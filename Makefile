@@ -11,7 +11,8 @@ VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LUNGCT := $(VENV)/bin/lungct
-# Extra pytest arguments: make test ARGS="-k jobs -x"
+# Extra pytest arguments: make test ARGS="-k jobs -x" (one process; without ARGS the
+# whole suite runs on PYTEST_PROCESSES xdist processes, default 3: scripts/test.sh)
 ARGS   ?=
 UV_VERSION := 0.13.9
 # honcho's environment: var/run.env (written by scripts/prestart.py), and .env if you keep one

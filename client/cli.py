@@ -374,6 +374,10 @@ def _wait_all(
     for o in outcomes:
         if o.job:
             jobs.setdefault(o.job.id, []).append(o)
+    for group in jobs.values():  # one input's answer may already show the job ended
+        latest = next((o.job for o in group if o.job and o.job.finished), None)
+        if latest is not None:
+            _settle(group, latest, state, model, progress)
     while True:
         started, ended = time.monotonic(), False
         waiting = [jid for jid, group in jobs.items() if not _job(group).finished]
@@ -384,11 +388,7 @@ def _wait_all(
             if gone := set(asked) - {job.id for job in answered}:
                 raise NotFound(404, f"job {sorted(gone)[0]} no longer exists (deleted?)")
             for job in answered:
-                for o in jobs[job.id]:
-                    o.job = job
-                    if job.finished:
-                        state.put(o.item.path, Entry(o.sha256, model, job.id, job.status))
-                        progress.log(f"{job.status:<9} {o.item.path} -> job {job.id}{_detail(job)}")
+                _settle(jobs[job.id], job, state, model, progress)
                 ended = ended or job.finished
         current = [_job(group) for group in jobs.values()]
         progress.slices(sum(j.done for j in current), sum(j.total for j in current))
@@ -396,6 +396,18 @@ def _wait_all(
             return
         if not ended and (left := poll - (time.monotonic() - started)) > 0:
             time.sleep(left)
+
+
+def _settle(
+    group: list[Outcome], job: Job, state: State, model: str | None, progress: Progress
+) -> None:
+    """Every input of ``group`` now sees ``job``; an ended job is recorded once per input."""
+    for o in group:
+        was_finished = o.job is not None and o.job.finished
+        o.job = job
+        if job.finished and not was_finished:
+            state.put(o.item.path, Entry(o.sha256, model, job.id, job.status))
+            progress.log(f"{job.status:<9} {o.item.path} -> job {job.id}{_detail(job)}")
 
 
 def _job(group: list[Outcome]) -> Job:

@@ -53,7 +53,8 @@ class Node:
             ", ".join(peers.destinations(s)) or "none",
         )
         self._loop("dicom-housekeeping", self._housekeeping, self.wake)
-        self._start("dicom-notices", self._listen_for_ended_jobs)
+        # not joined by stop(): it holds nothing, and each read waits up to a second
+        self._start("dicom-notices", self._listen_for_ended_jobs, joined=False)
         for dest in peers.destinations(s).values():
             self._loop(f"dicom-send-{dest.name}", partial(outbox.send_due, s, dest))
         return self
@@ -80,10 +81,11 @@ class Node:
 
         self._start(name, run)
 
-    def _start(self, name: str, target: Callable[[], None]) -> None:
+    def _start(self, name: str, target: Callable[[], None], joined: bool = True) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
-        self.threads.append(thread)
+        if joined:
+            self.threads.append(thread)
 
     def _listen_for_ended_jobs(self) -> None:
         """Set :attr:`wake` on every job-ended notice of our queue (best effort)."""

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,16 @@ TINY_MODEL = "tiny-test"
 DATA_DIR = Path(os.environ.get("DATA_DIR", str(ROOT.parent / "shared" / "data")))
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``--dist loadfile``: whole modules, the slowest first (tests/xdist_plan.py)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from tests.xdist_plan import SlowestModuleFirst
+
+    return SlowestModuleFirst(config, log)  # type: ignore[arg-type]
 
 
 @contextmanager
@@ -89,16 +99,36 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder with a small untrained model, built in a subprocess.
 
     A subprocess keeps TensorFlow out of the test process, so API tests see
-    exactly what the API process would import.
+    exactly what the API process would import. Under xdist the first worker
+    builds it in the run's shared temp folder and the others use that one
+    (each build imports TensorFlow: seconds of CPU the other tests need).
     """
-    out = tmp_path_factory.mktemp("models") / TINY_MODEL
-    subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "make_tiny_model.py"), str(out)],
-        check=True,
-        cwd=ROOT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
-    )
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    out = root / "tiny-models" / TINY_MODEL
+    with _locked(root / "tiny-models.lock"):
+        if not (out / "card.json").exists():  # written last
+            subprocess.run(
+                [sys.executable, str(ROOT / "tests" / "make_tiny_model.py"), str(out)],
+                check=True,
+                cwd=ROOT,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+            )
     return out.parent
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if need be) while the block runs."""
+    import fcntl
+
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def default_model() -> str:
@@ -134,7 +164,7 @@ def free_port() -> int:
 @dataclass
 class Database:
     url: str
-    cleanup: object
+    cleanup: Callable[[], None]
 
 
 def _sqlite(tmp: Path) -> Database:
@@ -260,31 +290,80 @@ def wait_for_worker(proc: subprocess.Popen[bytes], log: Path, timeout_s: float =
     raise RuntimeError(f"worker did not answer in {timeout_s}s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session", params=database_backends())
-def stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path
-) -> Iterator[Stack]:
-    """Real Redis + real Celery worker subprocess + real database, per backend."""
-    from db.migrate import upgrade
-    from db.session import dispose
+class StackPool:
+    """The session's stacks, one per backend, each started when first asked for.
 
-    tmp = tmp_path_factory.mktemp(f"stack-{request.param}")
-    db = _sqlite(tmp) if request.param == "sqlite" else _postgres()
-    env = base_env(tmp, tiny_models_dir, db.url)
-    log = tmp / "worker.log"
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        upgrade(db.url, timeout_s=10)
-        proc = start_worker(env, log)
-        try:
-            wait_for_worker(proc, log)
-            yield Stack(env, proc, log, key=new_key(db.url, "tester"))
-        finally:
-            stop(proc)
-            _drop_queue(env)
+    A worker outlives the ``stack`` fixture of its backend: with ``--dist loadfile``
+    an xdist worker runs whole modules, each switching from SQLite to PostgreSQL,
+    and pytest finalizes a session fixture whose parameter changes. Starting a
+    worker again for every module would cost a TensorFlow import each time.
+    """
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.models_dir = models_dir
+        self.stacks: dict[str, Stack] = {}
+        self.cleanups: list[Database] = []
+
+    def get(self, backend: str) -> Stack:
+        if backend not in self.stacks:
+            self.stacks[backend] = self._start(backend)
+        return self.stacks[backend]
+
+    def _start(self, backend: str) -> Stack:
+        from db.migrate import upgrade
+
+        tmp = self.tmp_path_factory.mktemp(f"stack-{backend}")
+        db = _sqlite(tmp) if backend == "sqlite" else _postgres()
+        self.cleanups.append(db)
+        env = base_env(tmp, self.models_dir, db.url)
+        log = tmp / "worker.log"
+        with pytest.MonkeyPatch.context() as mp:  # wait_for_worker reads the environment
+            for k, v in env.items():
+                mp.setenv(k, v)
+            upgrade(db.url, timeout_s=10)
+            proc = start_worker(env, log)
+            try:
+                wait_for_worker(proc, log)
+            except BaseException:
+                stop(proc)
+                raise
+        return Stack(env, proc, log, key=new_key(db.url, "tester"))
+
+    def close(self) -> None:
+        """Stop every worker, forget its queue, drop its database."""
+        from db.session import dispose
+
+        for s in self.stacks.values():
+            stop(s.worker)
+            _drop_queue(s.env)
+        for db in self.cleanups:
             dispose(db.url)  # a PostgreSQL schema is dropped only once no one is connected
             db.cleanup()
+
+
+@pytest.fixture(scope="session")
+def stack_pool(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path
+) -> Iterator[StackPool]:
+    pool = StackPool(tmp_path_factory, tiny_models_dir)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture(scope="session", params=database_backends())
+def stack(request: pytest.FixtureRequest, stack_pool: StackPool) -> Iterator[Stack]:
+    """Real Redis + real Celery worker subprocess + real database, per backend.
+
+    Its environment is set while the fixture lives (the in-process API reads it).
+    """
+    s = stack_pool.get(request.param)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in s.env.items():
+            mp.setenv(k, v)
+        yield s
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,7 @@ def _init_child(sender: Any = None, **_kwargs: object) -> None:
     claimer = Claimer(ctx)
     claimer.start()
     _claimers.append(claimer)
+    log.info("pool process %d ready for jobs", os.getpid())  # the model is warm by now
 
 
 @worker_process_shutdown.connect
