@@ -16,7 +16,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api import batch, context
+from api import context
 from api.auth import bearer_token, hash_key
 from api.body_guard import BodyGuard
 from api.docs import docs_config
@@ -38,6 +38,9 @@ def _error_body(error: HTTPError) -> tuple[dict[str, Any], int, Any]:
 
 
 MAX_DETAIL_FIELDS = 20
+BATCH_SUBMIT = "batch.submit_batch"
+"""api/batch.py's submit endpoint, named here: api/ modules are imported inside
+:func:`create_app`, after gunicorn_conf has set up metrics (they load prometheus_client)."""
 
 
 def _capped(detail: dict[str, Any]) -> dict[str, Any]:
@@ -72,7 +75,7 @@ def _too_large(error: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
             f"too many form fields: at most {settings.max_form_parts} are accepted "
             "(send the upload as the multipart field 'file', plus 'model')"
         )
-        if request.endpoint == batch.SUBMIT_ENDPOINT:
+        if request.endpoint == BATCH_SUBMIT:
             message = (
                 f"too many form fields: a batch takes at most {settings.batch_max_files} "
                 "files (BATCH_MAX_FILES), each with an optional 'idempotency_key', plus 'model'"
@@ -131,7 +134,7 @@ def _limiter(app: APIFlask, settings: Settings) -> Limiter:
     submit_limit = limiter.limit(lambda: settings.rate_limit_submit, methods=["POST"])
     # Flask types a view as sync or async; this one is sync, as the decorator needs.
     # A batch counts once here; its files count against the per-owner cap (api/batch.py).
-    for endpoint in ("jobs.submit_job", batch.SUBMIT_ENDPOINT):
+    for endpoint in ("jobs.submit_job", BATCH_SUBMIT):
         view = cast(Callable[..., ResponseReturnValue], app.view_functions[endpoint])
         app.view_functions[endpoint] = submit_limit(view)
     return limiter
@@ -187,7 +190,18 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     app.register_error_handler(RateLimitExceeded, _rate_limited)
     open_storage(settings).prepare()  # the local folder; nothing for S3
 
-    from api import admin, dicom_routes, dicomweb, docs, health, jobs, metrics, model_routes, ui
+    from api import (
+        admin,
+        batch,
+        dicom_routes,
+        dicomweb,
+        docs,
+        health,
+        jobs,
+        metrics,
+        model_routes,
+        ui,
+    )
 
     modules = (jobs, batch, model_routes, admin, health, ui, docs, metrics, dicom_routes, dicomweb)
     for module in modules:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -128,6 +129,20 @@ def test_api_process_never_imports_tensorflow() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_gunicorn_config_sets_up_metrics_before_prometheus_client_is_loaded() -> None:
+    """gunicorn's master imports api.gunicorn_conf (so the api package) before it forks:
+    a prometheus_client loaded by then keeps every process's metrics in memory, and
+    /metrics shows no request latency at all (multiprocess mode needs the folder first)."""
+    code = (
+        "import sys, api.gunicorn_conf;"
+        "from prometheus_client import values;"
+        "sys.exit(0 if values.ValueClass.__name__ != 'MutexValue' else 1)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True)
+    assert r.returncode == 0, r.stderr
 
 
 def test_rejected_uploads_leave_nothing_on_disk(client, api_env) -> None:  # type: ignore[no-untyped-def]
