@@ -1369,6 +1369,9 @@ def reserved_by_dead_worker(cfg: Config, database: str = "sqlite") -> Result:
         # Outlasts the restart and the reconnect: 2,000 slices took only about 3 s on a
         # quiet day of the 2-core VM (2026-11-28), so 4,500 (MAX_ARCHIVE_MEMBERS is 5,000).
         first = _id(st.submit(study(4500, 12)))
+        # a second long one: should the first end before the reconnect (a quick worker),
+        # a job still runs while the next message is reserved
+        _id(st.submit(study(4500, 13)))
         for i in range(3):
             _id(st.submit(study(SHORT, 20 + i)))
         _running_midway(st, first)
@@ -1400,7 +1403,7 @@ def reserved_by_dead_worker(cfg: Config, database: str = "sqlite") -> Result:
         res.checks["every job ended within 2 sweeps of the first one"] = all(
             j.status in TERMINAL for j in jobs.values()
         )
-        res.checks["all 4 succeeded"] = all(j.status == "succeeded" for j in jobs.values())
+        res.checks["all 5 succeeded"] = all(j.status == "succeeded" for j in jobs.values())
         return st.finish(res)
 
 
