@@ -38,9 +38,6 @@ def _error_body(error: HTTPError) -> tuple[dict[str, Any], int, Any]:
 
 
 MAX_DETAIL_FIELDS = 20
-BATCH_SUBMIT = "batch.submit_batch"
-"""api/batch.py's submit endpoint, named here: api/ modules are imported inside
-:func:`create_app`, after gunicorn_conf has set up metrics (they load prometheus_client)."""
 
 
 def _capped(detail: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +65,8 @@ def _first_problem(detail: dict[str, Any]) -> str:
 
 def _too_large(error: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
     """Werkzeug's 413 names no limit and also covers 'too many form parts'; ours say which."""
+    from api.batch import SUBMIT_ENDPOINT  # loaded by create_app (see there)
+
     settings = context.settings()
     limit = request.max_content_length or settings.max_upload_bytes
     if request.content_length is not None and request.content_length <= limit:
@@ -75,7 +74,7 @@ def _too_large(error: RequestEntityTooLarge) -> tuple[dict[str, Any], int]:
             f"too many form fields: at most {settings.max_form_parts} are accepted "
             "(send the upload as the multipart field 'file', plus 'model')"
         )
-        if request.endpoint == BATCH_SUBMIT:
+        if request.endpoint == SUBMIT_ENDPOINT:
             message = (
                 f"too many form fields: a batch takes at most {settings.batch_max_files} "
                 "files (BATCH_MAX_FILES), each with an optional 'idempotency_key', plus 'model'"
@@ -106,6 +105,8 @@ def rate_limit_key() -> str:
 
 def _limiter(app: APIFlask, settings: Settings) -> Limiter:
     """Per-key limits on /api/ routes, counted in Redis so every API process shares them."""
+    from api.batch import SUBMIT_ENDPOINT  # loaded by create_app (see there)
+
     timeout_s = min(LIMITER_TIMEOUT_S, settings.broker_timeout_s)
     redis_options: dict[str, Any] = {
         "socket_timeout": timeout_s,
@@ -134,7 +135,7 @@ def _limiter(app: APIFlask, settings: Settings) -> Limiter:
     submit_limit = limiter.limit(lambda: settings.rate_limit_submit, methods=["POST"])
     # Flask types a view as sync or async; this one is sync, as the decorator needs.
     # A batch counts once here; its files count against the per-owner cap (api/batch.py).
-    for endpoint in ("jobs.submit_job", BATCH_SUBMIT):
+    for endpoint in ("jobs.submit_job", SUBMIT_ENDPOINT):
         view = cast(Callable[..., ResponseReturnValue], app.view_functions[endpoint])
         app.view_functions[endpoint] = submit_limit(view)
     return limiter
@@ -190,6 +191,8 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     app.register_error_handler(RateLimitExceeded, _rate_limited)
     open_storage(settings).prepare()  # the local folder; nothing for S3
 
+    # Imported here, not at the top: api/ modules load prometheus_client, which must
+    # come after gunicorn_conf has set up its multiprocess folder (config/metrics.py).
     from api import (
         admin,
         batch,

@@ -50,7 +50,7 @@ from db.session import transaction_lock
 from models.registry import ModelCard
 
 bp = APIBlueprint("batch", __name__, url_prefix="/api/v1", tag="Jobs")
-SUBMIT_ENDPOINT = "batch.submit_batch"  # api/app.py BATCH_SUBMIT names it too
+SUBMIT_ENDPOINT = "batch.submit_batch"
 KEY_FIELD = "idempotency_key"
 OTHER_PARTS = 2
 """Form parts a batch may have besides its files and their keys (``model``, and one spare)."""
