@@ -28,6 +28,7 @@ db/lifecycle.py, every end through :func:`db.ending.close`.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import threading
 import time
@@ -67,9 +68,6 @@ STORE_BACKLOG = 4
 """Batches predicted while a store is in flight are stored together, up to this many:
 small (fast) batches then need fewer commits, and a slow database still holds the
 model back (at most one write in flight)."""
-
-INSERT_ROWS = 2000
-"""Rows per INSERT: 12 values each stays far below PostgreSQL's 65,535 parameters."""
 
 
 class Stop(enum.Enum):
@@ -375,13 +373,26 @@ def _row(
 # -- store ---------------------------------------------------------------------
 
 
-def insert_rows(session: Session, rows: list[dict[str, Any]], chunk: int = INSERT_ROWS) -> None:
-    """Insert rows (each with its ``job_id``), skipping slices a previous attempt stored."""
-    dialect = session.get_bind().dialect.name
+def insert_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert rows (each with its ``job_id``), skipping slices a previous attempt stored.
+
+    One statement executed for many parameter sets: SQLAlchemy compiles it once
+    (cached) and pages the rows itself (``insertmanyvalues`` on PostgreSQL, well
+    under its 65,535 parameters; ``executemany`` on SQLite). A multi-row
+    ``.values(rows)`` would be compiled anew for every batch: 0.2 ms of Python
+    a row against 0.04 (measured on SQLite), all of it holding the GIL the
+    forward pass and the decode threads need.
+    """
+    if rows:
+        session.execute(_insert_ignore(session.get_bind().dialect.name), rows)
+
+
+@functools.cache
+def _insert_ignore(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (job_id, slice_index) DO NOTHING for ``dialect``."""
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-    for start in range(0, len(rows), chunk):
-        stmt: Any = insert(SlicePrediction).values(rows[start : start + chunk])
-        session.execute(stmt.on_conflict_do_nothing(index_elements=["job_id", "slice_index"]))
+    stmt: Any = insert(SlicePrediction)
+    return stmt.on_conflict_do_nothing(index_elements=["job_id", "slice_index"])
 
 
 def _store_batch(
