@@ -1,8 +1,10 @@
 """Liveness and readiness probes for orchestrators and load balancers.
 
 ``/readyz`` checks the database, the broker and that a worker consumes the
-queue; the answer is cached for READYZ_CACHE_S seconds (the worker check
-alone takes a second), so probes and dashboards cannot load the broker.
+queue with at least one pool process that has loaded its model (config/warm.py:
+a job sent earlier would wait for TensorFlow and the model to load); the answer
+is cached for READYZ_CACHE_S seconds (the worker check alone takes a second), so
+probes and dashboards cannot load the broker.
 Anyone gets ``ok``/``failed`` per check; the error text (host names, driver
 messages) is shown only to an operator, i.e. a request with an admin key.
 """
@@ -21,6 +23,7 @@ from api.auth import bearer_token, find_key
 from api.queue import workers_consuming
 from config import Settings
 from config.notices import redis_client
+from config.warm import warm_processes
 from db.session import get_engine
 
 bp = APIBlueprint("health", __name__, tag="Health")
@@ -56,7 +59,10 @@ def _workers(settings: Settings) -> str:
     names = workers_consuming(settings)
     if not names:
         raise RuntimeError(f"no worker consumes the queue {settings.celery_queue!r}")
-    return ", ".join(names)
+    processes = warm_processes(settings)
+    if not processes:
+        raise RuntimeError(f"{', '.join(names)} starting: no pool process has loaded its model")
+    return f"{', '.join(names)} ({len(processes)} pool processes warm)"
 
 
 def _checks(settings: Settings) -> dict[str, tuple[bool, str]]:
@@ -91,7 +97,7 @@ def _is_operator() -> bool:
 
 @bp.get("/readyz")
 @bp.doc(
-    summary="Database and broker reachable, at least one worker consuming the queue",
+    summary="Database and broker reachable, a worker consuming the queue with its model loaded",
     description="Details of each check only with an admin API key.",
     responses=[200, 503],
 )

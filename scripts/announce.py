@@ -1,6 +1,6 @@
 """The ``ready`` line of the Procfile: says where everything is once the service answers.
 
-Waits until ``/readyz`` answers 200 (a worker consumes the queue), prints the
+Waits until ``/readyz`` answers 200 (a worker consumes the queue, its model loaded), prints the
 URLs, then waits until honcho stops it (a process of the Procfile that exits
 would make honcho stop all the others).
 """

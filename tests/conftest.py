@@ -276,16 +276,18 @@ def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 def wait_for_worker(proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 120) -> None:
-    """Block until the worker answers a ping (its model is loaded by then)."""
+    """Block until the worker consumes the queue and a pool process of it has loaded its
+    model (config/warm.py: what /readyz waits for)."""
     from api.queue import workers_consuming
     from config import Settings
+    from config.warm import warm_processes
 
     settings = Settings()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited early:\n{log.read_text()[-3000:]}")
-        if workers_consuming(settings, timeout_s=1.0):
+        if workers_consuming(settings, timeout_s=1.0) and warm_processes(settings):
             return
     raise RuntimeError(f"worker did not answer in {timeout_s}s:\n{log.read_text()[-3000:]}")
 

@@ -145,7 +145,8 @@ def test_readyz_sees_the_worker(stack: Stack, api) -> None:  # type: ignore[no-u
     assert r.status_code == 200, r.json
     assert r.json["checks"]["workers"] == "ok"  # no detail for a plain key
     operator = authed(stack.app(), new_key(stack.env["DATABASE_URL"], "ops", admin=True))
-    assert "cpu-" in operator.get("/readyz").json["checks"]["workers"]
+    detail = operator.get("/readyz").json["checks"]["workers"]
+    assert "cpu-" in detail and "pool processes warm" in detail  # its model is loaded
 
 
 def test_a_job_can_choose_another_installed_model(api) -> None:  # type: ignore[no-untyped-def]

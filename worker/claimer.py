@@ -23,7 +23,7 @@ import time
 
 from redis import RedisError
 
-from config import image_queue
+from config import image_queue, warm
 from db import lifecycle
 from db.session import session_scope
 from models.registry import Registry
@@ -45,6 +45,7 @@ class Claimer:
         self._thread = threading.Thread(target=self._serve, name="image-claimer", daemon=True)
         self._models: list[str] = []
         self._models_at = 0.0
+        self._warm_at = time.monotonic()  # worker/signals.py recorded it just now
 
     def start(self) -> None:
         self._thread.start()
@@ -61,6 +62,7 @@ class Claimer:
     def _serve(self) -> None:
         while not self._stopping():
             try:
+                self._still_warm()
                 self.serve_once()
             except RedisError as exc:  # Redis away: try again shortly
                 log.warning("single images: Redis unavailable: %s", type(exc).__name__)
@@ -85,6 +87,13 @@ class Claimer:
         for c in over:
             runner.fail(self.ctx, c, f"started {settings.max_attempts} times without finishing")
         return runner.run([c for c in claimed if c not in over], self.ctx)
+
+    def _still_warm(self) -> None:
+        """Renew this process's entry in the warm set (config/warm.py) now and then."""
+        now = time.monotonic()
+        if now - self._warm_at >= warm.REFRESH_S:
+            warm.mark_warm(self.ctx.settings, warm.this_process())
+            self._warm_at = now
 
     def models(self) -> list[str]:
         """The models this worker can serve (the registry's), re-read now and then."""

@@ -3,8 +3,8 @@
 * **pool child start** (``worker_process_init``): drop database connections
   inherited from the parent (SQLAlchemy pooling docs), listen for SIGUSR2
   (stop after the current batch), load the default model once so the first
-  job does not pay for it, and start the single-image claimer
-  (worker/claimer.py).
+  job does not pay for it, say so in Redis (config/warm.py: ``/readyz`` waits
+  for a warm process), and start the single-image claimer (worker/claimer.py).
 * **worker ready** (main process): start the sweeper thread
   (:mod:`worker.sweeper`) and the metrics endpoint (:mod:`worker.metrics`).
 * **worker shutting down** (SIGTERM, Ctrl-C, ``docker stop``): send SIGUSR2
@@ -34,9 +34,9 @@ from celery.signals import (
     worker_ready,
     worker_shutting_down,
 )
-from redis import Redis
+from redis import Redis, RedisError
 
-from config import get_settings
+from config import Settings, get_settings, warm
 from config.celery import RUN_JOB_TASK
 from config.metrics import mark_process_dead
 from db import lifecycle
@@ -65,6 +65,7 @@ def _init_child(sender: Any = None, **_kwargs: object) -> None:
         warm_up(ctx.settings.default_model, ctx.settings)
     except Exception:  # a missing model must not stop the worker; jobs report it
         log.exception("could not preload the default model")
+    _say_warm(ctx.settings)
     claimer = Claimer(ctx)
     claimer.start()
     _claimers.append(claimer)
@@ -77,6 +78,18 @@ def _child_exits(**_kwargs: object) -> None:
     for claimer in _claimers:
         claimer.stop()
     mark_process_dead(os.getpid())
+    try:
+        warm.forget(get_settings(), warm.this_process())
+    except RedisError:  # the entry expires by itself
+        log.debug("could not remove this process from the warm set")
+
+
+def _say_warm(settings: Settings) -> None:
+    """Record this pool process as warm (best effort: the claimer repeats it)."""
+    try:
+        warm.mark_warm(settings, warm.this_process())
+    except RedisError as exc:
+        log.warning("could not record this process as warm: %s", type(exc).__name__)
 
 
 @worker_ready.connect
