@@ -89,6 +89,15 @@ class Storage(ABC):
     def get(self, job_id: str, name: str) -> bytes | None:
         """A derived file stored with :meth:`put`, or None."""
 
+    def get_range(self, job_id: str, name: str, offset: int, length: int) -> bytes | None:
+        """Up to ``length`` bytes of a derived file from ``offset`` (fewer at its end), or None.
+
+        What a slice pack's reader uses (storage/packs.py). This default reads the
+        whole file; the backends read only the range (a seek, an HTTP Range GET).
+        """
+        data = self.get(job_id, name)
+        return None if data is None else data[offset : offset + length]
+
     @abstractmethod
     def delete(self, job_id: str, name: str) -> None:
         """Delete one derived file stored with :meth:`put` (nothing if it is not there)."""
