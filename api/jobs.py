@@ -8,6 +8,7 @@ that it does). Status changes go through :mod:`db.lifecycle`.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import math
 import re
@@ -18,9 +19,11 @@ from collections.abc import Callable, Collection
 from datetime import timedelta
 from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
+import numpy as np
 from apiflask import APIBlueprint, abort
 from apiflask.types import ResponsesObjectType
 from flask import Response, current_app, request, url_for
+from PIL import Image
 from sqlalchemy import Select, false, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
@@ -53,9 +56,10 @@ from db.models import (
     utcnow,
 )
 from db.session import transaction_lock
+from db.slices import pack_names
 from ingest import InvalidUpload, inspect_upload, upload_input_name
 from models.registry import ModelCard, Registry
-from storage import readable_path
+from storage import packs, readable_path
 
 log = logging.getLogger(__name__)
 bp = APIBlueprint("jobs", __name__, url_prefix="/api/v1", tag="Jobs")
@@ -603,16 +607,27 @@ def delete_job(job_id: str) -> tuple[str, int]:
     return "", 204
 
 
-def _slice_file(job_id: str, slice_index: int, name: str, what: str) -> Response:
-    """A stored PNG of the caller's job (owner-checked like every job route)."""
+def _slice_pack(job_id: str, slice_index: int) -> str | None:
+    """The caller's job's slice pack (owner-checked like every job route; db/slices.py)."""
     with context.session() as s:
         _owned(s, job_id, caller())
-    data = context.storage().get(job_id, name)
+        return pack_names(s, job_id, [slice_index])[slice_index]
+
+
+def _stored(data: bytes | None, job_id: str, slice_index: int, what: str) -> Response:
+    """A stored slice file as a private, cacheable PNG response, or 404."""
     if data is None:
         abort(404, f"no {what} for slice {slice_index} of job {job_id!r}")
     response = Response(data, mimetype="image/png")
     response.headers["Cache-Control"] = "private, max-age=3600"
     return response
+
+
+def gray_png(pixels: np.ndarray) -> bytes:
+    """A slice pack's 8-bit image (h, w) as a grayscale PNG (what the worker once stored)."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buf, "PNG", compress_level=3)
+    return buf.getvalue()
 
 
 @bp.get("/jobs/<job_id>/slices/<int:slice_index>/image")
@@ -623,7 +638,10 @@ def _slice_file(job_id: str, slice_index: int, name: str, what: str) -> Response
     responses=PNG_RESPONSES,
 )
 def slice_image(job_id: str, slice_index: int) -> Response:
-    return _slice_file(job_id, slice_index, f"images/{slice_index}.png", "image")
+    """PNG-encoded here from the pack's raw pixels: only the slices someone looks at pay for it."""
+    pack = _slice_pack(job_id, slice_index)
+    pixels = packs.read_pixels(context.storage(), job_id, pack, slice_index)
+    return _stored(None if pixels is None else gray_png(pixels), job_id, slice_index, "image")
 
 
 @bp.get("/jobs/<job_id>/slices/<int:slice_index>/heatmap")
@@ -637,7 +655,10 @@ def slice_image(job_id: str, slice_index: int) -> Response:
     responses=PNG_RESPONSES,
 )
 def slice_heatmap(job_id: str, slice_index: int) -> Response:
-    return _slice_file(job_id, slice_index, f"heatmaps/{slice_index}.png", "heat map")
+    with context.session() as s:
+        _owned(s, job_id, caller())
+    data = context.storage().get(job_id, f"heatmaps/{slice_index}.png")
+    return _stored(data, job_id, slice_index, "heat map")
 
 
 VIEW_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg"}
@@ -663,7 +684,9 @@ VIEW_RESPONSES: Any = {
     responses=VIEW_RESPONSES,
 )
 def slice_view(job_id: str, slice_index: int) -> Response:
-    response = _slice_file(job_id, slice_index, f"views/{slice_index}.view", "viewing copy")
+    pack = _slice_pack(job_id, slice_index)
+    data = packs.read_view(context.storage(), job_id, pack, slice_index)
+    response = _stored(data, job_id, slice_index, "viewing copy")
     data = response.get_data()
     mimetype = next((t for magic, t in VIEW_TYPES.items() if data.startswith(magic)), None)
     if mimetype is None:

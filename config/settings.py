@@ -105,7 +105,8 @@ class Settings(BaseSettings):
     results_page_size: PositiveInt = 100
     keep_uploads: bool = False
     # What the result pages show (worker/images.py): each slice as the model saw
-    # it, and Grad-CAM heat maps of the top slices of each series (0: none).
+    # it (kept in slice packs, storage/packs.py), and Grad-CAM heat maps of the top
+    # slices of each series (0: none).
     store_slice_images: bool = True
     heatmap_slices_per_series: int = Field(3, ge=0, le=50)
     heatmaps_for_images: bool = False

@@ -143,6 +143,9 @@ class SlicePrediction(Base):
     ood_score: Mapped[float | None] = mapped_column(Float, nullable=True)
     out_of_distribution: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # where the slice's image and viewing copy are stored (storage/packs.py), not part
+    # of its result: NULL for slices stored before packs, and for unreadable slices
+    pack: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     job: Mapped[Job] = relationship(back_populates="predictions")
 

@@ -1,7 +1,8 @@
 """One slice's result, defined once.
 
 :class:`SliceResult` is what the worker produces for a slice, what a
-``slice_predictions`` row holds (db/models.py, checked by a test), what the
+``slice_predictions`` row holds (db/models.py, checked by a test; the row
+also names the pack that stores the slice's image, storage/packs.py), what the
 API answers for it (api/schemas.py builds ``SliceOut`` from these fields),
 what the study summary reads (worker/summary.py) and what a CSV export
 writes per slice. The ``lungct`` client keeps its own copy (it imports
@@ -50,9 +51,11 @@ class SliceResult:
         default=None, metadata={"description": "why the slice could not be read"}
     )
 
-    def row(self, job_id: str) -> dict[str, Any]:
-        """The ``slice_predictions`` row of this result."""
-        return {"job_id": job_id, **asdict(self)}
+    def row(self, job_id: str, pack: str | None = None) -> dict[str, Any]:
+        """The ``slice_predictions`` row of this result, with the name of the pack
+        that stores its image and viewing copy (storage/packs.py; not part of the
+        result: the API never shows it)."""
+        return {"job_id": job_id, **asdict(self), "pack": pack}
 
     @classmethod
     def of(cls, row: Any) -> SliceResult:

@@ -87,7 +87,7 @@ def build_result(settings: Settings, job_id: str) -> None:
         storage.put(job_id, SR_FILE, to_bytes(ds))
         images = []
         if settings.dicom_heatmap_images:
-            images = heatmap_images(storage, job_id, job.summary, group.study_uid, group.version)
+            images = heatmap_images(s, storage, job_id, job.summary, group.study_uid, group.version)
         for n, image in enumerate(images, 1):
             storage.put(job_id, image_file(n), to_bytes(image))
         s.add(

@@ -28,12 +28,14 @@ def stored_name(filename: str) -> str:
 
 
 DERIVED_NAME = re.compile(
-    r"(images|heatmaps)/\d{1,9}\.png|views/\d{1,9}\.view|dicom/[0-9a-z]{1,40}\.dcm"
+    r"packs/\d{1,9}-[0-9a-f]{12}\.pack|(images|heatmaps)/\d{1,9}\.png|views/\d{1,9}\.view"
+    r"|dicom/[0-9a-z]{1,40}\.dcm"
 )
-"""A job's derived files: ``images/<slice_index>.png``, ``heatmaps/<slice_index>.png`` and
-``views/<slice_index>.view`` (the slice viewer's copy, ingest/views.py); the DICOM
-node's files (dicomnet/): ``dicom/<name>.dcm`` (received instances of a group, a job's
-header copy for the patient module, its SR)."""
+"""A job's derived files: ``packs/<first slice index>-<random>.pack`` (the model-input
+pixels and viewing copies of a batch's slices, storage/packs.py), ``heatmaps/<slice_index>.png``;
+``images/<slice_index>.png`` and ``views/<slice_index>.view`` of jobs stored before packs;
+the DICOM node's files (dicomnet/): ``dicom/<name>.dcm`` (received instances of a group, a
+job's header copy for the patient module, its SR)."""
 
 
 def valid_name(name: str) -> bool:
@@ -83,11 +85,20 @@ class Storage(ABC):
 
     @abstractmethod
     def put(self, job_id: str, name: str, data: bytes) -> None:
-        """Store a small derived file of a job (a slice image, a heat map) under ``name``."""
+        """Store a derived file of a job (a slice pack, a heat map) under ``name``."""
 
     @abstractmethod
     def get(self, job_id: str, name: str) -> bytes | None:
         """A derived file stored with :meth:`put`, or None."""
+
+    def get_range(self, job_id: str, name: str, offset: int, length: int) -> bytes | None:
+        """Up to ``length`` bytes of a derived file from ``offset`` (fewer at its end), or None.
+
+        What a slice pack's reader uses (storage/packs.py). This default reads the
+        whole file; the backends read only the range (a seek, an HTTP Range GET).
+        """
+        data = self.get(job_id, name)
+        return None if data is None else data[offset : offset + length]
 
     @abstractmethod
     def delete(self, job_id: str, name: str) -> None:

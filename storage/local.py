@@ -83,6 +83,16 @@ class LocalStorage(Storage):
         except FileNotFoundError:
             return None
 
+    def get_range(self, job_id: str, name: str, offset: int, length: int) -> bytes | None:
+        if not (valid_job_id(job_id) and valid_name(name)):
+            return None
+        try:
+            with (self.root / job_id / name).open("rb") as f:
+                f.seek(offset)
+                return f.read(length)
+        except FileNotFoundError:
+            return None
+
     def job_ids(self, older_than_s: float) -> Iterator[str]:
         """Job folders last changed more than ``older_than_s`` ago."""
         if not self.root.is_dir():

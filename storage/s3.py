@@ -175,6 +175,27 @@ class S3Storage(Storage):
             raise
         return answer["Body"].read()
 
+    def get_range(self, job_id: str, name: str, offset: int, length: int) -> bytes | None:
+        """One ranged GET (``Range: bytes=offset-end``); a range past the end reads nothing."""
+        if not (valid_job_id(job_id) and valid_name(name)):
+            return None
+        if length <= 0:
+            return b""
+        try:
+            answer = self.client.get_object(
+                Bucket=self.bucket,
+                Key=self.object_key(f"{job_id}/{name}"),
+                Range=f"bytes={offset}-{offset + length - 1}",
+            )
+        except ClientError as exc:
+            status = _status(exc)
+            if status == 404:
+                return None
+            if status == 416:  # the object ends before offset
+                return b""
+            raise
+        return answer["Body"].read()
+
     def job_ids(self, older_than_s: float) -> Iterator[str]:
         """Job prefixes whose newest object or open multipart upload is older than ``older_than_s``.
 

@@ -377,6 +377,18 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield endpoint
 
 
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Each storage backend in turn: a local folder, then a fresh S3 bucket (``s3``)."""
+    from config import Settings
+    from storage import LocalStorage, open_storage
+
+    if request.param == "local":
+        return LocalStorage(tmp_path / "uploads")
+    request.getfixturevalue("s3")  # sets STORAGE_URL=s3://<fresh bucket>/uploads
+    return open_storage(Settings())
+
+
 @dataclass
 class S3:
     """A fresh bucket on the test S3 server, and the variables that point the service at it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom.uid import MRImageStorage, generate_uid
 from sqlalchemy import select
@@ -148,9 +149,9 @@ def test_result_and_outbox_deliver_then_forget_the_patient_module() -> None:
 
 def test_heat_maps_go_with_the_sr_as_secondary_capture_images() -> None:
     """DICOM_HEATMAP_IMAGES: each top slice with a stored map becomes an SC image."""
-    from db.models import JobStatus
+    from db.models import JobStatus, SlicePrediction
     from dicomnet import outbox, peers, results
-    from storage import open_storage
+    from storage import open_storage, packs
     from tests.conftest import free_port, png_bytes
     from tests.dicom_peers import destination
 
@@ -166,7 +167,8 @@ def test_heat_maps_go_with_the_sr_as_secondary_capture_images() -> None:
     job_id = close_group(s, group_of(s, study_uid).id, group_lock("LUNGCT", study_uid))
     assert job_id is not None
     storage = open_storage(s)
-    storage.put(job_id, "images/0.png", png_bytes(1, size=32))
+    pixels = np.random.default_rng(1).integers(0, 256, (32, 32), dtype=np.uint8)
+    [pack] = packs.write(storage, job_id, [packs.PackSlice(0, pixels, None)]).values()
     storage.put(job_id, "heatmaps/0.png", png_bytes(2, size=16))  # any size: resized over
     top = [{"slice_index": 0, "series_uid": "x", "instance_number": 1, "probability": 0.9}]
     summary = {"label": "malignant", "probabilities": {"malignant": 0.9}, "top_slices": top}
@@ -174,6 +176,7 @@ def test_heat_maps_go_with_the_sr_as_secondary_capture_images() -> None:
         job = db.get(Job, job_id)
         assert job is not None
         job.status, job.summary = JobStatus.SUCCEEDED, summary
+        db.add(SlicePrediction(job_id=job_id, slice_index=0, source="#1.dcm", pack=pack))
     assert results.build_due(s) == [job_id]
     with destination("PACS", port) as pacs:
         assert outbox.send_due(s, peers.destinations(s)["pacs"]) == 1

@@ -201,23 +201,40 @@ def test_metrics_of_the_api_and_the_worker(stack: Stack, api) -> None:  # type: 
     assert "lungct_worker_model_load_seconds" in worker
 
 
-def test_slice_images_and_heatmaps_are_served_to_their_owner_only(stack: Stack, api) -> None:  # type: ignore[no-untyped-def]
+def test_slice_images_and_heatmaps_are_served_to_their_owner_only(  # type: ignore[no-untyped-def]
+    stack: Stack, api, tmp_path: Path
+) -> None:
     import io as _io
 
+    import numpy as np
     from PIL import Image
 
+    from config import Settings
+    from ingest import plan_upload
+    from models.preprocessing import preprocess
+    from models.registry import Registry
     from tests.conftest import authed, new_key
 
     members = {f"h{i}.png": png_bytes(400 + i, size=64) for i in range(6)}
-    job = wait_done(api, submit(api, zip_bytes(members), "h.zip")["id"])
+    archive = zip_bytes(members)
+    job = wait_done(api, submit(api, archive, "h.zip")["id"])
     assert job["status"] == "succeeded", job
     base = f"/api/v1/jobs/{job['id']}/slices"
-    size = api.get("/api/v1/models").json["items"]
-    spec = next(m for m in size if m["name"] == job["model"]["name"])["input"]
+    # each image is exactly the model's input (8-bit), read from the job's one slice pack
+    card = Registry(Settings().models_dirs).get(job["model"]["name"])
+    (tmp_path / "h.zip").write_bytes(archive)
+    with plan_upload(tmp_path / "h.zip", Settings(), filename="h.zip") as plan:
+        inputs = {s.index: preprocess(s.load(), card.input)[..., 0] for s in plan.slices}
     for index in range(6):
         r = api.get(f"{base}/{index}/image")
         assert r.status_code == 200 and r.mimetype == "image/png"
-        assert Image.open(_io.BytesIO(r.data)).size == (spec["width"], spec["height"])
+        served = np.asarray(Image.open(_io.BytesIO(r.data)))
+        assert served.shape == (card.input.height, card.input.width)
+        expected = np.clip(np.rint(inputs[index] * 255), 0, 255).astype(np.uint8)
+        assert np.array_equal(served, expected), index
+    folder = Path(stack.env["STORAGE_DIR"]) / job["id"]
+    assert sorted(p.name for p in folder.iterdir()) == ["heatmaps", "packs"]
+    assert len(list((folder / "packs").iterdir())) == 1  # six slices, one batch: one object
     summary = job["summary"]
     tops = set(summary["heatmaps"])
     # heat maps for exactly the slices the result page shows as most suspicious, and said so

@@ -11,7 +11,8 @@ def test_the_table_stores_exactly_a_slice_result() -> None:
     from db.models import SlicePrediction
 
     columns = [c.name for c in SlicePrediction.__table__.columns]
-    assert [c for c in columns if c not in ("id", "job_id")] == list(SLICE_FIELDS)
+    # id, the job, and where the slice's image is stored (storage/packs.py): not its result
+    assert [c for c in columns if c not in ("id", "job_id", "pack")] == list(SLICE_FIELDS)
 
 
 def test_the_api_and_the_client_agree_with_openapi(app) -> None:  # type: ignore[no-untyped-def]
@@ -33,5 +34,6 @@ def test_a_result_round_trips_through_its_row() -> None:
     from db.records import SliceResult
 
     result = SliceResult(3, "a.dcm", "1.2", 4, -12.5, None, "normal", {"normal": 1.0}, 0.9, False)
-    row = SlicePrediction(**result.row("job"))
+    row = SlicePrediction(**result.row("job", "packs/3-0123456789ab.pack"))
     assert SliceResult.of(row) == result and row.job_id == "job"
+    assert row.pack == "packs/3-0123456789ab.pack" and "pack" not in result.to_dict()

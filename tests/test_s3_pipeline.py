@@ -3,7 +3,7 @@
 The API process (in-process test client) and the worker subprocess each get an
 empty temporary folder (TMPDIR): after the jobs, it is still empty, the local
 storage folder (STORAGE_DIR) was never created, the bucket holds no upload once
-a job has ended (only its slice images and heat maps), and nothing at all once
+a job has ended (only its slice packs and heat maps), and nothing at all once
 the job is deleted.
 """
 
@@ -21,7 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
@@ -122,9 +124,10 @@ def _uploads(stack: S3Stack, timeout_s: float = 10) -> list[str]:
 
 
 def _deleted_leaves_nothing(stack: S3Stack, api, job_id: str) -> None:  # type: ignore[no-untyped-def]
-    """The job's images and heat maps live in the bucket until the job is deleted."""
+    """The job's slice packs and heat maps live in the bucket until the job is deleted."""
     listed = stack.bucket.keys()
-    assert any(f"/{job_id}/images/" in k for k in listed)
+    assert any(f"/{job_id}/packs/" in k for k in listed)
+    assert not any(f"/{job_id}/images/" in k or f"/{job_id}/views/" in k for k in listed)
     assert api.delete(f"/api/v1/jobs/{job_id}").status_code == 204
     assert stack.bucket.keys() == []
 
@@ -148,6 +151,17 @@ def test_study_through_s3_leaves_nothing_behind(s3_stack: S3Stack) -> None:
         row = s.get_one(Job, job["id"])
         assert (row.upload_key, row.upload_bytes) == (f"{job['id']}/upload.zip", len(archive))
     assert [i["slice_index"] for i in all_results(api, job["id"])] == list(range(12))
+    # one PUT per stored batch (batches of 8: one or two), read back with ranged GETs
+    listed = s3_stack.bucket.keys()
+    packs = [k for k in listed if f"/{job['id']}/packs/" in k]
+    assert 1 <= len(packs) <= 2, packs
+    base = f"/api/v1/jobs/{job['id']}/slices"
+    image = api.get(f"{base}/11/image")
+    assert image.status_code == 200 and image.mimetype == "image/png"
+    view = api.get(f"{base}/0/view")
+    assert view.status_code == 200 and view.mimetype == "image/png"
+    original = Image.open(io.BytesIO(members["study/slice_1.png"]))
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(view.data))), np.asarray(original))
     assert _uploads(s3_stack) == []
     _nothing_local(s3_stack)
     _deleted_leaves_nothing(s3_stack, api, job["id"])

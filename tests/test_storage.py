@@ -32,14 +32,6 @@ def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-@pytest.fixture(params=["local", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "local":
-        return LocalStorage(tmp_path / "uploads")
-    request.getfixturevalue("s3")  # sets STORAGE_URL=s3://<fresh bucket>/uploads
-    return open_storage(Settings())
-
-
 def test_save_then_read_back(storage: Storage, scratch: Path) -> None:
     data = os.urandom(300_000)
     stored = storage.save("job-1", "Doe^John 1955.ZIP", io.BytesIO(data))
@@ -106,6 +98,22 @@ def test_derived_files_outlive_the_upload_until_the_job_goes(storage: Storage) -
     storage.discard("j")  # the job was deleted: everything goes
     assert storage.get("j", "images/0.png") is None
     assert list(storage.job_ids(older_than_s=-60)) == []
+
+
+def test_a_range_of_a_derived_file(storage: Storage) -> None:
+    """What a slice pack's reader fetches (storage/packs.py): a seek locally, a Range GET on S3."""
+    data = bytes(range(256)) * 40
+    storage.put("j", "heatmaps/3.png", data)
+    assert storage.get_range("j", "heatmaps/3.png", 0, 16) == data[:16]
+    assert storage.get_range("j", "heatmaps/3.png", 5000, 300) == data[5000:5300]
+    assert storage.get_range("j", "heatmaps/3.png", len(data) - 10, 100) == data[-10:]  # short
+    assert storage.get_range("j", "heatmaps/3.png", len(data) + 5, 10) == b""  # past the end
+    assert storage.get_range("j", "heatmaps/3.png", 7, 0) == b""
+    assert storage.get_range("j", "heatmaps/4.png", 0, 10) is None  # no such file
+    assert storage.get_range("j", "../x.png", 0, 10) is None  # not a derived file
+    default = Storage.get_range(storage, "j", "heatmaps/3.png", 5000, 300)  # via get()
+    assert default == data[5000:5300]
+    storage.discard("j")
 
 
 def test_dicom_files_are_put_and_deleted_one_by_one(storage: Storage) -> None:

@@ -106,6 +106,8 @@ def test_the_worker_keeps_a_viewing_copy_served_to_the_owner_only(stack: Stack) 
     jpeg = api.get(f"/api/v1/jobs/{jpegs['id']}/slices/0/view")
     assert jpeg.status_code == 200 and jpeg.mimetype == "image/jpeg" and SECRET not in jpeg.data
     assert Image.open(io.BytesIO(jpeg.data)).size == (40, 30)  # full resolution, as uploaded
+    stored = Path(stack.env["STORAGE_DIR"]) / dicom["id"]
+    assert (stored / "packs").is_dir() and not (stored / "views").exists()  # kept in a pack
     bob = authed(stack.app(), new_key(stack.env["DATABASE_URL"], "bob"))
     assert bob.get(f"/api/v1/jobs/{dicom['id']}/slices/{hu_index}/view").status_code == 404
     assert api.get(f"/api/v1/jobs/{dicom['id']}/slices/99/view").status_code == 404

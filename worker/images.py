@@ -3,9 +3,15 @@
 Uploads are deleted when a job ends, so the worker keeps what a person needs
 to look at while it predicts:
 
-* ``images/<slice_index>.png``: the slice exactly as it went into the model
-  (after windowing, resizing and scaling: the model's input size, 8-bit), one
-  small PNG per readable slice (``STORE_SLICE_IMAGES``);
+* the slice exactly as it went into the model (after windowing, resizing and
+  scaling: the model's input size, 8-bit gray, :func:`gray8`) for every
+  readable slice (``STORE_SLICE_IMAGES``), and its full-resolution viewing copy
+  for the slice viewer (``STORE_SLICE_VIEWS``; ingest/views.py), both made in
+  the decode threads and stored by the writer thread as one slice pack per job
+  per stored batch (storage/packs.py: raw pixels, nothing encoded while the
+  model waits; the API PNG-encodes an image when it is asked for). Each slice
+  row names its pack. Jobs stored before packs kept ``images/<i>.png`` and
+  ``views/<i>.view`` per slice, and are read from those;
 * ``heatmaps/<slice_index>.png``: a Grad-CAM map (models/gradcam.py) for the
   study's top slices and the ``HEATMAP_SLICES_PER_SERIES`` top slices of each
   series (the most suspicious ones), computed from those stored images after
@@ -15,10 +21,6 @@ to look at while it predicts:
   only, and single-image jobs get one only with ``HEATMAPS_FOR_IMAGES`` (it
   would dominate the cost of a burst).
 
-* ``views/<slice_index>.view``: the full-resolution viewing copy for the slice
-  viewer (``STORE_SLICE_VIEWS``; ingest/views.py), made in the decode threads and
-  stored with the slice images (worker/runner.py).
-
 All live in the job's storage (storage/) and go when the job is deleted.
 """
 
@@ -27,38 +29,34 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from config import Settings
+from db.session import session_scope
+from db.slices import pack_names
 from storage import Storage
+from storage.packs import read_pixels
 
 log = logging.getLogger(__name__)
-
-
-def image_name(slice_index: int) -> str:
-    return f"images/{slice_index}.png"
 
 
 def heatmap_name(slice_index: int) -> str:
     return f"heatmaps/{slice_index}.png"
 
 
-def to_png(tensor: np.ndarray) -> bytes:
-    """A model input (h, w, c) in [0, 1] as an 8-bit grayscale PNG (first channel)."""
-    pixels = np.clip(np.rint(tensor[..., 0] * 255.0), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buf, "PNG", compress_level=3)
-    return buf.getvalue()
+def gray8(tensor: np.ndarray) -> np.ndarray:
+    """A model input (h, w, c) in [0, 1] as the 8-bit gray image a person looks at
+    (first channel); what a slice pack keeps (storage/packs.py)."""
+    return np.clip(np.rint(tensor[..., 0] * 255.0), 0, 255).astype(np.uint8)
 
 
-def from_png(data: bytes, channels: int) -> np.ndarray:
+def from_gray8(pixels: np.ndarray, channels: int) -> np.ndarray:
     """A stored slice image back as a model input (h, w, channels) float32 in [0, 1]."""
-    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("L"), dtype=np.float32) / 255.0
-    return np.repeat(pixels[..., None], channels, axis=-1)
+    scaled = pixels.astype(np.float32) / 255.0
+    return np.repeat(scaled[..., None], channels, axis=-1)
 
 
 def heatmap_png(cam: np.ndarray) -> bytes:
@@ -77,20 +75,9 @@ def heatmap_png(cam: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def store_images(storage: Storage, job_id: str, decoded: Iterable[Any]) -> None:
-    """Store the model's view of every readable slice of a batch (``Decoded`` items)."""
-    for d in decoded:
-        if d.tensor is not None:
-            storage.put(job_id, image_name(d.source.index), to_png(d.tensor))
-
-
 def _groups(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """The study and each of its series (a summary without series: itself)."""
     return [summary, *(summary.get("series") or [])]
-
-
-def view_name(slice_index: int) -> str:
-    return f"views/{slice_index}.view"
 
 
 def top_slices(summary: dict[str, Any], per_series: int) -> dict[int, str]:
@@ -131,12 +118,18 @@ def store_heatmaps(
     """
     started = time.perf_counter()
     classes = list(predictor.card.classes)
+    chosen = {
+        job_id: top_slices(summary, settings.heatmap_slices_per_series)
+        for job_id, summary in jobs.items()
+    }
+    with session_scope(settings.database_url) as s:
+        packs = {job_id: pack_names(s, job_id, tops) for job_id, tops in chosen.items()}
     wanted: list[tuple[str, int, np.ndarray, int]] = []
-    for job_id, summary in jobs.items():
-        for index, label in top_slices(summary, settings.heatmap_slices_per_series).items():
-            data = storage.get(job_id, image_name(index))
-            if data is not None and label in classes:
-                tensor = from_png(data, predictor.card.input.channels)
+    for job_id, tops in chosen.items():
+        for index, label in tops.items():
+            pixels = read_pixels(storage, job_id, packs[job_id][index], index)
+            if pixels is not None and label in classes:
+                tensor = from_gray8(pixels, predictor.card.input.channels)
                 wanted.append((job_id, index, tensor, classes.index(label)))
     stored: dict[str, set[int]] = {job_id: set() for job_id in jobs}
     try:

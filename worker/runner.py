@@ -3,14 +3,15 @@
 A study is one job with many slices; a burst of single images is many jobs
 with one slice each. Both go through the same stages:
 
-    plan -> decode (+ slice image PNG) -> predict (calibrated, OOD) -> store rows
+    plan -> decode (+ viewing copy) -> predict (calibrated, OOD) -> store packs and rows
          -> summarise -> heat maps -> close (db/ending.py)
 
 Decoding runs in a thread pool at most two batches ahead of the model, so
-reading the next slices (and encoding their slice images) overlaps the
+reading the next slices (and making their viewing copies) overlaps the
 forward pass of the current batch. Slices of several jobs share forward
-passes. A writer thread stores the predicted batches (slice images, then rows,
-progress and a heartbeat in one transaction) while the next ones are
+passes. A writer thread stores the predicted batches (one slice pack per job
+with the slices' images and viewing copies, storage/packs.py; then rows naming
+their packs, progress and a heartbeat in one transaction) while the next ones are
 predicted; batches predicted during a store are stored together by the next
 one, and at most one write is in flight, so a slow database applies
 back-pressure.
@@ -53,9 +54,9 @@ from db.session import session_scope
 from ingest import InvalidUpload, SliceError, SliceSource, plan_upload
 from ingest.series_rules import SeriesRules, rules_for_model
 from models.preprocessing import preprocess
-from storage import Storage
+from storage import Storage, packs
 from worker import metrics
-from worker.images import image_name, store_heatmaps, to_png, view_name
+from worker.images import gray8, store_heatmaps
 from worker.inference import Predictor, batch_size
 from worker.summary import SeriesName, series_names, summarize
 
@@ -80,8 +81,8 @@ class Stop(enum.Enum):
 
 class Stages:
     """Seconds spent per stage in one run, logged at its end (what the profile in
-    docs/benchmarks.md reads). Decoding and PNG encoding run in threads, so their
-    sums can exceed the run's wall time."""
+    docs/benchmarks.md reads). Decoding runs in threads, so its sum can exceed the
+    run's wall time."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -114,13 +115,13 @@ class Context:
 
 @dataclass
 class Decoded:
-    """One slice after decoding: a model-ready tensor (and its PNG), or why it failed."""
+    """One slice after decoding: a model-ready tensor (and what a pack keeps), or why it failed."""
 
     job_id: str
     source: SliceSource
     tensor: np.ndarray | None
     error: str | None
-    png: bytes | None = None  # the slice as the model saw it (STORE_SLICE_IMAGES)
+    pixels: np.ndarray | None = None  # the slice as the model saw it, 8-bit (STORE_SLICE_IMAGES)
     view: bytes | None = None  # the full-resolution viewing copy (STORE_SLICE_VIEWS)
 
 
@@ -276,16 +277,19 @@ def _wait_store(pending: Future[None] | None, ctx: Context) -> None:
 def _load(
     job_id: str, source: SliceSource, predictor: Predictor, settings: Settings, stages: Stages
 ) -> Decoded:
-    """Decode and preprocess one slice; encode its slice image; errors are recorded.
+    """Decode and preprocess one slice; keep its 8-bit image; errors are recorded.
 
     One decode gives the model input and, with STORE_SLICE_VIEWS, the viewing
     copy for the slice viewer (ingest/views.py), both made here in a decode thread.
+    The image is the model input's first channel as 8-bit gray (worker/images.py
+    ``gray8``): stored raw in a pack, PNG-encoded only when someone asks for it.
     """
     since = time.perf_counter()
     try:
         views = settings.store_slice_views
         image, view = source.load_with_view() if views else (source.load(), None)
         tensor = preprocess(image, predictor.card.input)
+        pixels = gray8(tensor) if settings.store_slice_images else None
     except SliceError as exc:
         return Decoded(job_id, source, None, str(exc))
     except Exception as exc:  # an unexpected decoder failure must not sink the study
@@ -293,10 +297,8 @@ def _load(
         message = source.scrub(f"could not decode: {type(exc).__name__}: {exc}")
         return Decoded(job_id, source, None, message)
     finally:
-        since = stages.add("decode", since)
-    png = to_png(tensor) if settings.store_slice_images else None
-    stages.add("png", since)
-    return Decoded(job_id, source, tensor, None, png, view)
+        stages.add("decode", since)
+    return Decoded(job_id, source, tensor, None, pixels, view)
 
 
 def _decode_ahead(
@@ -402,22 +404,24 @@ def _store_batch(
     works: dict[str, Work],
     beat: Heartbeat,
 ) -> None:
-    """Store one batch's slice images and viewing copies, then its rows with progress
-    and a heartbeat.
+    """Store one batch's slice images and viewing copies (one pack per job), then its
+    rows, each naming its pack, with progress and a heartbeat.
 
-    Images first: a slice counted as done has its image. Progress is written
-    here only for jobs with slices still to come; a job whose last slice is in
-    this batch gets its final counts when it is closed.
+    Packs first: a slice counted as done has its image. A pack name is new for
+    every write (storage/packs.py), so when another worker raced this one on
+    the job, the rows that won the insert still point at the pack written with
+    them. Progress is written here only for jobs with slices still to come; a
+    job whose last slice is in this batch gets its final counts when it is closed.
     """
     since = time.perf_counter()
-    for d in batch:
-        if d.png is not None:
-            ctx.storage.put(d.job_id, image_name(d.source.index), d.png)
-        if d.view is not None and d.tensor is not None:
-            ctx.storage.put(d.job_id, view_name(d.source.index), d.view)
+    packed = _store_packs(ctx.storage, batch)
     since = ctx.stages.add("store_images", since)
+    values = [
+        r.row(d.job_id, packed.get((d.job_id, d.source.index)))
+        for d, r in zip(batch, rows, strict=True)
+    ]
     with session_scope(ctx.settings.database_url) as s:
-        insert_rows(s, [r.row(d.job_id) for d, r in zip(batch, rows, strict=True)])
+        insert_rows(s, values)
         for job_id in dict.fromkeys(d.job_id for d in batch):
             w = works[job_id]
             if w.left > 0:
@@ -425,6 +429,22 @@ def _store_batch(
                 alive = lifecycle.heartbeat(s, job_id, done=done, failed_slices=failed)
                 beat.record(job_id, alive, s)
     ctx.stages.add("store_rows", since)
+
+
+def _store_packs(storage: Storage, batch: list[Decoded]) -> dict[tuple[str, int], str]:
+    """One pack per job of the batch with what its readable slices keep; the pack of
+    each (job ID, slice index). Slices that failed to decode have none."""
+    by_job: dict[str, list[packs.PackSlice]] = {}
+    for d in batch:
+        if d.tensor is not None and (d.pixels is not None or d.view is not None):
+            by_job.setdefault(d.job_id, []).append(
+                packs.PackSlice(d.source.index, d.pixels, d.view)
+            )
+    return {
+        (job_id, index): name
+        for job_id, slices in by_job.items()
+        for index, name in packs.write(storage, job_id, slices).items()
+    }
 
 
 def _progress(s: Session, w: Work) -> tuple[int, int]:
