@@ -154,7 +154,8 @@ def _table(rates: dict[str, list[float]], n: int, study: int, settings: str) -> 
 
 
 def _profile(log: Path, n: int, study: int) -> str:
-    lines = ["worker stage profile (seconds; decode and png run on DECODE_THREADS threads):"]
+    legend = "decode on DECODE_THREADS threads, store_* on the writer thread"
+    lines = [f"worker stage profile (seconds; {legend}):"]
     for slices, wall, stages in stage_profiles(log):
         if slices in (n, study):
             parts = " ".join(f"{k} {v:.2f}" for k, v in stages.items())
