@@ -77,11 +77,11 @@ def _child_exits(**_kwargs: object) -> None:
     """A pool process ends: its micro-batch finishes, its live gauges stop counting."""
     for claimer in _claimers:
         claimer.stop()
+        try:
+            warm.forget(claimer.ctx.settings, warm.this_process())
+        except RedisError:  # the entry expires by itself
+            log.debug("could not remove this process from the warm set")
     mark_process_dead(os.getpid())
-    try:
-        warm.forget(get_settings(), warm.this_process())
-    except RedisError:  # the entry expires by itself
-        log.debug("could not remove this process from the warm set")
 
 
 def _say_warm(settings: Settings) -> None:
