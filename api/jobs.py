@@ -462,6 +462,8 @@ def _jobs_page(query: dict[str, Any], who: Caller, ids: list[str]) -> dict[str, 
     if query.get("since"):
         q = q.where(Job.created_at >= as_utc(query["since"]))
     q = _result_filters(q, query)
+    # each job's DICOM exports in one query for the page, not one per job (N+1)
+    q = q.options(selectinload(Job.dicom_exports))
     with context.session() as s:
         ordered = q.order_by(Job.created_at.desc(), Job.id)
         rows, nxt = pages.page(s, ordered, query, "jobs.list_jobs", LIST_FILTERS)
