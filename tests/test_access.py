@@ -199,6 +199,34 @@ def any_db(request, api_env, monkeypatch) -> Iterator[str]:  # type: ignore[no-u
         db.cleanup()  # type: ignore[operator]
 
 
+def test_a_submit_answers_the_job_exactly_as_it_was_stored(any_db: str) -> None:
+    """The answer of a single submit and of a batch is the job as a later read gives it,
+    on both databases: jobs and audit rows are inserted without the ORM's flush
+    (db/session.py insert_rows), and the answer is made from the same values."""
+    from api import create_app
+    from config import Settings
+    from db.models import AuditEvent
+    from db.session import session_scope
+
+    client = authed(create_app(Settings()), new_key(any_db))
+    r = _submit(client)
+    assert r.status_code == 202, r.json
+    assert r.json["progress"] == {"done": 0, "total": 0} and r.json["attempts"] == 0
+    assert client.get(r.headers["Location"]).json == r.json
+    files = [(io.BytesIO(png_bytes(i)), f"s{i}.png") for i in (1, 2)]
+    batch = client.post(
+        "/api/v1/jobs/batch",
+        data={"file": files, "model": TINY_MODEL},
+        content_type="multipart/form-data",
+    )
+    jobs = [item["job"] for item in batch.json["items"]]
+    assert [client.get(f"/api/v1/jobs/{job['id']}").json for job in jobs] == jobs
+    with session_scope(any_db) as s:
+        events = s.execute(select(AuditEvent.owner, AuditEvent.action, AuditEvent.job_id))
+        submitted = {(owner, action, job_id) for owner, action, job_id in events}
+    assert submitted == {("alice", "submit", j["id"]) for j in [r.json, *jobs]}
+
+
 def test_the_per_owner_cap_holds_under_a_burst(any_db: str) -> None:
     """Eight parallel submits against a cap of three: exactly three jobs exist
     (the count and the insert run under a per-owner database lock)."""
