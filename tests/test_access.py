@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from tests.conftest import (
     ROOT,
@@ -336,6 +336,27 @@ def test_keys_are_stored_hashed(client, api_env) -> None:  # type: ignore[no-unt
     raw = b"".join(p.read_bytes() for p in db_file.parent.glob(db_file.name + "*"))
     assert key.encode() not in raw
     assert key[12:].encode() not in raw  # not even the secret part
+
+
+def test_a_key_remembers_when_it_was_last_used_at_most_once_a_minute(client, api_env) -> None:  # type: ignore[no-untyped-def]
+    from db.models import ApiKey
+    from db.session import session_scope
+
+    def last_used() -> datetime | None:
+        with session_scope(api_env["DATABASE_URL"]) as s:
+            return s.scalar(select(ApiKey.last_used_at).where(ApiKey.owner == "alice"))
+
+    assert last_used() is None  # a new key
+    assert client.get("/api/v1/jobs").status_code == 200
+    first = last_used()
+    assert first is not None
+    assert client.get("/api/v1/jobs").status_code == 200
+    assert last_used() == first  # within LAST_USED_RESOLUTION: no write
+    with session_scope(api_env["DATABASE_URL"]) as s:  # as if the last use were long ago
+        s.execute(update(ApiKey).values(last_used_at=datetime.now(UTC) - timedelta(hours=1)))
+    assert client.get("/api/v1/jobs").status_code == 200
+    later = last_used()
+    assert later is not None and later.replace(tzinfo=UTC) >= first.replace(tzinfo=UTC)
 
 
 def test_keys_cli_create_list_revoke(app, api_env) -> None:  # type: ignore[no-untyped-def]
