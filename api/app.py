@@ -16,7 +16,7 @@ from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api import context
+from api import context, multipart
 from api.auth import bearer_token, hash_key
 from api.body_guard import BodyGuard
 from api.docs import docs_config
@@ -213,6 +213,7 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     app.after_request(security_headers)
     app.extensions["lungct_limiter"] = _limiter(app, settings)
     app.wsgi_app = BodyGuard(app.wsgi_app, settings.upload_idle_timeout_s)  # type: ignore[method-assign]
+    multipart.install()  # form bodies' boundaries found without a regex per request
     # requests held by GET /api/v1/jobs/<id>?wait=S (api/jobs.py), per process
     # (with gthread, one thread always stays free for other requests)
     waiters = settings.job_waiters_per_process
