@@ -138,6 +138,28 @@ def test_idempotent_retry_returns_the_original_job(client, bob) -> None:  # type
     assert keys == {hashlib.sha256(b"upload-42").hexdigest()}  # a hash, never the key
 
 
+def test_an_idempotency_key_committed_meanwhile_answers_with_that_job(any_db, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Two submits with one key, the second checked before the first committed: its insert
+    hits the unique key, and it answers 200 with the first job and stores nothing."""
+    from api import create_app, jobs
+    from config import Settings
+    from db.models import Job
+    from db.session import session_scope
+
+    settings = Settings()
+    client = authed(create_app(settings), new_key(any_db))
+    first = _submit(client, **{"Idempotency-Key": "k-7"})
+    monkeypatch.setattr(jobs, "_replay", lambda *args: None)  # as if looked up too early
+    second = _submit(client, **{"Idempotency-Key": "k-7"})
+    assert first.status_code == 202 and second.status_code == 200, second.json
+    assert second.json == client.get(first.headers["Location"]).json
+    other = _submit(client, seed=1, **{"Idempotency-Key": "k-7"})
+    assert other.status_code == 422, other.json
+    with session_scope(any_db) as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 1
+    assert [p.name for p in settings.storage_dir.iterdir()] == [first.json["id"]]
+
+
 def test_an_expired_idempotency_key_makes_a_new_job(client) -> None:  # type: ignore[no-untyped-def]
     from db.models import Job
     from db.session import session_scope
