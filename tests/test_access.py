@@ -7,6 +7,7 @@ import io
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -193,10 +194,15 @@ def test_a_burst_past_the_read_limit_gets_429_with_retry_after(api_env) -> None:
 
     app = create_app(Settings(rate_limit_read="5/minute"))
     client = authed(app, new_key(api_env["DATABASE_URL"]))
-    codes = [client.get("/api/v1/jobs").status_code for _ in range(7)]
-    assert codes[:5] == [200] * 5 and codes[5:] == [429, 429]
+    answers = [client.get("/api/v1/jobs") for _ in range(7)]
+    assert [a.status_code for a in answers] == [200] * 5 + [429, 429]
+    assert [a.headers["X-RateLimit-Limit"] for a in answers] == ["5"] * 7
+    remaining = [int(a.headers["X-RateLimit-Remaining"]) for a in answers]
+    assert remaining == [4, 3, 2, 1, 0, 0, 0]
+    resets = {int(a.headers["X-RateLimit-Reset"]) for a in answers}  # one window's end
+    assert len(resets) <= 2 and all(time.time() < t <= time.time() + 61 for t in resets)
     r = client.get("/api/v1/jobs")
-    assert r.json["error"]["code"] == 429 and int(r.headers["Retry-After"]) > 0
+    assert r.json["error"]["code"] == 429 and 0 < int(r.headers["Retry-After"]) <= 60
     other = authed(app, new_key(api_env["DATABASE_URL"], "bob"))  # limits are per key
     assert other.get("/api/v1/jobs").status_code == 200
     assert app.test_client().get("/healthz").status_code == 200  # health is not limited
