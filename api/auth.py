@@ -74,8 +74,8 @@ def find_key(s: Session, key: str) -> Row[int, str, bool, datetime | None] | Non
     """The active (not revoked) key's id, owner, admin flag and last use, if ``key`` is one.
 
     Every request asks, so this reads four columns through the session's
-    connection: loading an ``ApiKey`` object through the ORM cost about four
-    times the CPU (docs/benchmarks.md).
+    connection: loading an ``ApiKey`` object through the ORM cost more than twice
+    the CPU (docs/benchmarks.md).
     """
     return s.connection().execute(ACTIVE_KEY, {"key_hash": hash_key(key)}).first()
 
