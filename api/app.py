@@ -19,7 +19,7 @@ from limits.strategies import FixedWindowRateLimiter
 from redis import Redis, RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api import context, multipart
+from api import context
 from api.auth import bearer_token, hash_key
 from api.body_guard import BodyGuard
 from api.docs import docs_config
@@ -241,7 +241,6 @@ def create_app(settings: Settings | None = None) -> APIFlask:
     app.after_request(security_headers)
     app.extensions["lungct_limiter"] = _limiter(app, settings)
     app.wsgi_app = BodyGuard(app.wsgi_app, settings.upload_idle_timeout_s)  # type: ignore[method-assign]
-    multipart.install()  # form bodies' boundaries found without a regex per request
     # requests held by GET /api/v1/jobs/<id>?wait=S (api/jobs.py), per process
     # (with gthread, one thread always stays free for other requests)
     waiters = settings.job_waiters_per_process
