@@ -46,7 +46,7 @@ from api.schemas import BatchIn, BatchOut, ManyResultsOut, ManyResultsQuery
 from api.serializers import job_to_dict, prediction_to_dict
 from config import Settings
 from db.models import Job, SlicePrediction
-from db.session import transaction_lock
+from db.session import insert_rows, transaction_lock
 from models.registry import ModelCard
 
 bp = APIBlueprint("batch", __name__, url_prefix="/api/v1", tag="Jobs")
@@ -247,10 +247,11 @@ def _record(items: list[Item], who: Caller) -> int | None:
         transaction_lock(s, owner_lock(who.owner))
         active = active_counts(s, who.owner)
         fits = admissible(active, [_job(i).kind for i in new])
-        for item in new[:fits]:
-            s.add(_job(item))
-            audit(s, who, "submit", _job(item).id)
-            active[_job(item).kind] = active.get(_job(item).kind, 0) + 1
+        admitted = [_job(item) for item in new[:fits]]
+        insert_rows(s, admitted)
+        audit(s, who, "submit", *(job.id for job in admitted))
+        for job in admitted:
+            active[job.kind] = active.get(job.kind, 0) + 1
         message, retry_after = cap_refusal(s, who.owner, active) if fits < len(new) else ("", 0)
     for item in new[:fits]:
         item.committed = True

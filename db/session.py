@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, Table, create_engine, event, func, insert, inspect, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -92,6 +93,39 @@ def transaction_lock(s: Session, name: str) -> None:
         s.connection().exec_driver_sql("BEGIN IMMEDIATE")
     else:  # a database this service does not support: count without the lock
         log.warning("no transaction lock on %s; the active-job cap may overshoot", dialect)
+
+
+def insert_rows(s: Session, rows: Sequence[DeclarativeBase]) -> None:
+    """INSERT new ORM objects in ``s``'s transaction now: one Core statement per table
+    (an executemany for several rows), not the ORM's unit of work.
+
+    A flush of the same objects costs several times the CPU: on the submit path,
+    recording a job and its audit row took about 1.3 ms with ``s.add`` and 0.6 ms
+    this way (docs/benchmarks.md). Each object is first given its columns'
+    Python-side defaults, so it holds exactly the row it inserted, as after a
+    flush; it stays outside the session (transient: nothing lazy loads). A column
+    left unset without such a default is left to the database (NULL, a server
+    default, an autoincremented key), and the object does not learn its value.
+    """
+    statements: dict[tuple[Table, frozenset[str]], list[dict[str, Any]]] = {}
+    for row in rows:
+        state = inspect(row)
+        values: dict[str, Any] = {}
+        for prop in state.mapper.column_attrs:
+            column = prop.columns[0]
+            if prop.key not in state.dict:
+                default = column.default
+                if default is None or not (default.is_scalar or default.is_callable):
+                    continue
+                # a callable default is wrapped by SQLAlchemy to take an (unused) context
+                setattr(row, prop.key, default.arg(None) if default.is_callable else default.arg)
+            values[column.key] = state.dict[prop.key]
+        table = state.mapper.local_table
+        assert isinstance(table, Table)  # declarative models map one table each
+        statements.setdefault((table, frozenset(values)), []).append(values)
+    connection = s.connection()
+    for (table, _), params in statements.items():
+        connection.execute(insert(table), params)
 
 
 def dispose_after_fork() -> None:

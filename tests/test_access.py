@@ -7,12 +7,13 @@ import io
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from tests.conftest import (
     ROOT,
@@ -138,6 +139,28 @@ def test_idempotent_retry_returns_the_original_job(client, bob) -> None:  # type
     assert keys == {hashlib.sha256(b"upload-42").hexdigest()}  # a hash, never the key
 
 
+def test_an_idempotency_key_committed_meanwhile_answers_with_that_job(any_db, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Two submits with one key, the second checked before the first committed: its insert
+    hits the unique key, and it answers 200 with the first job and stores nothing."""
+    from api import create_app, jobs
+    from config import Settings
+    from db.models import Job
+    from db.session import session_scope
+
+    settings = Settings()
+    client = authed(create_app(settings), new_key(any_db))
+    first = _submit(client, **{"Idempotency-Key": "k-7"})
+    monkeypatch.setattr(jobs, "_replay", lambda *args: None)  # as if looked up too early
+    second = _submit(client, **{"Idempotency-Key": "k-7"})
+    assert first.status_code == 202 and second.status_code == 200, second.json
+    assert second.json == client.get(first.headers["Location"]).json
+    other = _submit(client, seed=1, **{"Idempotency-Key": "k-7"})
+    assert other.status_code == 422, other.json
+    with session_scope(any_db) as s:
+        assert s.scalar(select(func.count()).select_from(Job)) == 1
+    assert [p.name for p in settings.storage_dir.iterdir()] == [first.json["id"]]
+
+
 def test_an_expired_idempotency_key_makes_a_new_job(client) -> None:  # type: ignore[no-untyped-def]
     from db.models import Job
     from db.session import session_scope
@@ -171,10 +194,15 @@ def test_a_burst_past_the_read_limit_gets_429_with_retry_after(api_env) -> None:
 
     app = create_app(Settings(rate_limit_read="5/minute"))
     client = authed(app, new_key(api_env["DATABASE_URL"]))
-    codes = [client.get("/api/v1/jobs").status_code for _ in range(7)]
-    assert codes[:5] == [200] * 5 and codes[5:] == [429, 429]
+    answers = [client.get("/api/v1/jobs") for _ in range(7)]
+    assert [a.status_code for a in answers] == [200] * 5 + [429, 429]
+    assert [a.headers["X-RateLimit-Limit"] for a in answers] == ["5"] * 7
+    remaining = [int(a.headers["X-RateLimit-Remaining"]) for a in answers]
+    assert remaining == [4, 3, 2, 1, 0, 0, 0]
+    resets = {int(a.headers["X-RateLimit-Reset"]) for a in answers}  # one window's end
+    assert len(resets) <= 2 and all(time.time() < t <= time.time() + 61 for t in resets)
     r = client.get("/api/v1/jobs")
-    assert r.json["error"]["code"] == 429 and int(r.headers["Retry-After"]) > 0
+    assert r.json["error"]["code"] == 429 and 0 < int(r.headers["Retry-After"]) <= 60
     other = authed(app, new_key(api_env["DATABASE_URL"], "bob"))  # limits are per key
     assert other.get("/api/v1/jobs").status_code == 200
     assert app.test_client().get("/healthz").status_code == 200  # health is not limited
@@ -197,6 +225,34 @@ def any_db(request, api_env, monkeypatch) -> Iterator[str]:  # type: ignore[no-u
     finally:
         dispose(db.url)  # a schema is dropped only once no one is connected
         db.cleanup()  # type: ignore[operator]
+
+
+def test_a_submit_answers_the_job_exactly_as_it_was_stored(any_db: str) -> None:
+    """The answer of a single submit and of a batch is the job as a later read gives it,
+    on both databases: jobs and audit rows are inserted without the ORM's flush
+    (db/session.py insert_rows), and the answer is made from the same values."""
+    from api import create_app
+    from config import Settings
+    from db.models import AuditEvent
+    from db.session import session_scope
+
+    client = authed(create_app(Settings()), new_key(any_db))
+    r = _submit(client)
+    assert r.status_code == 202, r.json
+    assert r.json["progress"] == {"done": 0, "total": 0} and r.json["attempts"] == 0
+    assert client.get(r.headers["Location"]).json == r.json
+    files = [(io.BytesIO(png_bytes(i)), f"s{i}.png") for i in (1, 2)]
+    batch = client.post(
+        "/api/v1/jobs/batch",
+        data={"file": files, "model": TINY_MODEL},
+        content_type="multipart/form-data",
+    )
+    jobs = [item["job"] for item in batch.json["items"]]
+    assert [client.get(f"/api/v1/jobs/{job['id']}").json for job in jobs] == jobs
+    with session_scope(any_db) as s:
+        events = s.execute(select(AuditEvent.owner, AuditEvent.action, AuditEvent.job_id))
+        submitted = {(owner, action, job_id) for owner, action, job_id in events}
+    assert submitted == {("alice", "submit", j["id"]) for j in [r.json, *jobs]}
 
 
 def test_the_per_owner_cap_holds_under_a_burst(any_db: str) -> None:
@@ -308,6 +364,27 @@ def test_keys_are_stored_hashed(client, api_env) -> None:  # type: ignore[no-unt
     raw = b"".join(p.read_bytes() for p in db_file.parent.glob(db_file.name + "*"))
     assert key.encode() not in raw
     assert key[12:].encode() not in raw  # not even the secret part
+
+
+def test_a_key_remembers_when_it_was_last_used_at_most_once_a_minute(client, api_env) -> None:  # type: ignore[no-untyped-def]
+    from db.models import ApiKey
+    from db.session import session_scope
+
+    def last_used() -> datetime | None:
+        with session_scope(api_env["DATABASE_URL"]) as s:
+            return s.scalar(select(ApiKey.last_used_at).where(ApiKey.owner == "alice"))
+
+    assert last_used() is None  # a new key
+    assert client.get("/api/v1/jobs").status_code == 200
+    first = last_used()
+    assert first is not None
+    assert client.get("/api/v1/jobs").status_code == 200
+    assert last_used() == first  # within LAST_USED_RESOLUTION: no write
+    with session_scope(api_env["DATABASE_URL"]) as s:  # as if the last use were long ago
+        s.execute(update(ApiKey).values(last_used_at=datetime.now(UTC) - timedelta(hours=1)))
+    assert client.get("/api/v1/jobs").status_code == 200
+    later = last_used()
+    assert later is not None and later.replace(tzinfo=UTC) >= first.replace(tzinfo=UTC)
 
 
 def test_keys_cli_create_list_revoke(app, api_env) -> None:  # type: ignore[no-untyped-def]
