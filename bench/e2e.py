@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -54,6 +54,8 @@ class Service:
     folder: Path
     workers: list[subprocess.Popen[bytes]]
     api: subprocess.Popen[bytes] | None = None
+    receives: dict[str, list[float]] = field(default_factory=dict)
+    """Seconds from starting each upload to its 202, per archive name (:func:`time_one`)."""
 
     def cpu_seconds(self) -> dict[str, float]:
         """CPU time used so far by the workers' and the API's process groups (all processes)."""
@@ -177,6 +179,7 @@ def time_one(svc: Service, archive: Path, poll_s: float | None = None) -> float:
     with archive.open("rb") as fh:
         r = svc.http.post(f"{svc.base}/api/v1/jobs", files={"file": (archive.name, fh)}, timeout=60)
     r.raise_for_status()
+    svc.receives.setdefault(archive.name, []).append(time.perf_counter() - start)
     job = wait_job(svc, svc.base + r.headers["Location"], poll_s)
     elapsed = time.perf_counter() - start
     if job["status"] != "succeeded":

@@ -153,6 +153,12 @@ def _table(rates: dict[str, list[float]], n: int, study: int, settings: str) -> 
     return "\n".join(lines)
 
 
+def _receives(svc: Service, small: str, big: str) -> str:
+    """The API's receive (upload start to 202) of the zip and the study, medians."""
+    ms = {k: 1000 * statistics.median(v) for k, v in svc.receives.items()}
+    return f"receive (POST until 202), median ms: zip {ms[small]:.0f}, study {ms[big]:.0f}"
+
+
 def _profile(log: Path, n: int, study: int) -> str:
     legend = "decode on DECODE_THREADS threads, store_* on the writer thread"
     lines = [f"worker stage profile (seconds; {legend}):"]
@@ -201,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                     rates["bare"].append(args.study / bare())
                     print(f"round {r + 1} done", file=sys.stderr, flush=True)
                 print(_table(rates, args.n, args.study, settings))
+                print(_receives(svc, small.name, big.name))
                 print(_profile(svc.folder / "worker0.log", args.n, args.study))
         finally:
             stop(seeds)
