@@ -255,86 +255,67 @@ def test_a_submit_answers_the_job_exactly_as_it_was_stored(any_db: str) -> None:
     assert submitted == {("alice", "submit", j["id"]) for j in [r.json, *jobs]}
 
 
-def test_the_per_owner_cap_holds_under_a_burst(any_db: str) -> None:
-    """Eight parallel submits against a cap of three: exactly three jobs exist
-    (the count and the insert run under a per-owner database lock)."""
+def _parallel_posts(app, key: str, path: str, forms: list) -> list:  # type: ignore[no-untyped-def]
+    """POST each of ``forms`` (a list of multipart files) to ``path`` of a real threaded HTTP
+    server running ``app``, all at once from as many threads; the responses, in finishing order.
+    """
+    import requests
     from werkzeug.serving import make_server
 
-    from api import create_app
-    from config import Settings
-    from db.models import Job
-    from db.session import session_scope
-
-    url = any_db
-    app = create_app(Settings(max_active_jobs_per_owner=3, microbatch_max_jobs=1))
-    key = new_key(url)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    codes: list[int] = []
+    answers: list[requests.Response] = []
 
-    def submit() -> None:
-        import requests
-
-        files = {"file": ("s.png", png_bytes())}
-        r = requests.post(
-            f"http://127.0.0.1:{server.port}/api/v1/jobs",
-            files=files,
-            data={"model": TINY_MODEL},
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=60,
+    def post(files: list) -> None:  # type: ignore[type-arg]
+        answers.append(
+            requests.post(
+                f"http://127.0.0.1:{server.port}{path}",
+                files=files,
+                data={"model": TINY_MODEL},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=60,
+            )
         )
-        codes.append(r.status_code)
 
     try:
-        threads = [threading.Thread(target=submit) for _ in range(8)]
+        threads = [threading.Thread(target=post, args=(f,)) for f in forms]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
     finally:
         server.shutdown()
-    assert sorted(codes) == [202] * 3 + [429] * 5
-    with session_scope(url) as s:
+    return answers
+
+
+def test_the_per_owner_cap_holds_under_a_burst(any_db: str) -> None:
+    """Eight parallel submits against a cap of three: exactly three jobs exist
+    (the count and the insert run under a per-owner database lock)."""
+    from api import create_app
+    from config import Settings
+    from db.models import Job
+    from db.session import session_scope
+
+    app = create_app(Settings(max_active_jobs_per_owner=3, microbatch_max_jobs=1))
+    forms = [[("file", ("s.png", png_bytes()))] for _ in range(8)]
+    answers = _parallel_posts(app, new_key(any_db), "/api/v1/jobs", forms)
+    assert sorted(r.status_code for r in answers) == [202] * 3 + [429] * 5
+    with session_scope(any_db) as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 3
 
 
 def test_the_per_owner_cap_holds_under_parallel_batches(any_db: str) -> None:
     """Four parallel batches of three images against a cap of five: exactly five jobs exist,
     each batch admits a prefix of its files (one lock per batch, not per file)."""
-    from werkzeug.serving import make_server
-
     from api import create_app
     from config import Settings
     from db.models import Job
     from db.session import session_scope
 
     app = create_app(Settings(max_active_jobs_per_owner=5, microbatch_max_jobs=1))
-    key = new_key(any_db)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    answers: list[list[int]] = []
-
-    def batch(seed: int) -> None:
-        import requests
-
-        files = [("file", (f"s{i}.png", png_bytes(seed * 10 + i))) for i in range(3)]
-        r = requests.post(
-            f"http://127.0.0.1:{server.port}/api/v1/jobs/batch",
-            files=files,
-            data={"model": TINY_MODEL},
-            headers={"Authorization": f"Bearer {key}"},
-            timeout=60,
-        )
-        answers.append([item["status"] for item in r.json()["items"]])
-
-    try:
-        threads = [threading.Thread(target=batch, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        server.shutdown()
+    forms = [[("file", (f"s{i}.png", png_bytes(k * 10 + i))) for i in range(3)] for k in range(4)]
+    replies = _parallel_posts(app, new_key(any_db), "/api/v1/jobs/batch", forms)
+    answers = [[item["status"] for item in r.json()["items"]] for r in replies]
     assert sum(a.count(202) for a in answers) == 5 and sum(a.count(429) for a in answers) == 7
     assert all(a == sorted(a) for a in answers)  # admitted files first: a prefix of each
     with session_scope(any_db) as s:
