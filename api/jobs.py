@@ -58,6 +58,7 @@ from db.models import (
 from db.session import insert_rows, transaction_lock
 from db.slices import pack_names
 from ingest import InvalidUpload, inspect_upload, upload_input_name
+from ingest.views import deflated
 from models.registry import ModelCard, Registry
 from storage import packs, readable_path
 
@@ -706,7 +707,8 @@ def slice_view(job_id: str, slice_index: int) -> Response:
     response = _stored(data, job_id, slice_index, "viewing copy")
     data = response.get_data()
     mimetype = next((t for magic, t in VIEW_TYPES.items() if data.startswith(magic)), None)
-    if mimetype is None:
+    if mimetype is None:  # modality values: stored raw, compressed for the wire here
+        response.set_data(deflated(data))
         response.mimetype = HU_VIEW_TYPE
         response.headers["Content-Encoding"] = "deflate"
     else:

@@ -6,11 +6,15 @@ the job). They are made from the same decode as the model input, so a slice is
 never decoded twice, and they are cheap (docs/review.md, "Cost"):
 
 * DICOM: the modality values (HU for CT) as raw little-endian int16 after a
-  24-byte header, compressed with zlib at a fast setting (:func:`hu_view`). No
-  header element of the file goes in: only the pixel grid, the window the
-  model used and whether the file was MONOCHROME1. The API sends it with
-  ``Content-Encoding: deflate``, so the browser inflates it and reads an
-  ``Int16Array``; 16-bit PNG values cannot be read back from a canvas.
+  24-byte header (:func:`hu_view`). No header element of the file goes in:
+  only the pixel grid, the window the model used and whether the file was
+  MONOCHROME1. It is stored as it is: compressing it cost 4.5 ms of CPU a
+  512x512 slice (zlib level 1 with run-length matching), more than the model's
+  forward pass, for every slice of every study, while a person looks at a few.
+  The API compresses a copy when it is asked for (:func:`deflated`) and sends
+  it with ``Content-Encoding: deflate``, so the browser inflates it and reads
+  an ``Int16Array`` (16-bit PNG values cannot be read back from a canvas).
+  Copies stored compressed by earlier versions are sent as they are.
 * PNG/JPEG: the uploaded bytes, not re-encoded, with the chunks and segments
   that may carry text (PNG ``tEXt``/``iTXt``/``zTXt``/``eXIf``, JPEG ``APPn``
   except JFIF/Adobe colour, and ``COM``) dropped (:func:`image_view`): an
@@ -31,9 +35,10 @@ HU_HEADER = struct.Struct("<4sIIIff")  # magic, rows, columns, flags, window cen
 HU_MONOCHROME1 = 1
 ZLIB_LEVEL = 1
 ZLIB_STRATEGY = zlib.Z_RLE
-"""Level 1 with run-length matching only: on the real CT study 4.5 ms and 308 KiB per
-512x512 slice, against 7.3 ms / 300 KiB for plain level 1 and 33 ms / 293 KiB for
-level 6 (docs/review.md, "Cost"); any zlib inflater reads it."""
+"""How the API compresses a HU view it sends: level 1 with run-length matching only, on
+the real CT study 4.5 ms and 308 KiB per 512x512 slice, against 7.3 ms / 300 KiB for
+plain level 1 and 33 ms / 293 KiB for level 6 (docs/review.md, "Cost"); any zlib
+inflater reads it."""
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_KEEP = frozenset({b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"sRGB", b"cHRM"})
@@ -41,19 +46,26 @@ JPEG_KEEP_APP = {0xE0: b"JFIF\x00", 0xEE: b"Adobe"}  # APP0 JFIF, APP14 Adobe (c
 
 
 def hu_view(hu: np.ndarray, center: float, width: float, monochrome1: bool) -> bytes:
-    """The 2-D int16 modality values with their header, zlib-compressed."""
+    """The 2-D int16 modality values after their header, uncompressed (see the module)."""
     rows, cols = hu.shape
     header = HU_HEADER.pack(
         HU_MAGIC, rows, cols, HU_MONOCHROME1 if monochrome1 else 0, center, width
     )
-    pixels = np.ascontiguousarray(hu, dtype="<i2").tobytes()
+    return header + np.ascontiguousarray(hu, dtype="<i2").tobytes()
+
+
+def deflated(data: bytes) -> bytes:
+    """A HU view as the API sends it (``Content-Encoding: deflate``): compressed now when it
+    was stored raw, as it is when an earlier version stored it compressed."""
+    if not data.startswith(HU_MAGIC):
+        return data
     packer = zlib.compressobj(ZLIB_LEVEL, zlib.DEFLATED, 15, 8, ZLIB_STRATEGY)
-    return packer.compress(header) + packer.compress(pixels) + packer.flush()
+    return packer.compress(data) + packer.flush()
 
 
 def read_hu_view(data: bytes) -> tuple[np.ndarray, dict[str, float | bool]]:
-    """The pixels and header of :func:`hu_view`'s bytes (for tests and tools)."""
-    raw = zlib.decompress(data)
+    """The pixels and header of a HU view, stored raw or sent compressed (tests and tools)."""
+    raw = data if data.startswith(HU_MAGIC) else zlib.decompress(data)
     magic, rows, cols, flags, center, width = HU_HEADER.unpack_from(raw)
     if magic != HU_MAGIC:
         raise ValueError("not a HU view")

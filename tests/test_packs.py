@@ -226,13 +226,14 @@ def test_the_api_serves_a_slice_from_its_pack(client, app, api_env) -> None:  # 
 
 def test_the_api_still_serves_jobs_stored_before_packs(client, api_env) -> None:  # type: ignore[no-untyped-def]
     """Rows without a pack (migration 0008 left them NULL): the per-slice files answer."""
-    from ingest.views import hu_view, read_hu_view
+    from ingest.views import deflated, hu_view, read_hu_view
 
     storage = LocalStorage(Path(api_env["STORAGE_DIR"]))
     job_id = str(uuid.uuid4())
     hu = np.arange(-600, 600, dtype=np.int16).reshape(30, 40)
     storage.put(job_id, "images/0.png", png_of(gray(5)))
-    storage.put(job_id, "views/0.view", hu_view(hu, -600.0, 1500.0, False))
+    # stored compressed then (what deflated() makes), and sent as it is, not compressed twice
+    storage.put(job_id, "views/0.view", deflated(hu_view(hu, -600.0, 1500.0, False)))
     storage.put(job_id, "images/1.png", png_of(gray(6)))  # no viewing copy (STORE_SLICE_VIEWS=0)
     _job_with_rows(api_env["DATABASE_URL"], job_id, {0: None, 1: None})
     base = f"/api/v1/jobs/{job_id}/slices"
