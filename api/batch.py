@@ -46,7 +46,7 @@ from api.schemas import BatchIn, BatchOut, ManyResultsOut, ManyResultsQuery
 from api.serializers import job_to_dict, prediction_to_dict
 from config import Settings
 from db.models import Job, SlicePrediction
-from db.session import insert_rows, transaction_lock
+from db.session import insert_new, transaction_lock
 from models.registry import ModelCard
 
 bp = APIBlueprint("batch", __name__, url_prefix="/api/v1", tag="Jobs")
@@ -248,7 +248,7 @@ def _record(items: list[Item], who: Caller) -> int | None:
         active = active_counts(s, who.owner)
         fits = admissible(active, [_job(i).kind for i in new])
         admitted = [_job(item) for item in new[:fits]]
-        insert_rows(s, admitted)
+        insert_new(s, admitted)
         audit(s, who, "submit", *(job.id for job in admitted))
         for job in admitted:
             active[job.kind] = active.get(job.kind, 0) + 1

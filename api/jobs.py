@@ -55,7 +55,7 @@ from db.models import (
     as_utc,
     utcnow,
 )
-from db.session import insert_rows, transaction_lock
+from db.session import insert_new, transaction_lock
 from db.slices import pack_names
 from ingest import InvalidUpload, inspect_upload, upload_input_name
 from ingest.views import deflated
@@ -96,7 +96,7 @@ def _owned(s: Session, job_id: str, who: Caller) -> Job:
 def audit(s: Session, who: Caller, action: str, *job_ids: str) -> None:
     """Record who did what to which jobs (no patient data), in ``s``'s transaction; logged
     as well."""
-    insert_rows(s, [AuditEvent(owner=who.owner, action=action, job_id=j) for j in job_ids])
+    insert_new(s, [AuditEvent(owner=who.owner, action=action, job_id=j) for j in job_ids])
     for job_id in job_ids:
         log.info("audit: owner=%s action=%s job=%s", who.owner, action, job_id)
 
@@ -236,7 +236,7 @@ def _store_and_record(
             # one owner's count-then-insert at a time, across API processes and hosts
             transaction_lock(s, owner_lock(who.owner))
             _check_active_cap(s, who.owner, job.kind)
-            insert_rows(s, [job])
+            insert_new(s, [job])
             audit(s, who, "submit", job_id)
     except IntegrityError:  # the same idempotency key committed a moment ago
         context.storage().discard(job_id)

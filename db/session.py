@@ -95,9 +95,10 @@ def transaction_lock(s: Session, name: str) -> None:
         log.warning("no transaction lock on %s; the active-job cap may overshoot", dialect)
 
 
-def insert_rows(s: Session, rows: Sequence[DeclarativeBase]) -> None:
+def insert_new(s: Session, objects: Sequence[DeclarativeBase]) -> None:
     """INSERT new ORM objects in ``s``'s transaction now: one Core statement per table
-    (an executemany for several rows), not the ORM's unit of work.
+    (an executemany for several rows), not the ORM's unit of work. (Not the worker's
+    ``insert_rows``: that one takes slice rows as dicts and skips those already stored.)
 
     A flush of the same objects costs several times the CPU: on the submit path,
     recording a job and its audit row took about 1.3 ms with ``s.add`` and 0.6 ms
@@ -108,8 +109,8 @@ def insert_rows(s: Session, rows: Sequence[DeclarativeBase]) -> None:
     default, an autoincremented key), and the object does not learn its value.
     """
     statements: dict[tuple[Table, frozenset[str]], list[dict[str, Any]]] = {}
-    for row in rows:
-        state = inspect(row)
+    for obj in objects:
+        state = inspect(obj)
         values: dict[str, Any] = {}
         for prop in state.mapper.column_attrs:
             column = prop.columns[0]
@@ -118,7 +119,7 @@ def insert_rows(s: Session, rows: Sequence[DeclarativeBase]) -> None:
                 if default is None or not (default.is_scalar or default.is_callable):
                     continue
                 # a callable default is wrapped by SQLAlchemy to take an (unused) context
-                setattr(row, prop.key, default.arg(None) if default.is_callable else default.arg)
+                setattr(obj, prop.key, default.arg(None) if default.is_callable else default.arg)
             values[column.key] = state.dict[prop.key]
         table = state.mapper.local_table
         assert isinstance(table, Table)  # declarative models map one table each

@@ -230,7 +230,7 @@ def any_db(request, api_env, monkeypatch) -> Iterator[str]:  # type: ignore[no-u
 def test_a_submit_answers_the_job_exactly_as_it_was_stored(any_db: str) -> None:
     """The answer of a single submit and of a batch is the job as a later read gives it,
     on both databases: jobs and audit rows are inserted without the ORM's flush
-    (db/session.py insert_rows), and the answer is made from the same values."""
+    (db/session.py insert_new), and the answer is made from the same values."""
     from api import create_app
     from config import Settings
     from db.models import AuditEvent
