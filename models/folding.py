@@ -122,4 +122,3 @@ def _pass_through_class() -> Any:
             return input_shape
 
     return PassThrough
-
