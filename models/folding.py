@@ -33,7 +33,16 @@ MAX_DIFF = 1e-4
 
 def fold_batchnorm(model: Any) -> Any:
     """``model`` with its foldable batch-norm layers folded; ``model`` itself when
-    there are none, or when the folded copy does not give the same outputs."""
+    there are none, when the folded copy does not give the same outputs, or when
+    folding fails (a model built in a way not foreseen here still serves, unfolded)."""
+    try:
+        return _fold(model)
+    except Exception:
+        log.warning("model %s: batch-norm not folded", model.name, exc_info=True)
+        return model
+
+
+def _fold(model: Any) -> Any:
     import keras
 
     pairs = _foldable(model)

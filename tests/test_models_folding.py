@@ -83,3 +83,15 @@ def test_batch_norm_that_cannot_be_folded_is_kept() -> None:
 def test_a_model_without_batch_norm_is_returned_as_it_is() -> None:
     model = build_model("cnn6plain", (32, 32, 1), 3)
     assert fold_batchnorm(model) is model
+
+
+def test_a_failure_to_fold_serves_the_model_as_saved(monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    import models.folding
+
+    def broken(model: keras.Model) -> keras.Model:
+        raise AttributeError("a layer not foreseen")
+
+    monkeypatch.setattr(models.folding, "_fold", broken)
+    model = build_model("cnn6", (32, 32, 1), 3)
+    assert fold_batchnorm(model) is model
+    assert "batch-norm not folded" in caplog.text
