@@ -37,6 +37,10 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# JAX takes 75 % of a GPU's memory up front; this process keeps its model
+# while bench.xla runs in a child, which would then find too little left.
+# Allocating as needed (what the worker does under TensorFlow) lets both run.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def bare(predictor, batch: int, n: int) -> float:  # type: ignore[no-untyped-def]
