@@ -5,6 +5,9 @@ same ``.keras`` file on JAX)::
 
     KERAS_BACKEND=jax python -m bench.gpu [--model NAME] [--n 512] [--batches 32 64 128]
 
+On a lent machine without our virtualenv: ``bash scripts/gpu_pack.sh`` here,
+``bash scripts/gpu_run.sh`` there with ``.gpu`` carried (docs/benchmarks.md, GPU).
+
 Prints, in one run:
 
 (a) the bare forward pass on synthetic input already in memory, images/s
