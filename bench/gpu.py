@@ -5,6 +5,9 @@ same ``.keras`` file on JAX)::
 
     KERAS_BACKEND=jax python -m bench.gpu [--model NAME] [--n 512] [--batches 32 64 128]
 
+On a lent machine without our virtualenv: ``bash scripts/gpu_pack.sh`` here,
+``bash scripts/gpu_run.sh`` there with ``.gpu`` carried (docs/benchmarks.md, GPU).
+
 Prints, in one run:
 
 (a) the bare forward pass on synthetic input already in memory, images/s
@@ -37,6 +40,10 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# JAX takes 75 % of a GPU's memory up front; this process keeps its model
+# while bench.xla runs in a child, which would then find too little left.
+# Allocating as needed (what the worker does under TensorFlow) lets both run.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
 def bare(predictor, batch: int, n: int) -> float:  # type: ignore[no-untyped-def]
