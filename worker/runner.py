@@ -31,11 +31,10 @@ from __future__ import annotations
 import enum
 import functools
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -239,12 +238,11 @@ def _predict_and_store(
     todo = [(w.job_id, s) for w in works for s in w.todo]
     size = batch_size(predictor, settings.inference_batch_size)
     stop: Stop | None = None
-    writer = _threads("db-writer", 1)
-    pending: Future[None] | None = None
-    unsaved: list[Decoded] = []  # predicted while the previous write was in flight
-    unsaved_rows: list[SliceResult] = []
-    decoded = _decode_ahead(todo, predictor, ctx, 2 * size)
-    try:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer") as writer:
+        pending: Future[None] | None = None
+        unsaved: list[Decoded] = []  # predicted while the previous write was in flight
+        unsaved_rows: list[SliceResult] = []
+        decoded = _decode_ahead(todo, predictor, ctx, 2 * size)
         for batch in _batches(decoded, size):
             started = time.perf_counter()
             rows = _predict(batch, predictor)
@@ -262,15 +260,9 @@ def _predict_and_store(
                 unsaved, unsaved_rows = [], []
             if (stop := beat.stop_reason()) is not None:
                 break
-    except BaseException:  # nothing of this run may still write after it ends
-        if pending is not None:
-            wait([pending])
-        raise
-    finally:
-        decoded.close()
-    _wait_store(pending, ctx)
-    if unsaved:
-        _store_batch(ctx, unsaved, unsaved_rows, by_id, beat)
+        _wait_store(pending, ctx)
+        if unsaved:
+            _store_batch(ctx, unsaved, unsaved_rows, by_id, beat)
     return stop or beat.stop_reason()
 
 
@@ -311,13 +303,12 @@ def _load(
 
 def _decode_ahead(
     todo: list[tuple[str, SliceSource]], predictor: Predictor, ctx: Context, window: int
-) -> Generator[Decoded, None, None]:
+) -> Iterator[Decoded]:
     """Decode in a thread pool, at most ``window`` slices (two batches) ahead of the consumer."""
     settings = ctx.settings
-    pool = _threads("decode", max(1, settings.decode_threads))
-    pending: list[Future[Decoded]] = []
-    sources = iter(todo)
-    try:
+    with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
+        pending: list[Future[Decoded]] = []
+        sources = iter(todo)
         for job_id, source in islice(sources, window):
             pending.append(pool.submit(_load, job_id, source, predictor, settings, ctx.stages))
         while pending:
@@ -328,27 +319,6 @@ def _decode_ahead(
             if nxt is not None:
                 pending.append(pool.submit(_load, *nxt, predictor, settings, ctx.stages))
             yield decoded
-    finally:  # a run that stops early leaves no decoding behind it
-        for future in pending:
-            future.cancel()
-
-
-def _threads(name: str, count: int) -> ThreadPoolExecutor:
-    """The thread pool ``name`` of the calling thread, started on first use and kept.
-
-    A micro-batch of single images lasts about 10 ms, and starting the decode
-    and writer threads for each run cost a few of them on a busy machine.
-    Each calling thread (Celery's task loop for studies, the claimer for
-    single images) gets its own pools, so a study's decoding never queues a
-    burst's images behind it. Keyed by process too: a forked child keeps its
-    parent's thread IDs but not its threads.
-    """
-    return _pool(name, count, os.getpid(), threading.get_ident())
-
-
-@functools.cache
-def _pool(name: str, count: int, _pid: int, _thread: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=count, thread_name_prefix=name)
 
 
 def _batches(items: Iterable[Decoded], size: int) -> Iterator[list[Decoded]]:
