@@ -16,8 +16,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,6 +152,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return _report(outcomes, wait)
 
 
+@contextmanager
+def _recording(state: State, progress: Progress) -> Iterator[None]:
+    """One request's answers: their resume entries saved once (client/state.py), then
+    their lines printed, so a line the user saw is always in the resume file."""
+    with progress.held(), state.grouped():
+        yield
+
+
 def _default_state(out: str | None) -> Path:
     folder = Path(out).parent if out and out != "-" else Path.cwd()
     return folder / STATE_NAME
@@ -265,11 +274,12 @@ def _batch_sender(
         except NotSupported:
             unsupported.set()
             return out
-        for n, answer in zip(todo, answers, strict=True):
-            if isinstance(answer, Job):
-                out[n] = _submitted(batch[n], shas[n], answer, model, state, progress)
-            else:
-                out[n] = _rejected(batch[n], shas[n], model, answer, state, progress)
+        with _recording(state, progress):
+            for n, answer in zip(todo, answers, strict=True):
+                if isinstance(answer, Job):
+                    out[n] = _submitted(batch[n], shas[n], answer, model, state, progress)
+                else:
+                    out[n] = _rejected(batch[n], shas[n], model, answer, state, progress)
         return out
 
     return send
@@ -290,13 +300,14 @@ def _resume_batch(
     current = {job.id: job for job in api.jobs_by_id(known)} if known else {}
     out: list[Outcome | Input] = []
     salts: list[str] = []
-    for item, sha, entry in zip(batch, shas, entries, strict=True):
-        resumed, salt = None, ""
-        if entry and entry.job_id:
-            job = current.get(entry.job_id)
-            resumed, salt = _resume(item, sha, job, model, state, progress)
-        out.append(resumed or item)
-        salts.append(salt)
+    with _recording(state, progress):
+        for item, sha, entry in zip(batch, shas, entries, strict=True):
+            resumed, salt = None, ""
+            if entry and entry.job_id:
+                job = current.get(entry.job_id)
+                resumed, salt = _resume(item, sha, job, model, state, progress)
+            out.append(resumed or item)
+            salts.append(salt)
     return out, salts
 
 
@@ -374,10 +385,11 @@ def _wait_all(
     for o in outcomes:
         if o.job:
             jobs.setdefault(o.job.id, []).append(o)
-    for group in jobs.values():  # one input's answer may already show the job ended
-        latest = next((o.job for o in group if o.job and o.job.finished), None)
-        if latest is not None:
-            _settle(group, latest, state, model, progress)
+    with _recording(state, progress):
+        for group in jobs.values():  # one input's answer may already show the job ended
+            latest = next((o.job for o in group if o.job and o.job.finished), None)
+            if latest is not None:
+                _settle(group, latest, state, model, progress)
     while True:
         started, ended = time.monotonic(), False
         waiting = [jid for jid, group in jobs.items() if not _job(group).finished]
@@ -387,9 +399,10 @@ def _wait_all(
             answered = api.jobs_by_id(asked, wait=hold)
             if gone := set(asked) - {job.id for job in answered}:
                 raise NotFound(404, f"job {sorted(gone)[0]} no longer exists (deleted?)")
-            for job in answered:
-                _settle(jobs[job.id], job, state, model, progress)
-                ended = ended or job.finished
+            with _recording(state, progress):
+                for job in answered:
+                    _settle(jobs[job.id], job, state, model, progress)
+                    ended = ended or job.finished
         current = [_job(group) for group in jobs.values()]
         progress.slices(sum(j.done for j in current), sum(j.total for j in current))
         if all(j.finished for j in current):

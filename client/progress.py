@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import IO, Any
 
@@ -31,6 +33,7 @@ class Progress:
         self._last_line = ""
         self._last_print = 0.0
         self.interval_s = 5.0
+        self._held = threading.local()
 
     def __enter__(self) -> Progress:
         if self.enabled and _isatty(self.stream):
@@ -101,11 +104,30 @@ class Progress:
         self._refresh()
 
     def log(self, message: str) -> None:
-        """A line above the bars (or just a line)."""
+        """A line above the bars (or just a line); kept back inside :meth:`held`."""
+        held: list[str] | None = getattr(self._held, "lines", None)
+        if held is not None:
+            held.append(message)
+            return
         if self._rich is not None:
             self._rich.console.print(message, markup=False, highlight=False)
         else:
             print(message, file=self.stream, flush=True)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """This thread's lines inside the block are printed when it ends (after whatever
+        the block's caller must do first: cli.py saves the resume file)."""
+        if getattr(self._held, "lines", None) is not None:
+            yield
+            return
+        self._held.lines = []
+        try:
+            yield
+        finally:
+            lines, self._held.lines = self._held.lines, None
+            for line in lines:
+                self.log(line)
 
     # -- drawing ---------------------------------------------------------------
 

@@ -2,8 +2,12 @@
 
 JSON, one entry per input path: the content's SHA-256, the model asked for,
 the job ID and its last known status. It is rewritten (atomically) after every
-change, so a run killed at any moment leaves a file a rerun can trust: an
-input whose path, content and model match an entry is not uploaded again.
+change, or once after a group of changes (:meth:`State.grouped`: the answers
+of one request), so a run killed at any moment leaves a file a rerun can
+trust: an input whose path, content and model match an entry is not uploaded
+again. A kill inside a group loses at most that group's entries; their inputs
+are then sent again with the same idempotency keys, and the server answers
+the jobs it already has.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,7 @@ class State:
         # each entry as JSON-ready data, made once per change: a folder of thousands
         # of slices rewrites the file thousands of times
         self._data = {k: asdict(v) for k, v in self._entries.items()}
+        self._grouping = threading.local()
 
     @staticmethod
     def key(input_path: Path) -> str:
@@ -53,11 +60,30 @@ class State:
         return None
 
     def put(self, input_path: Path, entry: Entry) -> None:
+        key = self.key(input_path)
         with self._lock:
-            key = self.key(input_path)
             self._entries[key] = entry
             self._data[key] = asdict(entry)
-            self._save()
+            if not getattr(self._grouping, "active", False):
+                self._save()
+
+    @contextmanager
+    def grouped(self) -> Iterator[None]:
+        """This thread's puts inside the block are saved once, when it ends.
+
+        Rewriting the file took about 0.35 ms a put, under the lock the upload
+        threads share: a folder of 100 slices wrote it 200 times.
+        """
+        if getattr(self._grouping, "active", False):
+            yield
+            return
+        self._grouping.active = True
+        try:
+            yield
+        finally:
+            self._grouping.active = False
+            with self._lock:
+                self._save()
 
     def _save(self) -> None:
         data = {"version": VERSION, "inputs": self._data}
