@@ -64,7 +64,9 @@ class State:
         with self._lock:
             self._entries[key] = entry
             self._data[key] = asdict(entry)
-            if not getattr(self._grouping, "active", False):
+            if getattr(self._grouping, "active", False):
+                self._grouping.changed = True
+            else:
                 self._save()
 
     @contextmanager
@@ -77,13 +79,14 @@ class State:
         if getattr(self._grouping, "active", False):
             yield
             return
-        self._grouping.active = True
+        self._grouping.active, self._grouping.changed = True, False
         try:
             yield
         finally:
             self._grouping.active = False
-            with self._lock:
-                self._save()
+            if self._grouping.changed:
+                with self._lock:
+                    self._save()
 
     def _save(self) -> None:
         data = {"version": VERSION, "inputs": self._data}

@@ -34,6 +34,13 @@ def test_a_group_is_saved_once_when_it_ends(tmp_path: Path) -> None:
     assert len(_saved(file)) == 3
 
 
+def test_a_group_without_changes_writes_nothing(tmp_path: Path) -> None:
+    file = tmp_path / "state.json"
+    with State(file).grouped():
+        pass
+    assert not file.exists()
+
+
 def test_a_group_that_fails_still_saves_what_it_put(tmp_path: Path) -> None:
     file = tmp_path / "state.json"
     state = State(file)
