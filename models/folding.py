@@ -34,18 +34,22 @@ MAX_DIFF = 1e-4
 """Largest output difference (probabilities) accepted between folded and original."""
 
 
-def fold_batchnorm(model: Any) -> Any:
+def fold_batchnorm(model: Any, input_shape: tuple[int, ...] | None = None) -> Any:
     """``model`` with its foldable batch-norm layers folded; ``model`` itself when
     there are none, when the folded copy does not give the same outputs, or when
-    folding fails (a model built in a way not foreseen here still serves, unfolded)."""
+    folding fails (a model built in a way not foreseen here still serves, unfolded).
+
+    ``input_shape`` (h, w, c), the card's, is what the check feeds a model whose
+    declared input leaves sizes open.
+    """
     try:
-        return _fold(model)
+        return _fold(model, input_shape)
     except Exception:
         log.warning("model %s: batch-norm not folded", model.name, exc_info=True)
         return model
 
 
-def _fold(model: Any) -> Any:
+def _fold(model: Any, input_shape: tuple[int, ...] | None) -> Any:
     import keras
 
     pairs = _foldable(model)
@@ -62,12 +66,15 @@ def _fold(model: Any) -> Any:
         return layer.__class__.from_config(config)
 
     folded = keras.models.clone_model(model, clone_function=clone)
-    for old, new in zip(model.layers, folded.layers, strict=True):
+    for old in model.layers:  # by name: the clone keeps every layer's name but its inputs'
+        if not old.weights:
+            continue
+        new = folded.get_layer(old.name)
         if old.name in pairs:
             new.set_weights(_folded_weights(old, pairs[old.name]))
         elif new.weights:
             new.set_weights(old.get_weights())
-    diff = _max_difference(model, folded)
+    diff = _max_difference(model, folded, input_shape)
     if not diff <= MAX_DIFF:
         log.warning("model %s: folded batch-norm differs by %.2g; not folded", model.name, diff)
         return model
@@ -76,9 +83,14 @@ def _fold(model: Any) -> Any:
 
 
 def _foldable(model: Any) -> dict[str, Any]:
-    """Conv2D layer name -> the BatchNormalization layer that alone reads its output."""
+    """Conv2D layer name -> the BatchNormalization layer that alone reads its output.
+
+    The convolution must have no activation of its own (the batch-norm then acts
+    on its output, not inside it) and its output must not also be a model output.
+    """
     import keras
 
+    outputs = {id(t) for t in model.outputs}
     pairs = {}
     for layer in model.layers:
         if not isinstance(layer, keras.layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
@@ -86,8 +98,10 @@ def _foldable(model: Any) -> dict[str, Any]:
         source = layer.input._keras_history.operation
         if (
             type(source) is keras.layers.Conv2D
+            and source.get_config().get("activation") == "linear"
             and len(source._outbound_nodes) == 1
             and len(source._inbound_nodes) == 1
+            and id(source.output) not in outputs
             and source.data_format == "channels_last"
             and layer.axis in (-1, len(layer.input.shape) - 1)
         ):
@@ -107,16 +121,18 @@ def _folded_weights(conv: Any, bn: Any) -> list[np.ndarray]:
     return [(kernel * scale).astype(np.float32), ((bias - mean) * scale + beta).astype(np.float32)]
 
 
-def _max_difference(model: Any, folded: Any) -> float:
-    """Largest absolute difference of the first outputs on one random batch in [0, 1]."""
-    shape = tuple(8 if d is None else int(d) for d in model.inputs[0].shape)
-    batch = np.random.default_rng(0).random(shape, dtype=np.float32)
-    a, b = (_first(m.predict_on_batch(batch)) for m in (model, folded))
-    return float(np.max(np.abs(a - b)))
+def _max_difference(model: Any, folded: Any, input_shape: tuple[int, ...] | None) -> float:
+    """Largest absolute difference of any output on one random batch of 8 in [0, 1]."""
+    declared = tuple(model.inputs[0].shape[1:])
+    shape = tuple(input_shape or (8 if d is None else int(d) for d in declared))
+    batch = np.random.default_rng(0).random((8, *shape), dtype=np.float32)
+    a, b = (_outputs(m.predict_on_batch(batch)) for m in (model, folded))
+    return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
 
 
-def _first(out: Any) -> np.ndarray:
-    return np.asarray(out[0] if isinstance(out, list | tuple) else out, dtype=np.float64)
+def _outputs(out: Any) -> list[np.ndarray]:
+    items = out if isinstance(out, list | tuple) else [out]
+    return [np.asarray(o, dtype=np.float64) for o in items]
 
 
 @functools.cache

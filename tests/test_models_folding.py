@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
 
 from models.architectures import build_model  # noqa: E402
-from models.folding import fold_batchnorm  # noqa: E402
+from models.folding import _foldable, fold_batchnorm  # noqa: E402
 from models.serving import with_features  # noqa: E402
 
 
@@ -78,6 +78,35 @@ def test_batch_norm_that_cannot_be_folded_is_kept() -> None:
     dense = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(joined))
     model = _trained_looking(keras.Model(inputs, keras.layers.BatchNormalization()(dense)))
     assert fold_batchnorm(model) is model
+
+
+def test_a_conv_with_its_own_activation_is_not_folded() -> None:
+    """Batch-norm after ``Conv2D(activation="relu")`` acts on the ReLU's output: not foldable."""
+    inputs = keras.Input((8, 8, 2))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    model = _trained_looking(keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x)))
+    # the rule itself, not only the output check (which a flat head can slip past)
+    assert _foldable(model) == {}
+    assert fold_batchnorm(model) is model
+
+
+def test_a_conv_that_is_also_a_model_output_is_not_folded() -> None:
+    inputs = keras.Input((8, 8, 2))
+    conv = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.BatchNormalization()(conv))
+    model = _trained_looking(keras.Model(inputs, [pooled, conv]))
+    assert _foldable(model) == {}
+    assert fold_batchnorm(model) is model
+
+
+def test_open_input_sizes_are_checked_at_the_cards_size() -> None:
+    """A model declared for any input size is checked with the size it will be served at."""
+    model = _trained_looking(build_model("cnn6", (None, None, 1), 3))
+    folded = fold_batchnorm(model, (32, 32, 1))
+    assert "BatchNormalization" not in _kinds(folded)
+    x = np.random.default_rng(3).random((2, 32, 32, 1), dtype=np.float32)
+    np.testing.assert_allclose(folded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-5)
 
 
 def test_a_model_without_batch_norm_is_returned_as_it_is() -> None:

@@ -76,7 +76,7 @@ class Predictor:
         from models.folding import fold_batchnorm
         from models.serving import load_model, with_features
 
-        model = fold_batchnorm(load_model(card))
+        model = fold_batchnorm(load_model(card), card.input.shape)
         temperature = float((card.raw.get("calibration") or {}).get("temperature", 1.0))
         ood_file = card.path / str((card.raw.get("ood") or {}).get("file", "ood.npz"))
         if not card.raw.get("ood") or not ood_file.is_file():
