@@ -43,7 +43,7 @@ from client.api import (
 from client.export import JobResults, format_for, write
 from client.inputs import Input, Skipped, discover
 from client.progress import Progress
-from client.state import Entry, State
+from client.state import Entry, State, StateNotSaved
 from client.text import shown
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -155,9 +155,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
 @contextmanager
 def _recording(state: State, progress: Progress) -> Iterator[None]:
     """One request's answers: their resume entries saved once (client/state.py), then
-    their lines printed, so a line the user saw is always in the resume file."""
-    with progress.held(), state.grouped():
-        yield
+    their lines printed, so a line the user saw is always in the resume file (when
+    it cannot be written, the error is all that is printed)."""
+    with progress.held() as lines:
+        try:
+            with state.grouped():
+                yield
+        except StateNotSaved:
+            lines.clear()
+            raise
 
 
 def _default_state(out: str | None) -> Path:

@@ -115,17 +115,20 @@ class Progress:
             print(message, file=self.stream, flush=True)
 
     @contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self) -> Iterator[list[str]]:
         """This thread's lines inside the block are printed when it ends (after whatever
-        the block's caller must do first: cli.py saves the resume file)."""
-        if getattr(self._held, "lines", None) is not None:
-            yield
+        the block's caller must do first: cli.py saves the resume file); the block
+        gets the list of lines held, and may drop them."""
+        held: list[str] | None = getattr(self._held, "lines", None)
+        if held is not None:
+            yield held
             return
-        self._held.lines = []
+        lines: list[str] = []
+        self._held.lines = lines
         try:
-            yield
+            yield lines
         finally:
-            lines, self._held.lines = self._held.lines, None
+            self._held.lines = None
             for line in lines:
                 self.log(line)
 

@@ -24,6 +24,10 @@ from typing import Any
 VERSION = 1
 
 
+class StateNotSaved(OSError):
+    """The resume file could not be written (a full disk, a read-only folder)."""
+
+
 @dataclass
 class Entry:
     sha256: str
@@ -91,9 +95,12 @@ class State:
     def _save(self) -> None:
         data = {"version": VERSION, "inputs": self._data}
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data, separators=(",", ":")))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise StateNotSaved(f"cannot write the resume file {self.path}: {exc}") from exc
 
 
 def _load(path: Path) -> dict[str, Entry]:

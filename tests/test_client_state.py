@@ -79,3 +79,25 @@ def test_lines_held_in_a_block_are_printed_when_it_ends() -> None:
         assert out.getvalue() == ""
     progress.log("submitted b.jpg -> job 2")
     assert out.getvalue().splitlines() == ["submitted a.jpg -> job 1", "submitted b.jpg -> job 2"]
+
+
+def test_lines_of_answers_not_saved_are_not_printed(tmp_path: Path) -> None:
+    """A resume file that cannot be written: its error is raised, and none of the lines
+    that the file would have backed is printed."""
+    import io
+
+    from client.cli import _recording
+    from client.progress import Progress
+    from client.state import StateNotSaved
+
+    (tmp_path / "a-file").write_text("")
+    state = State(tmp_path / "a-file" / "state.json")  # its folder is a file
+    out = io.StringIO()
+    progress = Progress(enabled=False, stream=out)
+    with (
+        pytest.raises(StateNotSaved, match="cannot write the resume file"),
+        _recording(state, progress),
+    ):
+        state.put(tmp_path / "a.jpg", Entry("a" * 64, None, "job-a", "queued"))
+        progress.log("submitted a.jpg -> job job-a (queued)")
+    assert out.getvalue() == ""
