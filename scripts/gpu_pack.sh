@@ -72,8 +72,9 @@ report_size() {
     # The device tool sends at most 64 MiB a call: the files git does not
     # ignore plus the carried .gpu/.
     local tree gpu
+    # (|| true: du fails on a tracked file deleted in the working tree; the total stands)
     tree=$(git ls-files -z --cached --others --exclude-standard |
-        du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+        du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1 || true)
     gpu=$(du -sb "$OUT" | cut -f1)
     awk -v g="$gpu" -v t="$tree" -v d="$OUT" \
         'BEGIN { printf "size: %s %.1f MiB; with the checkout %.1f MiB (limit 64)\n", d, g / 2^20, (g + t) / 2^20 }'

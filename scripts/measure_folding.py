@@ -49,6 +49,8 @@ def main() -> None:
     card = Registry(Settings().models_dirs).get(args.model)
     folded = Predictor.load(card)
     saved_model = load_model(card)
+    if folded.ood is None:
+        raise SystemExit(f"{args.model} has no OOD detector: this script compares its scores too")
     saved = Predictor(card, saved_model, with_features(saved_model), folded.ood, folded.temperature)
     files = pick_slices(10_000)
     x = np.stack([preprocess(load_gray(f), card.input) for f in files])
