@@ -11,10 +11,11 @@ probabilities moved by at most 1e-6 (float32 rounding; labels identical on all
 924 IQ-OTH/NCCD slices).
 
 Only top-level ``Conv2D -> BatchNormalization`` pairs are folded, where the
-convolution feeds nothing else and both work on the last (channel) axis; any
-other layer is copied as it is, so nested backbones and residual joins keep
-their batch-norm. The folded model is checked against the original on one
-random batch and the original is used when they disagree. Training and the
+convolution has no activation of its own, feeds nothing else, is not a model
+output, and both work on the last (channel) axis; any other layer is copied as
+it is, so nested backbones and residual joins keep their batch-norm. The folded
+model is checked against the original on one random batch (every output) and
+the original is used when they disagree. Training and the
 model card's metrics use the model as saved; the worker's forward pass,
 out-of-distribution features and Grad-CAM run the folded copy (the Grad-CAM
 maps of the shipped model agree to 1.2e-6, and take 19 ms instead of 22 for six
