@@ -123,11 +123,15 @@ def _folded_weights(conv: Any, bn: Any) -> list[np.ndarray]:
 
 
 def _max_difference(model: Any, folded: Any, input_shape: tuple[int, ...] | None) -> float:
-    """Largest absolute difference of any output on one random batch of 8 in [0, 1]."""
+    """Largest absolute difference of any output on one random batch of 8 in [0, 1].
+
+    Called eagerly, not through ``predict_on_batch``: that would trace a predict
+    function for each model at the worker's start, used only for this check.
+    """
     declared = tuple(model.inputs[0].shape[1:])
     shape = tuple(input_shape or (8 if d is None else int(d) for d in declared))
     batch = np.random.default_rng(0).random((8, *shape), dtype=np.float32)
-    a, b = (_outputs(m.predict_on_batch(batch)) for m in (model, folded))
+    a, b = (_outputs(m(batch, training=False)) for m in (model, folded))
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
 
 
