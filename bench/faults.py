@@ -1390,9 +1390,12 @@ def reserved_by_dead_worker(cfg: Config, database: str = "sqlite") -> Result:
         t_clear = time.monotonic()
         st.start_worker("w2")
         st.wait_job(first, lambda j: j.status in TERMINAL, JOB_TIMEOUT_S)
+        first_s = time.monotonic() - t_clear
         sweep = cfg.profile.seconds("SWEEP_INTERVAL_S", 10)
+        # the second study is as long as the first: on a busy machine (the whole suite
+        # in parallel) its own run outlasts two sweeps, so it is given what the first took
         try:  # queued since its submit, so the next sweeps should publish it again
-            res.recovery_s = st.wait_all_terminal(2 * sweep + 10) - t_clear
+            res.recovery_s = st.wait_all_terminal(2 * sweep + 10 + first_s) - t_clear
         except TimeoutError:
             stuck = [j for j, job in st.jobs().items() if job.status in ACTIVE]
             res.notes.append(
@@ -1400,7 +1403,7 @@ def reserved_by_dead_worker(cfg: Config, database: str = "sqlite") -> Result:
             )
             res.measures["jobs stuck after 2 sweeps"] = len(stuck)
         jobs = st.jobs()
-        res.checks["every job ended within 2 sweeps of the first one"] = all(
+        res.checks["every job ended within 2 sweeps of the first one (plus its run)"] = all(
             j.status in TERMINAL for j in jobs.values()
         )
         res.checks["all 5 succeeded"] = all(j.status == "succeeded" for j in jobs.values())
