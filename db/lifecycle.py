@@ -18,13 +18,15 @@ returns whether the job moved; the caller releases the upload
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, func, or_, select, update
+from sqlalchemy import CursorResult, Table, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ClauseElement
 
 from db.models import ACTIVE_STATUSES, Job, JobKind, JobStatus, SlicePrediction, as_utc, utcnow
 
@@ -41,19 +43,53 @@ class Started:
 
 
 def _move(
-    s: Session, job_id: str, allowed: tuple[JobStatus, ...], *extra: Any, **values: Any
+    s: Session,
+    job_id: str,
+    allowed: tuple[JobStatus, ...],
+    *extra: Any,
+    attempt: int | None = None,
+    **values: Any,
 ) -> bool:
-    """Set ``values`` only if the job is in one of ``allowed`` (and matches ``extra``)."""
+    """Set ``values`` only if the job is in one of ``allowed`` (at ``attempt``, when given,
+    and matching ``extra``).
+
+    Plain values (no ``extra`` terms, no SQL expressions) go through one UPDATE
+    compiled once per shape (:func:`_plain_move`): the worker closes every job
+    of a micro-batch this way, and building and compiling an ORM UPDATE for
+    each cost about 1 ms of the GIL a job (docs/benchmarks.md).
+    """
+    values["updated_at"] = utcnow()
+    statuses = tuple(str(a) for a in allowed)
+    if not extra and not any(isinstance(v, ClauseElement) for v in values.values()):
+        stmt = _plain_move(statuses, attempt is not None, tuple(sorted(values)))
+        params = {"move_id": job_id, **{f"set_{k}": v for k, v in values.items()}}
+        if attempt is not None:
+            params["move_attempt"] = attempt
+        return cast(CursorResult[Any], s.execute(stmt, params)).rowcount == 1
+    where = [Job.id == job_id, Job.status.in_(statuses), *extra]
+    if attempt is not None:
+        where.append(Job.attempts == attempt)
     stmt = (
         update(Job)
-        .where(Job.id == job_id, Job.status.in_([str(a) for a in allowed]), *extra)
-        .values(updated_at=utcnow(), **values)
+        .where(*where)
+        .values(**values)
         # No loaded Job is kept in step (a caller that holds one refreshes it):
         # evaluating the WHERE against the session was a good share of a
         # micro-batch's cost, one UPDATE per member.
         .execution_options(synchronize_session=False)
     )
     return cast(CursorResult[Any], s.execute(stmt)).rowcount == 1
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_move(statuses: tuple[str, ...], by_attempt: bool, columns: tuple[str, ...]) -> Any:
+    """``UPDATE jobs SET <columns> WHERE id = :move_id AND status IN <statuses>
+    [AND attempts = :move_attempt]``, on the table (no ORM step), values as parameters."""
+    jobs = cast(Table, Job.__table__)
+    stmt = update(jobs).where(jobs.c.id == bindparam("move_id"), jobs.c.status.in_(statuses))
+    if by_attempt:
+        stmt = stmt.where(jobs.c.attempts == bindparam("move_attempt"))
+    return stmt.values({name: bindparam(f"set_{name}") for name in columns})
 
 
 def start(s: Session, job_id: str, stale_after_s: float) -> Started | None:
@@ -134,15 +170,6 @@ def heartbeat(s: Session, job_id: str, **progress: Any) -> bool:
     return not s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
 
 
-def _ours(attempt: int | None) -> tuple[Any, ...]:
-    """The extra WHERE term of a worker's end: the job is still at the attempt it started.
-
-    A job the sweeper requeued and another worker started again is running
-    too, but is no longer this worker's to end.
-    """
-    return () if attempt is None else (Job.attempts == attempt,)
-
-
 def succeed(
     s: Session,
     job_id: str,
@@ -156,7 +183,7 @@ def succeed(
         s,
         job_id,
         (JobStatus.RUNNING,),
-        *_ours(attempt),
+        attempt=attempt,
         status=JobStatus.SUCCEEDED,
         summary=summary,
         error=None,
@@ -184,7 +211,7 @@ def fail(
         s,
         job_id,
         allowed,
-        *_ours(attempt),
+        attempt=attempt,
         status=JobStatus.FAILED,
         error=message,
         finished_at=utcnow(),
@@ -242,7 +269,7 @@ def cancelled(s: Session, job_id: str, attempt: int | None = None) -> bool:
         job_id,
         (JobStatus.RUNNING,),
         Job.cancel_requested.is_(True),
-        *_ours(attempt),
+        attempt=attempt,
         status=JobStatus.CANCELLED,
         finished_at=utcnow(),
     )

@@ -84,6 +84,28 @@ def test_terminal_states_are_final(db) -> None:  # type: ignore[no-untyped-def]
     assert _get(db, job_id).status == "succeeded"
 
 
+def test_an_end_moves_only_the_attempt_that_started_it(db) -> None:  # type: ignore[no-untyped-def]
+    """The worker's end (one UPDATE compiled once, values as parameters): a job the
+    sweeper gave to another attempt is not ended by the first one; the summary,
+    counts and times are stored as given."""
+    from db import lifecycle
+
+    job_id = _job(db, "running", attempts=2)
+    summary = {"label": "normal", "top_slices": [{"slice_index": 0}]}
+    with db() as s:
+        assert not lifecycle.succeed(s, job_id, summary, attempt=1, total=1, done=1)
+        assert not lifecycle.fail(s, job_id, "late", allowed=("running",), attempt=1)
+    assert _get(db, job_id).status == "running"
+    with db() as s:
+        assert lifecycle.succeed(s, job_id, summary, attempt=2, total=1, done=1, warnings=[])
+        assert not lifecycle.succeed(s, job_id, summary, attempt=2)  # ended: final
+    job = _get(db, job_id)
+    assert (job.status, job.summary, job.total, job.done, job.error) == (
+        "succeeded", summary, 1, 1, None
+    )
+    assert job.finished_at is not None and job.updated_at >= job.finished_at
+
+
 def test_hand_back_gives_the_attempt_back_requeue_does_not(db) -> None:  # type: ignore[no-untyped-def]
     from db import lifecycle
 
