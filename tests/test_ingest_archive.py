@@ -126,6 +126,25 @@ def test_truncated_jpeg_is_a_slice_error(tmp_path: Path) -> None:
     assert plan.slices[2].load().dtype == np.uint8
 
 
+def test_image_header_past_the_first_read_is_still_read(tmp_path: Path) -> None:
+    """The plan checks an image from one read of its first 64 KiB; a header that runs
+    longer (a 100 kB text chunk before the pixels) is read from the member again,
+    while a corrupt header within that read is skipped at once."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from ingest.upload import IMAGE_HEAD_BYTES
+
+    info = PngInfo()
+    info.add_text("Comment", "x" * (IMAGE_HEAD_BYTES + 40_000))
+    buf = io.BytesIO()
+    Image.fromarray(np.full((20, 30), 7, dtype=np.uint8)).save(buf, format="PNG", pnginfo=info)
+    corrupt = b"\xff\xd8\xff" + b"\x00" * 500
+    plan = _plan(tmp_path, [("long.png", buf.getvalue()), ("bad.jpg", corrupt)])
+    assert [s.source for s in plan.slices] == ["long.png"]
+    assert plan.slices[0].load().shape == (20, 30)
+    assert _reasons(plan) == {"bad.jpg": "corrupt image: PNG/JPEG header cannot be read"}
+
+
 def test_images_in_natural_order(tmp_path: Path) -> None:
     names = ["scan/slice_10.png", "scan/slice_2.png", "scan/slice_1.jpg", "scan/Slice_3.PNG"]
     plan = _plan(
