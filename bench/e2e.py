@@ -26,11 +26,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own process group, output to ``log`` (tests use it too)."""
+def spawn(
+    argv: list[str], env: dict[str, str], log: Path, root: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in ``root`` (a source tree) in its own process group, output to
+    ``log`` (tests use it too)."""
     with log.open("wb") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
@@ -54,6 +57,8 @@ class Service:
     folder: Path
     workers: list[subprocess.Popen[bytes]]
     api: subprocess.Popen[bytes] | None = None
+    root: Path = ROOT
+    """The source tree its processes run from (bench/ab.py compares two)."""
     receives: dict[str, list[float]] = field(default_factory=dict)
     """Seconds from starting each upload to its 202, per archive name (:func:`time_one`)."""
 
@@ -91,11 +96,11 @@ def _wait_ready(base: str, timeout_s: float = 180) -> None:
     raise RuntimeError("service did not become ready")
 
 
-def api_key(env: dict[str, str], owner: str = "bench") -> str:
+def api_key(env: dict[str, str], owner: str = "bench", root: Path = ROOT) -> str:
     """Create an API key with ``python -m api.keys`` (its last output line is the key)."""
     out = subprocess.run(
         [sys.executable, "-m", "api.keys", "create", owner],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+        cwd=root, env=env, check=True, capture_output=True, text=True,
     )  # fmt: skip
     return out.stdout.strip().splitlines()[-1]
 
@@ -114,13 +119,15 @@ def service(
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
     limits: bool = True,
+    root: Path = ROOT,
 ) -> Iterator[Service]:
     """Start migrate + ``workers`` worker processes + gunicorn on a temp SQLite file.
 
     ``limits`` lifts the rate limits and the per-owner cap (benchmarks of the
     machinery); ``limits=False`` keeps every access setting at its default
-    (bench/paths.py, what a user of ``make run`` gets). Yields the running
-    service; everything is stopped and removed afterwards.
+    (bench/paths.py, what a user of ``make run`` gets). ``root``: the source
+    tree to run (bench/ab.py). Yields the running service; everything is
+    stopped and removed afterwards.
     """
     holder = tempfile.TemporaryDirectory(prefix="bench-e2e-")
     tmp = Path(holder.name)
@@ -139,20 +146,22 @@ def service(
         **(extra_env or {}),
     }
     subprocess.run(
-        [sys.executable, "-m", "db.migrate"], cwd=ROOT, env=env, check=True, capture_output=True
+        [sys.executable, "-m", "db.migrate"], cwd=root, env=env, check=True, capture_output=True
     )
     procs = [
-        spawn([sys.executable, "-m", "worker", "--name", f"cpu{i}"], env, tmp / f"worker{i}.log")
+        spawn(
+            [sys.executable, "-m", "worker", "--name", f"cpu{i}"], env, tmp / f"worker{i}.log", root
+        )
         for i in range(workers)
     ]
     gunicorn = [sys.executable, "-m", "gunicorn", "-c", "python:api.gunicorn_conf", "api.wsgi:app"]
-    procs.append(spawn(gunicorn, env, tmp / "api.log"))
+    procs.append(spawn(gunicorn, env, tmp / "api.log", root))
     try:
         base = f"http://127.0.0.1:{port}"
         _wait_ready(base)
         http = requests.Session()
-        http.headers["Authorization"] = f"Bearer {api_key(env)}"
-        yield Service(base, http, tmp, procs[:workers], procs[-1])
+        http.headers["Authorization"] = f"Bearer {api_key(env, root=root)}"
+        yield Service(base, http, tmp, procs[:workers], procs[-1], root)
     finally:
         for p in procs:
             stop(p)

@@ -42,7 +42,7 @@ from pathlib import Path
 import requests
 
 from bench.burst import burst, pipelined_client
-from bench.e2e import ROOT, Service, api_key, service, spawn, stop, time_one
+from bench.e2e import Service, api_key, service, spawn, stop, time_one
 from bench.throughput import make_zip, pick_slices
 from config import Settings, get_settings
 
@@ -72,12 +72,12 @@ def cli_folder(svc: Service, env: dict[str, str], files: list[Path], round_no: i
         folder.mkdir()
         for f in files:
             shutil.copy(f, folder / f.name)
-        key = api_key(env, owner=f"bench-cli-{round_no}-{os.getpid()}")
+        key = api_key(env, owner=f"bench-cli-{round_no}-{os.getpid()}", root=svc.root)
         cli_env = {**os.environ, "LUNGCT_URL": svc.base, "LUNGCT_API_KEY": key}
         argv = [sys.executable, "-m", "client.cli", "submit", str(folder), "--wait"]
         argv += ["--out", str(Path(tmp) / "results.csv"), "-q"]
         start = time.perf_counter()
-        run = subprocess.run(argv, cwd=ROOT, env=cli_env, capture_output=True, text=True)
+        run = subprocess.run(argv, cwd=svc.root, env=cli_env, capture_output=True, text=True)
         elapsed = time.perf_counter() - start
         if run.returncode != 0:
             raise RuntimeError(f"lungct failed: {run.stderr[-2000:]}")
