@@ -100,7 +100,7 @@ def bare_forward(files: list[Path], model: str, settings: Settings) -> Callable[
     from models.preprocessing import preprocess
     from worker.inference import batch_size, get_predictor
 
-    predictor = get_predictor(model, settings.models_dirs)
+    predictor = get_predictor(model, settings.models_dirs, settings.serving_runtime)
     batch = batch_size(predictor, settings.inference_batch_size)
     tensors = np.stack([preprocess(load_gray(f), predictor.card.input) for f in files])
     predictor.predict(tensors[:batch])  # trace once

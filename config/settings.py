@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # "auto": each worker process times a few batch sizes on its own device when it
     # loads a model and keeps the fastest (worker/inference.py batch_size)
     inference_batch_size: PositiveInt | Literal["auto"] = "auto"
+    # The worker's forward pass: "auto" runs it on ONNX Runtime where TensorFlow sees
+    # no GPU, "onnx" always, "keras" never (models/onnx_runtime.py); the model is
+    # converted when a worker loads it and checked against Keras, which it falls back to
+    serving_runtime: Literal["auto", "onnx", "keras"] = "auto"
     decode_threads: PositiveInt = 2
     # DICOM display window (HU) that reproduces how the IQ-OTH/NCCD training
     # JPEGs were exported; measured in ingest/README.md ("Windowing").

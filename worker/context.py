@@ -32,6 +32,6 @@ def worker_context(app: Celery) -> Context:
             publish_job(app, job_id)
 
     def predictor(name: str) -> Predictor:
-        return get_predictor(name, settings.models_dirs)
+        return get_predictor(name, settings.models_dirs, settings.serving_runtime)
 
     return Context(settings, open_storage(settings), predictor, republish)

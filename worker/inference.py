@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from config import Settings
+from models import onnx_runtime
 from models.calibration import apply_temperature
+from models.onnx_runtime import Runner
 from models.ood import OODDetector
 from models.registry import ModelCard, Registry
 from worker.metrics import MODEL_LOAD_SECONDS
@@ -61,18 +63,28 @@ class Predictor:
     forward: Any = None  # the model with feature outputs when ``ood`` is set
     ood: OODDetector | None = None
     temperature: float = 1.0
+    run: Runner | None = None  # ``forward`` on ONNX Runtime (models/onnx_runtime.py), if used
     _gradcam: Any = field(default=None, repr=False)
     tuned_batch: int | None = None  # INFERENCE_BATCH_SIZE=auto: the size timed fastest
     _tuning: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def load(cls, card: ModelCard) -> Predictor:
+    def load(cls, card: ModelCard, runtime: str = "auto") -> Predictor:
         """Load the model, its OOD detector and temperature as the card describes them.
 
         The worker runs a copy with batch-norm folded into the convolutions
         (models/folding.py): the same outputs, feature vectors and Grad-CAM maps
-        to float rounding (1e-6), about 1.2x faster on a CPU.
+        to float rounding (1e-6), about 1.2x faster on a CPU. ``runtime``
+        (``SERVING_RUNTIME``) may move its forward pass onto ONNX Runtime
+        (models/onnx_runtime.py): the same outputs to 1e-4, checked at load.
         """
+        predictor = cls._keras(card)
+        if onnx_runtime.wanted(runtime):
+            predictor.run = onnx_runtime.onnx_runner(predictor.forward, card.input.shape)
+        return predictor
+
+    @classmethod
+    def _keras(cls, card: ModelCard) -> Predictor:
         from models.folding import fold_batchnorm
         from models.serving import load_model, with_features
 
@@ -102,11 +114,15 @@ class Predictor:
 
     def predict(self, batch: np.ndarray) -> BatchPrediction:
         """Calibrated probabilities and OOD scores for a float32 batch (n, h, w, c)."""
-        out = (self.forward or self.model).predict_on_batch(batch)
+        if self.run is not None:
+            outputs = self.run(batch)
+        else:
+            out = (self.forward or self.model).predict_on_batch(batch)
+            outputs = list(out) if isinstance(out, list | tuple) else [out]
         if self.ood is None:
-            probs = np.asarray(out, dtype=np.float32)
+            probs = np.asarray(outputs[0], dtype=np.float32)
             return BatchPrediction(apply_temperature(probs, self.temperature))
-        probs, *features = (np.asarray(o) for o in out)
+        probs, *features = (np.asarray(o) for o in outputs)
         scores, flags = self.ood.score(features, batch)
         return BatchPrediction(apply_temperature(probs, self.temperature), scores, flags)
 
@@ -122,11 +138,12 @@ def _enable_gpu_memory_growth() -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def get_predictor(name: str, models_dirs: Sequence[Path]) -> Predictor:
+def get_predictor(name: str, models_dirs: Sequence[Path], runtime: str = "auto") -> Predictor:
     """The cached predictor for model ``name``, loading it on first use.
 
     ``models_dirs``: where to look for its card, the caller's ``MODELS_DIRS``
-    (the worker passes its settings'), so this module reads no settings itself.
+    (the worker passes its settings'), so this module reads no settings itself;
+    ``runtime``: its ``SERVING_RUNTIME`` (:meth:`Predictor.load`).
     """
     with _lock:
         if name not in _cache:
@@ -134,7 +151,7 @@ def get_predictor(name: str, models_dirs: Sequence[Path]) -> Predictor:
             card = Registry(models_dirs).get(name)
             log.info("loading model %s %s from %s", card.name, card.version, card.path)
             started = time.perf_counter()
-            _cache[name] = Predictor.load(card)
+            _cache[name] = Predictor.load(card, runtime)
             MODEL_LOAD_SECONDS.labels(name).set(time.perf_counter() - started)
         return _cache[name]
 
@@ -188,7 +205,7 @@ def warm_up(name: str, settings: Settings) -> None:
     the batch dimension: a study's shorter last batch, or another number of
     top slices, does not trigger a new trace (about a second) in a job.
     """
-    predictor = get_predictor(name, settings.models_dirs)
+    predictor = get_predictor(name, settings.models_dirs, settings.serving_runtime)
     spec = predictor.card.input
     for n in (batch_size(predictor, settings.inference_batch_size), 1):
         predictor.predict(np.zeros((n, spec.height, spec.width, spec.channels), np.float32))

@@ -1,0 +1,90 @@
+"""The worker's forward pass on ONNX Runtime (models/onnx_runtime.py): same outputs, or Keras."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+keras = pytest.importorskip("keras")
+pytest.importorskip("onnxruntime")
+
+from models import onnx_runtime  # noqa: E402
+from models.architectures import build_model  # noqa: E402
+from models.folding import fold_batchnorm  # noqa: E402
+from models.serving import with_features  # noqa: E402
+
+SHAPE = (32, 32, 1)
+
+
+def _model() -> keras.Model:
+    """cnn6 as the worker serves it: batch-norm folded, with its OOD feature outputs."""
+    return with_features(fold_batchnorm(build_model("cnn6", SHAPE, 3)))
+
+
+def test_runtime_choice() -> None:
+    assert not onnx_runtime.wanted("keras")
+    assert onnx_runtime.wanted("onnx")
+    # this test host has no GPU: auto takes ONNX Runtime
+    assert onnx_runtime.wanted("auto") == (keras.backend.backend() == "tensorflow")
+
+
+def test_every_output_matches_keras() -> None:
+    model = _model()
+    run = onnx_runtime.onnx_runner(model, SHAPE)
+    assert run is not None
+    x = np.random.default_rng(3).random((5, *SHAPE), dtype=np.float32)
+    got = run(x)
+    expected = model.predict_on_batch(x)
+    assert len(got) == len(expected) == len(model.outputs) > 1
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+    assert run(x[:1])[0].shape == (1, 3)  # any batch size, one session
+
+
+def test_a_model_that_does_not_convert_is_served_by_keras(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(_model: object) -> bytes:
+        raise ValueError("unsupported op")
+
+    monkeypatch.setattr(onnx_runtime, "_exported", refuse)
+    with caplog.at_level(logging.WARNING, logger="models.onnx_runtime"):
+        assert onnx_runtime.onnx_runner(_model(), SHAPE) is None
+    assert "ONNX Runtime not used (ValueError: unsupported op)" in caplog.text
+
+
+def test_a_conversion_that_differs_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(onnx_runtime, "TOLERANCE", 0.0)
+    model = _model()
+    with caplog.at_level(logging.WARNING, logger="models.onnx_runtime"):
+        run = onnx_runtime.onnx_runner(model, SHAPE)
+    differs = "differs from Keras" in caplog.text
+    # float rounding differs between the runtimes; if it happened to be exact, it is used
+    assert (run is None) == differs
+
+
+def test_predictor_gives_the_same_answers_on_either_runtime() -> None:
+    """The worker's Predictor (probabilities, calibration, OOD scores and flags) on the
+    shipped model: ONNX Runtime against Keras on real-looking batches."""
+    from config import get_settings
+    from models.registry import Registry
+    from worker.inference import Predictor
+
+    card = Registry(get_settings().models_dirs).get(get_settings().default_model)
+    on_keras = Predictor.load(card, "keras")
+    on_onnx = Predictor.load(card, "onnx")
+    assert on_keras.run is None and on_onnx.run is not None
+    x = np.random.default_rng(4).random((8, *card.input.shape), dtype=np.float32)
+    a, b = on_keras.predict(x), on_onnx.predict(x)
+    np.testing.assert_allclose(b.probabilities, a.probabilities, atol=1e-5)
+    if a.ood_score is not None:
+        np.testing.assert_allclose(b.ood_score, a.ood_score, rtol=1e-3)
+        assert b.out_of_distribution is not None
+    assert (b.probabilities.argmax(1) == a.probabilities.argmax(1)).all()
