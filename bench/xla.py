@@ -1,4 +1,4 @@
-"""XLA compilation, mixed precision and batch-norm folding for the forward pass, side by side.
+"""XLA, mixed precision, batch-norm folding and ONNX Runtime for the forward pass, side by side.
 
 Usage: ``python -m bench.xla [--model NAME] [--batch 64] [--rounds 15]``
 
@@ -7,7 +7,8 @@ model's ``predict_on_batch``; the copy the worker runs, with batch-norm folded
 into the convolutions (models/folding.py); that copy called inside
 ``tf.function(jit_compile=True)`` (TensorFlow only: under ``KERAS_BACKEND=jax``
 every call is XLA-compiled already, so there is no "XLA off" to compare); and
-the folded copy with its layers computing in ``mixed_bfloat16``. Prints
+the folded copy with its layers computing in ``mixed_bfloat16``; and the folded
+copy on ONNX Runtime (models/onnx_runtime.py, what a CPU worker runs). Prints
 images/s (median), the speed against the saved model, and the largest
 difference in the output probabilities, so a faster variant that changes
 answers is visible.
@@ -41,13 +42,18 @@ def variants(model) -> dict[str, Callable[[np.ndarray], np.ndarray]]:  # type: i
     mixed.set_weights(folded.get_weights())
     fns = {
         "as saved": lambda x: np.asarray(model.predict_on_batch(x)),
-        "folded (the worker's)": lambda x: np.asarray(folded.predict_on_batch(x)),
+        "folded (Keras)": lambda x: np.asarray(folded.predict_on_batch(x)),
     }
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
+        from models.onnx_runtime import onnx_runner
+
         compiled = tf.function(lambda t: folded(t, training=False), jit_compile=True)
         fns["folded + XLA jit_compile"] = lambda x: compiled(tf.constant(x)).numpy()
+        run = onnx_runner(folded, tuple(model.input_shape[1:]))
+        if run is not None:  # the worker's on a CPU host (SERVING_RUNTIME=auto)
+            fns["folded on ONNX Runtime"] = lambda x: run(x)[0]
     fns["folded + mixed_bfloat16"] = lambda x: np.asarray(
         mixed.predict_on_batch(x), dtype=np.float32
     )
