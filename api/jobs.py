@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, TypeVar, cast
 
 import numpy as np
@@ -266,7 +267,9 @@ def stored_job(
     The check reads the temporary file werkzeug spooled the request body to,
     so a rejected upload is never stored (README, Architecture, storage/).
     """
-    kind = _inspect(job_id, upload)
+    with readable_path(cast(BinaryIO, upload.stream)) as path:
+        kind = _inspect(job_id, path, upload.filename or "")
+        input_name = upload_input_name(path, upload.filename or "", context.settings())
     stored = context.storage().save(job_id, upload.filename or "", upload.stream)
     return Job(
         id=job_id,
@@ -278,28 +281,21 @@ def stored_job(
         model_version=card.version,
         upload_key=stored.key,
         upload_bytes=stored.size,
-        input_name=_input_name(upload),  # JOB LIST HOOK (issue 20): the list's input name
+        input_name=input_name,  # JOB LIST HOOK (issue 20): the list's input name
         status=JobStatus.QUEUED,
         warnings=[],
     )
 
 
-def _input_name(upload: FileStorage) -> str | None:
-    """The upload's name as the privacy rules allow it to be stored (ingest.privacy.input_name)."""
-    with readable_path(cast(BinaryIO, upload.stream)) as path:
-        return upload_input_name(path, upload.filename or "", context.settings())
-
-
-def _inspect(job_id: str, upload: FileStorage) -> str:
+def _inspect(job_id: str, path: Path, filename: str) -> str:
     """The job kind of an upload, or 400 with the reason."""
-    with readable_path(upload.stream) as path:
-        try:
-            return inspect_upload(path, upload.filename or "", context.settings().limits)
-        except InvalidUpload as exc:
-            abort(400, str(exc))
-        except Exception as exc:  # a decoder choking on crafted input is still bad input
-            log.warning("upload for job %s unreadable: %s", job_id, type(exc).__name__)
-            abort(400, f"the upload could not be read ({type(exc).__name__})")
+    try:
+        return inspect_upload(path, filename, context.settings().limits)
+    except InvalidUpload as exc:
+        abort(400, str(exc))
+    except Exception as exc:  # a decoder choking on crafted input is still bad input
+        log.warning("upload for job %s unreadable: %s", job_id, type(exc).__name__)
+        abort(400, f"the upload could not be read ({type(exc).__name__})")
 
 
 def _check_active_cap(s: Session, owner: str, kind: str) -> None:

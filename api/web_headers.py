@@ -15,8 +15,6 @@ from __future__ import annotations
 from apiflask import APIFlask
 from flask import Response, request
 
-from api.upload_files import ServiceRequest
-
 STRICT_CSP = (
     "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
@@ -26,10 +24,7 @@ DOCS_PATH = "/docs"
 
 
 class ServiceApp(APIFlask):
-    """APIFlask whose automatic ``OPTIONS`` answer is 204 with ``Allow``, not an empty HTML page,
-    and whose requests keep small uploads in memory (api/upload_files.py)."""
-
-    request_class = ServiceRequest
+    """APIFlask whose automatic ``OPTIONS`` answer is 204 with ``Allow``, not an empty HTML page."""
 
     def make_default_options_response(self) -> Response:
         response = super().make_default_options_response()

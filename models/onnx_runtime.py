@@ -14,6 +14,8 @@ The converted model is checked against Keras on one random batch, every output
 :data:`TOLERANCE`, or anything fails on the way, the worker logs a warning and
 runs Keras. Training, the card's metrics and Grad-CAM always use Keras.
 
+ONNX Runtime's telemetry is switched off (``ORT_DISABLE_TELEMETRY``, below).
+
 ``SERVING_RUNTIME`` chooses: ``auto`` (ONNX Runtime on hosts where TensorFlow
 sees no GPU, since the CPU build of ONNX Runtime would take a GPU host's work
 off its GPU), ``onnx`` (always, where it converts) or ``keras``.
@@ -21,7 +23,10 @@ off its GPU), ``onnx`` (always, where it converts) or ``keras``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -31,6 +36,12 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+# ONNX Runtime's builds carry Microsoft's 1DS telemetry (events to
+# mobile.events.data.microsoft.com, a session file in the temporary folder). A
+# service that handles patient studies sends nothing it was not asked to: off,
+# before onnxruntime is first imported (it reads this when it loads).
+os.environ["ORT_DISABLE_TELEMETRY"] = "1"
 
 TOLERANCE = 1e-4
 """Largest difference from Keras, on any output, that the converted model may show."""
@@ -83,12 +94,40 @@ def _exported(model: Any) -> bytes:
     Keras's tf2onnx shim asks ``hasattr(np, "object")``, which NumPy 2 answers with a
     FutureWarning that says nothing about this model: it is silenced for the export.
     """
-    with tempfile.TemporaryDirectory(prefix="lungct-onnx-") as tmp, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "In the future `np.object`", FutureWarning)
-        logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO: opset, optimizer
-        path = Path(tmp) / "model.onnx"
-        model.export(str(path), format="onnx", verbose=False)
-        return path.read_bytes()
+    converted = _autograph_modules()
+    try:
+        with tempfile.TemporaryDirectory(prefix="lungct-onnx-") as tmp, warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "In the future `np.object`", FutureWarning)
+            logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO: opset, optimizer
+            path = Path(tmp) / "model.onnx"
+            model.export(str(path), format="onnx", verbose=False)
+            return path.read_bytes()
+    finally:
+        _drop_sources(_autograph_modules() - converted)
+
+
+AUTOGRAPH_PREFIX = "__autograph_generated_file"
+
+
+def _autograph_modules() -> set[str]:
+    return {name for name in sys.modules if name.startswith(AUTOGRAPH_PREFIX)}
+
+
+def _drop_sources(names: set[str]) -> None:
+    """Delete the source files TensorFlow's autograph wrote for the export's trace.
+
+    autograph writes every function it converts to a ``.py`` file in the
+    temporary folder and loads it as a module, and deletes the file only when
+    the process exits: a worker would keep one in its temporary folder for as
+    long as it lives (the S3 tests check that a worker leaves nothing on its
+    disk). A module in ``sys.modules`` has been executed already, so its file
+    is no longer needed.
+    """
+    for name in names:
+        source = getattr(sys.modules.get(name), "__file__", None)
+        if source:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(source)
 
 
 def _options(ort: Any, threads: int) -> Any:

@@ -158,9 +158,7 @@ class S3Storage(Storage):
 
     def delete(self, job_id: str, name: str) -> None:
         if valid_job_id(job_id) and valid_name(name):
-            self.client.delete_object(
-                Bucket=self.bucket, Key=self.object_key(f"{job_id}/{name}")
-            )
+            self.client.delete_object(Bucket=self.bucket, Key=self.object_key(f"{job_id}/{name}"))
 
     def get(self, job_id: str, name: str) -> bytes | None:
         if not (valid_job_id(job_id) and valid_name(name)):

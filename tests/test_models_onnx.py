@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 keras = pytest.importorskip("keras")
-pytest.importorskip("onnxruntime")
 
-from models import onnx_runtime  # noqa: E402
+from models import onnx_runtime  # noqa: E402  (before onnxruntime: it turns telemetry off)
+
+pytest.importorskip("onnxruntime")
 from models.architectures import build_model  # noqa: E402
 from models.folding import fold_batchnorm  # noqa: E402
 from models.serving import with_features  # noqa: E402
@@ -44,6 +47,17 @@ def test_every_output_matches_keras() -> None:
         assert g.shape == e.shape
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
     assert run(x[:1])[0].shape == (1, 3)  # any batch size, one session
+
+
+def test_nothing_is_left_in_the_temporary_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No telemetry session file (ONNX Runtime's is off) and no autograph sources of the
+    export stay behind: a worker's temporary folder holds nothing of a model it loaded."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert onnx_runtime.onnx_runner(_model(), SHAPE) is not None
+    assert os.environ["ORT_DISABLE_TELEMETRY"] == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_a_model_that_does_not_convert_is_served_by_keras(

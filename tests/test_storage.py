@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -184,6 +185,10 @@ def test_readable_path_uses_the_spooled_file(size: int, scratch: Path) -> None:
         spooled.seek(0)
         with readable_path(spooled) as path:  # type: ignore[arg-type]
             assert path.read_bytes() == data
+            if size < 500 * 1024 and sys.platform.startswith("linux"):
+                # a single slice: copied to a file in memory, never written out to disk
+                assert os.readlink(path).startswith("/memfd:lungct-upload")
+                assert not spooled._rolled  # type: ignore[attr-defined]
         assert spooled.read() == data  # still readable from the start for the save
     with readable_path(io.BytesIO(data)) as path:  # no file descriptor: a temporary copy
         assert path.read_bytes() == data
