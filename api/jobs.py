@@ -264,8 +264,9 @@ def stored_job(
 ) -> Job:
     """Check the upload (4xx if it cannot be a slice or study), save it; the job, not committed.
 
-    The check reads the temporary file werkzeug spooled the request body to,
-    so a rejected upload is never stored (README, Architecture, storage/).
+    The check reads the upload where werkzeug put it (its temporary file, or an
+    in-memory copy of a small one: storage ``readable_path``), so a rejected
+    upload is never stored (README, Architecture, storage/).
     """
     with readable_path(cast(BinaryIO, upload.stream)) as path:
         kind = _inspect(job_id, path, upload.filename or "")

@@ -4,7 +4,7 @@ On a CPU host TensorFlow runs this project's small CNNs well below what the
 cores can do: per-op dispatch and its thread pool cost as much as the
 convolutions at batches of 8-64. ONNX Runtime runs the same graph (exported
 by Keras with tf2onnx, batch-norm already folded: models/folding.py) 1.7-2.3x
-faster on the 2-core VM (docs/benchmarks.md, "ONNX Runtime"). Nothing is
+faster on the 2-core VM (docs/models.md, "Serving: ONNX Runtime on a CPU host"). Nothing is
 stored: the model is exported to memory each time a worker process loads it
 (about half a second), so the graph always matches the ``.keras`` file and the
 OOD feature outputs the card asks for.
@@ -64,18 +64,15 @@ def wanted(runtime: str) -> bool:
     return keras.backend.backend() == "tensorflow" and not tf.config.list_physical_devices("GPU")
 
 
-def onnx_runner(model: Any, input_shape: tuple[int, ...], threads: int = 0) -> Runner | None:
+def onnx_runner(model: Any, input_shape: tuple[int, ...]) -> Runner | None:
     """``model`` (Keras, TensorFlow backend) on ONNX Runtime, checked against Keras;
-    None when it cannot be converted, or differs by more than :data:`TOLERANCE`.
-
-    ``threads``: ONNX Runtime's intra-op threads (0: one per physical core).
-    """
+    None when it cannot be converted, or differs by more than :data:`TOLERANCE`."""
     try:
         import onnxruntime as ort
 
         batch = np.random.default_rng(0).random((4, *input_shape), dtype=np.float32)
         expected = _outputs(model, batch)  # also builds the model, which the export needs
-        session = ort.InferenceSession(_exported(model), _options(ort, threads))
+        session = ort.InferenceSession(_exported(model), _options(ort))
         runner = _runner(session)
         diff = _max_difference(expected, runner(batch))
     except Exception as exc:  # an op tf2onnx cannot convert, a missing package, ...
@@ -130,11 +127,11 @@ def _drop_sources(names: set[str]) -> None:
                 os.remove(source)
 
 
-def _options(ort: Any, threads: int) -> Any:
-    """Session options: no spinning between ops, so idle threads leave the cores to the
-    decode threads and the API (the worker shares them)."""
+def _options(ort: Any) -> Any:
+    """Session options: one intra-op thread per physical core (ONNX Runtime's default),
+    not spinning between ops, so idle threads leave the cores to the decode threads and
+    the API (the worker shares them)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 

@@ -148,12 +148,13 @@ def readable_path(stream: IO[bytes]) -> Iterator[Path]:
     Anything else is copied to a :func:`scratch_file`. ``stream`` is left at
     its start either way.
     """
-    fd = None if _in_memory(stream) else _fileno(stream)
+    in_memory = _in_memory(stream)
+    fd = None if in_memory else _fileno(stream)
     if fd is not None and PROC_FD.is_dir():
         stream.flush()
         yield PROC_FD / str(fd)
         return
-    with _memory_file() if _in_memory(stream) else scratch_file() as (f, path):
+    with _memory_file() if in_memory else scratch_file() as (f, path):
         stream.seek(0)
         shutil.copyfileobj(stream, f, COPY_CHUNK)
         f.flush()
