@@ -207,10 +207,23 @@ def png(seed: int, size: int = 32) -> bytes:
     return buf.getvalue()
 
 
-def study(slices: int, seed: int = 0, names: list[str] | None = None) -> bytes:
-    """A zip of ``slices`` PNGs (stored: the PNGs are already compressed)."""
+def slow_png(seed: int, size: int = 512) -> bytes:
+    """A CT-sized grayscale PNG that is small on the wire (a smooth ramp) but costs a
+    real slice's decode and resize: it makes a study last without making it large."""
+    ramp = np.add.outer(np.arange(size), np.arange(size)) + seed
+    buf = io.BytesIO()
+    Image.fromarray((ramp % 256).astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def study(
+    slices: int, seed: int = 0, names: list[str] | None = None, slow: bool = False
+) -> bytes:
+    """A zip of ``slices`` PNGs (stored: the PNGs are already compressed); ``slow``:
+    CT-sized slices (:func:`slow_png`), for a job that must outlast a fault."""
     names = names or [f"study/slice_{i:05d}.png" for i in range(slices)]
-    tiles = [png(seed * 7919 + i % 50) for i in range(min(slices, 50))]
+    make = slow_png if slow else png
+    tiles = [make(seed * 7919 + i % 50) for i in range(min(slices, 50))]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for i, name in enumerate(names):
@@ -649,15 +662,31 @@ def _slices(data: bytes) -> int:
 
 
 def _running_midway(stack: Stack, job_id: str, timeout_s: float = 120) -> Job:
-    """Wait until ``job_id`` runs and has stored a few batches but not all."""
-    return stack.wait_job(job_id, lambda j: j.status == "running" and j.done >= 4, timeout_s)
+    """Wait until ``job_id`` runs and has stored a few batches but not all.
+
+    A job that ends before it is seen mid-way fails the scenario at once, saying
+    so (the host ran it faster than the scenario's sizes allow for), instead of
+    a time-out two minutes later that does not say why.
+    """
+
+    def midway(job: Job) -> bool:
+        if job.status in TERMINAL:
+            raise RuntimeError(
+                f"job {job_id} ended ({job.status}, {job.done} of {job.total} slices) before "
+                "it was seen running mid-way: make the scenario's study longer"
+            )
+        return job.status == "running" and job.done >= 4
+
+    return stack.wait_job(job_id, midway, timeout_s)
 
 
 # --------------------------------------------------------------------------- scenarios
-# Job sizes: at INFERENCE_BATCH_SIZE=2 the tiny model stores about 200-300
-# slices a second on an idle 2-core VM, so LONG lasts a few seconds and can be
-# hit mid-way (a fault is injected as soon as a few batches are stored).
-LONG = 1000
+# Job sizes: at INFERENCE_BATCH_SIZE=2 the tiny model stored about 200-300
+# slices a second on an idle 2-core VM in November 2026, and about 1,300 on the
+# faster host of 2026-12-07 (where 1,000 slices sometimes ended before a scenario
+# saw them mid-way), so LONG lasts a few seconds on either and can be hit mid-way
+# (a fault is injected as soon as a few batches are stored).
+LONG = 3000
 SHORT = 40
 
 
@@ -1351,6 +1380,10 @@ def sigterm_redis_down(cfg: Config, database: str = "sqlite") -> Result:
         return st.finish(res)
 
 
+RESERVED_LONG = 3
+"""Long studies queued in the reserved-dead scenario (4,500 slices each)."""
+
+
 def reserved_by_dead_worker(cfg: Config, database: str = "sqlite") -> Result:
     """11. Redis restarted, then the worker SIGKILLed while it holds a prefetched message.
 
@@ -1367,15 +1400,22 @@ def reserved_by_dead_worker(cfg: Config, database: str = "sqlite") -> Result:
             "reserved-dead", "Redis restarted, then SIGKILL of the worker holding a prefetched job"
         )
         # Outlasts the restart and the reconnect: 2,000 slices took only about 3 s on a
-        # quiet day of the 2-core VM (2026-11-28), so 4,500 (MAX_ARCHIVE_MEMBERS is 5,000).
-        first = _id(st.submit(study(4500, 12)))
-        # a second long one: should the first end before the reconnect (a quick worker),
-        # a job still runs while the next message is reserved
-        _id(st.submit(study(4500, 13)))
+        # quiet day of the 2-core VM (2026-11-28), so 4,500 (MAX_ARCHIVE_MEMBERS is 5,000),
+        # and CT-sized: 4,500 small ones ran in about 3.5 s on the host of 2026-12-07,
+        # sometimes ending while Redis was down, and then no message is left held.
+        first = _id(st.submit(study(4500, 12, slow=True)))
+        # more long ones: should the first end before the reconnect (a quick worker,
+        # 4,500 slices in about 3.5 s on the host of 2026-12-07), a job still runs while
+        # the next message is reserved
+        for i in range(RESERVED_LONG - 1):
+            _id(st.submit(study(4500, 13 + i, slow=True)))
         for i in range(3):
             _id(st.submit(study(SHORT, 20 + i)))
         _running_midway(st, first)
-        st.restart_redis(down_s=1)
+        # down long enough for the worker to notice while Redis is away: if it notices
+        # only once Redis is back, kombu puts its unacked messages back in the queue
+        # and no message is left held (seen under load with 1 s)
+        st.restart_redis(down_s=3)
         redis = Redis.from_url(st.env["REDIS_URL"])
         try:  # the worker reconnects and reserves the next message while `first` runs
             wait_until(lambda: redis.hlen("unacked") >= 2, 60, 0.05, "a prefetched message")
@@ -1392,10 +1432,11 @@ def reserved_by_dead_worker(cfg: Config, database: str = "sqlite") -> Result:
         st.wait_job(first, lambda j: j.status in TERMINAL, JOB_TIMEOUT_S)
         first_s = time.monotonic() - t_clear
         sweep = cfg.profile.seconds("SWEEP_INTERVAL_S", 10)
-        # the second study is as long as the first: on a busy machine (the whole suite
-        # in parallel) its own run outlasts two sweeps, so it is given what the first took
+        # the other studies are as long as the first: on a busy machine (the whole suite
+        # in parallel) their runs outlast two sweeps, so each is given what the first took
+        runs_s = (RESERVED_LONG - 1) * first_s
         try:  # queued since its submit, so the next sweeps should publish it again
-            res.recovery_s = st.wait_all_terminal(2 * sweep + 10 + first_s) - t_clear
+            res.recovery_s = st.wait_all_terminal(2 * sweep + 10 + runs_s) - t_clear
         except TimeoutError:
             stuck = [j for j, job in st.jobs().items() if job.status in ACTIVE]
             res.notes.append(
@@ -1406,7 +1447,9 @@ def reserved_by_dead_worker(cfg: Config, database: str = "sqlite") -> Result:
         res.checks["every job ended within 2 sweeps of the first one (plus its run)"] = all(
             j.status in TERMINAL for j in jobs.values()
         )
-        res.checks["all 5 succeeded"] = all(j.status == "succeeded" for j in jobs.values())
+        res.checks[f"all {RESERVED_LONG + 3} succeeded"] = all(
+            j.status == "succeeded" for j in jobs.values()
+        )
         return st.finish(res)
 
 
