@@ -17,7 +17,8 @@ so), and the seeds' app (bench/seeds_app.py: plain Flask, one
 5. a ``--study``-slice zip, end to end;
 6. the bare batched forward pass over the same ``--study`` slices, in this
    process (the worker's model with its OOD outputs and calibration, batches
-   of INFERENCE_BATCH_SIZE, tensors already decoded).
+   of INFERENCE_BATCH_SIZE, as many passes at once as FORWARD_LANES gives the
+   worker, tensors already decoded).
 
 It prints images/s (medians) with ratios to the seeds' way and to the zip, the
 study against the bare forward pass, and the worker's stage profile of the
@@ -37,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -100,16 +102,20 @@ def bare_forward(files: list[Path], model: str, settings: Settings) -> Callable[
     from models.preprocessing import preprocess
     from worker.inference import batch_size, get_predictor
 
-    predictor = get_predictor(model, settings.models_dirs, settings.serving_runtime)
+    predictor = get_predictor(
+        model, settings.models_dirs, settings.serving_runtime, settings.forward_lanes
+    )
     batch = batch_size(predictor, settings.inference_batch_size)
     tensors = np.stack([preprocess(load_gray(f), predictor.card.input) for f in files])
-    predictor.predict(tensors[:batch])  # trace once
+    chunks = [tensors[i : i + batch] for i in range(0, len(tensors), batch)]
+    predictor.predict(chunks[0])  # trace once
 
-    def timed() -> float:
-        start = time.perf_counter()
-        for i in range(0, len(tensors), batch):
-            predictor.predict(tensors[i : i + batch])
-        return time.perf_counter() - start
+    def timed() -> float:  # as many passes at once as the worker runs (FORWARD_LANES)
+        with ThreadPoolExecutor(max_workers=predictor.lanes) as lanes:
+            start = time.perf_counter()
+            for _ in lanes.map(predictor.predict, chunks):
+                pass
+            return time.perf_counter() - start
 
     return timed
 

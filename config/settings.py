@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     # no GPU, "onnx" always, "keras" never (models/onnx_runtime.py); the model is
     # converted when a worker loads it and checked against Keras, which it falls back to
     serving_runtime: Literal["auto", "onnx", "keras"] = "auto"
+    # Forward passes a worker process runs at once. "auto": on ONNX Runtime one per CPU
+    # this process may use (at most 8), each on one thread: sharing the cores with the
+    # decode threads, whole batches side by side lose less than one batch split over
+    # every core (worker/inference.py forward_lanes); on Keras (a GPU) 1.
+    forward_lanes: PositiveInt | Literal["auto"] = "auto"
     decode_threads: PositiveInt = 2
     # DICOM display window (HU) that reproduces how the IQ-OTH/NCCD training
     # JPEGs were exported; measured in ingest/README.md ("Windowing").

@@ -64,15 +64,20 @@ def wanted(runtime: str) -> bool:
     return keras.backend.backend() == "tensorflow" and not tf.config.list_physical_devices("GPU")
 
 
-def onnx_runner(model: Any, input_shape: tuple[int, ...]) -> Runner | None:
+def onnx_runner(model: Any, input_shape: tuple[int, ...], threads: int = 0) -> Runner | None:
     """``model`` (Keras, TensorFlow backend) on ONNX Runtime, checked against Keras;
-    None when it cannot be converted, or differs by more than :data:`TOLERANCE`."""
+    None when it cannot be converted, or differs by more than :data:`TOLERANCE`.
+
+    ``threads``: the threads of one forward pass (0: ONNX Runtime's default, one per
+    physical core). With 1 the pass runs in the calling thread, and the session
+    serves several callers at once (its ``run`` is thread-safe): the worker's lanes.
+    """
     try:
         import onnxruntime as ort
 
         batch = np.random.default_rng(0).random((4, *input_shape), dtype=np.float32)
         expected = _outputs(model, batch)  # also builds the model, which the export needs
-        session = ort.InferenceSession(_exported(model), _options(ort))
+        session = ort.InferenceSession(_exported(model), _options(ort, threads))
         runner = _runner(session)
         diff = _max_difference(expected, runner(batch))
     except Exception as exc:  # an op tf2onnx cannot convert, a missing package, ...
@@ -127,12 +132,14 @@ def _drop_sources(names: set[str]) -> None:
                 os.remove(source)
 
 
-def _options(ort: Any) -> Any:
-    """Session options: one intra-op thread per physical core (ONNX Runtime's default),
-    not spinning between ops, so idle threads leave the cores to the decode threads and
-    the API (the worker shares them)."""
+def _options(ort: Any, threads: int) -> Any:
+    """Session options: ``threads`` intra-op threads (0: one per physical core, ONNX
+    Runtime's default), not spinning between ops, so idle threads leave the cores to
+    the decode threads and the API (the worker shares them)."""
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
     return options
 
 

@@ -102,3 +102,43 @@ def test_predictor_gives_the_same_answers_on_either_runtime() -> None:
         np.testing.assert_allclose(b.ood_score, a.ood_score, rtol=1e-3)
         assert b.out_of_distribution is not None
     assert (b.probabilities.argmax(1) == a.probabilities.argmax(1)).all()
+
+
+def test_one_thread_lanes_give_the_same_answers_at_once() -> None:
+    """FORWARD_LANES: a one-thread session serves several passes at once (the worker's
+    lanes), each with the answers of the default session run alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from config import get_settings
+    from models.registry import Registry
+    from worker.inference import Predictor, lane_threads
+
+    card = Registry(get_settings().models_dirs).get(get_settings().default_model)
+    alone = Predictor.load(card, "onnx", 1)
+    lanes = Predictor.load(card, "onnx", 3)
+    assert (alone.lanes, lanes.lanes) == (1, 3)
+    assert lane_threads(1) == 0 and lane_threads(3) >= 1
+    rng = np.random.default_rng(5)
+    batches = [rng.random((6, *card.input.shape), dtype=np.float32) for _ in range(6)]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        together = list(pool.map(lanes.predict, batches))
+    for x, got in zip(batches, together, strict=True):
+        want = alone.predict(x)
+        np.testing.assert_allclose(got.probabilities, want.probabilities, atol=1e-6)
+        if want.ood_score is not None:
+            np.testing.assert_allclose(got.ood_score, want.ood_score, rtol=1e-5)
+
+
+def test_lanes_on_keras_stay_one(caplog: pytest.LogCaptureFixture) -> None:
+    """Keras runs one pass at a time: a FORWARD_LANES number is logged as unused."""
+    from config import get_settings
+    from models.registry import Registry
+    from worker.inference import Predictor, forward_lanes, usable_cpus
+
+    assert forward_lanes(3) == 3
+    assert forward_lanes("auto") == min(8, usable_cpus())
+    card = Registry(get_settings().models_dirs).get(get_settings().default_model)
+    with caplog.at_level(logging.INFO, logger="worker.inference"):
+        on_keras = Predictor.load(card, "keras", 4)
+    assert on_keras.lanes == 1
+    assert "FORWARD_LANES=4 unused" in caplog.text

@@ -32,6 +32,8 @@ def worker_context(app: Celery) -> Context:
             publish_job(app, job_id)
 
     def predictor(name: str) -> Predictor:
-        return get_predictor(name, settings.models_dirs, settings.serving_runtime)
+        return get_predictor(
+            name, settings.models_dirs, settings.serving_runtime, settings.forward_lanes
+        )
 
     return Context(settings, open_storage(settings), predictor, republish)

@@ -14,12 +14,18 @@ The batch size is ``INFERENCE_BATCH_SIZE``, or with ``auto`` (the default) the
 fastest of :data:`BATCH_CANDIDATES` on this process's device, timed once per
 model when it is warmed up: on a 2-core CPU 16 slices a batch ran about 1.5x
 faster than 64 (cache sizes), while a GPU wants large batches.
+
+On ONNX Runtime the worker runs ``FORWARD_LANES`` forward passes at once (see
+:func:`forward_lanes`), each on its own share of the cores, instead of one pass
+split over all of them: the decode threads share those cores, and a pass split
+over every core waits for its slowest part whenever a decode thread holds one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +47,8 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _cache: dict[str, Predictor] = {}
 BATCH_CANDIDATES = (8, 16, 32, 64, 128)
+MAX_AUTO_LANES = 8
+"""``FORWARD_LANES=auto`` on ONNX Runtime: one lane per usable CPU, at most this many."""
 TUNE_IMAGES = 64
 """Images timed per candidate batch size (twice, the faster run counts)."""
 
@@ -64,23 +72,32 @@ class Predictor:
     ood: OODDetector | None = None
     temperature: float = 1.0
     run: Runner | None = None  # ``forward`` on ONNX Runtime (models/onnx_runtime.py), if used
+    lanes: int = 1  # forward passes run at once (FORWARD_LANES): ``run`` is thread-safe
     _gradcam: Any = field(default=None, repr=False)
     tuned_batch: int | None = None  # INFERENCE_BATCH_SIZE=auto: the size timed fastest
     _tuning: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def load(cls, card: ModelCard, runtime: str = "auto") -> Predictor:
+    def load(cls, card: ModelCard, runtime: str = "auto", lanes: int | str = 1) -> Predictor:
         """Load the model, its OOD detector and temperature as the card describes them.
 
         The worker runs a copy with batch-norm folded into the convolutions
         (models/folding.py): the same outputs, feature vectors and Grad-CAM maps
         to float rounding (1e-6), about 1.2x faster on a CPU. ``runtime``
         (``SERVING_RUNTIME``) may move its forward pass onto ONNX Runtime
-        (models/onnx_runtime.py): the same outputs to 1e-4, checked at load.
+        (models/onnx_runtime.py): the same outputs to 1e-4, checked at load;
+        ``lanes`` (``FORWARD_LANES``) then sets how many passes run at once.
         """
         predictor = cls._keras(card)
         if onnx_runtime.wanted(runtime):
-            predictor.run = onnx_runtime.onnx_runner(predictor.forward, card.input.shape)
+            count = forward_lanes(lanes)
+            predictor.run = onnx_runtime.onnx_runner(
+                predictor.forward, card.input.shape, lane_threads(count)
+            )
+            if predictor.run is not None:
+                predictor.lanes = count
+        if predictor.run is None and lanes not in ("auto", 1):
+            log.info("model %s: FORWARD_LANES=%s unused: Keras runs one pass", card.name, lanes)
         return predictor
 
     @classmethod
@@ -138,12 +155,42 @@ def _enable_gpu_memory_growth() -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
 
 
-def get_predictor(name: str, models_dirs: Sequence[Path], runtime: str = "auto") -> Predictor:
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a pinned container sees its own)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def forward_lanes(setting: int | str) -> int:
+    """Forward passes at once on ONNX Runtime: ``FORWARD_LANES``, or for ``auto`` one
+    per usable CPU, at most :data:`MAX_AUTO_LANES`.
+
+    ``python -m bench.lanes`` measures it (docs/benchmarks.md): on a 2-core VM,
+    with 1,000 JPEG slices decoded on 2 threads beside the model, two one-thread
+    passes side by side ran about 1.15x the slices/s of one pass on both cores.
+    """
+    if setting != "auto":
+        return int(setting)
+    return max(1, min(MAX_AUTO_LANES, usable_cpus()))
+
+
+def lane_threads(lanes: int) -> int:
+    """Threads for each of ``lanes`` passes: the usable CPUs shared out, or 0 (ONNX
+    Runtime's default, every physical core) for a single lane."""
+    return 0 if lanes <= 1 else max(1, usable_cpus() // lanes)
+
+
+def get_predictor(
+    name: str, models_dirs: Sequence[Path], runtime: str = "auto", lanes: int | str = 1
+) -> Predictor:
     """The cached predictor for model ``name``, loading it on first use.
 
     ``models_dirs``: where to look for its card, the caller's ``MODELS_DIRS``
     (the worker passes its settings'), so this module reads no settings itself;
-    ``runtime``: its ``SERVING_RUNTIME`` (:meth:`Predictor.load`).
+    ``runtime`` and ``lanes``: its ``SERVING_RUNTIME`` and ``FORWARD_LANES``
+    (:meth:`Predictor.load`; the first load decides).
     """
     with _lock:
         if name not in _cache:
@@ -151,7 +198,7 @@ def get_predictor(name: str, models_dirs: Sequence[Path], runtime: str = "auto")
             card = Registry(models_dirs).get(name)
             log.info("loading model %s %s from %s", card.name, card.version, card.path)
             started = time.perf_counter()
-            _cache[name] = Predictor.load(card, runtime)
+            _cache[name] = Predictor.load(card, runtime, lanes)
             MODEL_LOAD_SECONDS.labels(name).set(time.perf_counter() - started)
         return _cache[name]
 
@@ -205,7 +252,9 @@ def warm_up(name: str, settings: Settings) -> None:
     the batch dimension: a study's shorter last batch, or another number of
     top slices, does not trigger a new trace (about a second) in a job.
     """
-    predictor = get_predictor(name, settings.models_dirs, settings.serving_runtime)
+    predictor = get_predictor(
+        name, settings.models_dirs, settings.serving_runtime, settings.forward_lanes
+    )
     spec = predictor.card.input
     for n in (batch_size(predictor, settings.inference_batch_size), 1):
         predictor.predict(np.zeros((n, spec.height, spec.width, spec.channels), np.float32))

@@ -33,7 +33,8 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -242,13 +243,9 @@ def _predict_and_store(
         pending: Future[None] | None = None
         unsaved: list[Decoded] = []  # predicted while the previous write was in flight
         unsaved_rows: list[SliceResult] = []
-        decoded = _decode_ahead(todo, predictor, ctx, 2 * size)
-        for batch in _batches(decoded, size):
-            started = time.perf_counter()
-            rows = _predict(batch, predictor)
-            failed = sum(1 for d in batch if d.tensor is None)
-            metrics.observe_batch(len(batch), failed, time.perf_counter() - started)
-            ctx.stages.add("forward", started)
+        decoded = _decode_ahead(todo, predictor, ctx, (predictor.lanes + 1) * size)
+        predicted = _predicted(_batches(decoded, size), predictor, ctx)
+        for batch, rows in predicted:
             for d, row in zip(batch, rows, strict=True):
                 by_id[d.job_id].rows.append(row)
                 by_id[d.job_id].left -= 1
@@ -259,11 +256,45 @@ def _predict_and_store(
                 pending = writer.submit(_store_batch, ctx, unsaved, unsaved_rows, by_id, beat)
                 unsaved, unsaved_rows = [], []
             if (stop := beat.stop_reason()) is not None:
+                predicted.close()  # lets the passes in flight end; their slices stay to do
                 break
         _wait_store(pending, ctx)
         if unsaved:
             _store_batch(ctx, unsaved, unsaved_rows, by_id, beat)
     return stop or beat.stop_reason()
+
+
+def _predicted(
+    batches: Iterator[list[Decoded]], predictor: Predictor, ctx: Context
+) -> Generator[tuple[list[Decoded], list[SliceResult]], None, None]:
+    """Each batch with its rows, in order, from up to ``predictor.lanes`` forward passes
+    at once (FORWARD_LANES, worker/inference.py): the next batches are predicted while
+    the caller hands this one to the writer."""
+    if predictor.lanes <= 1:
+        for batch in batches:
+            yield batch, _timed_predict(batch, predictor, ctx.stages)
+        return
+    with ThreadPoolExecutor(max_workers=predictor.lanes, thread_name_prefix="forward") as pool:
+        in_flight: deque[tuple[list[Decoded], Future[list[SliceResult]]]] = deque()
+        for batch in batches:
+            in_flight.append((batch, pool.submit(_timed_predict, batch, predictor, ctx.stages)))
+            if len(in_flight) >= predictor.lanes:
+                done, rows = in_flight.popleft()
+                yield done, rows.result()
+        while in_flight:
+            done, rows = in_flight.popleft()
+            yield done, rows.result()
+
+
+def _timed_predict(batch: list[Decoded], predictor: Predictor, stages: Stages) -> list[SliceResult]:
+    """:func:`_predict`, counted in the ``forward`` stage and the batch metrics (with
+    several lanes the stage sums their passes, so it can exceed the run's wall time)."""
+    started = time.perf_counter()
+    rows = _predict(batch, predictor)
+    failed = sum(1 for d in batch if d.tensor is None)
+    metrics.observe_batch(len(batch), failed, time.perf_counter() - started)
+    stages.add("forward", started)
+    return rows
 
 
 def _wait_store(pending: Future[None] | None, ctx: Context) -> None:
