@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     study_files = [every[i % len(every)] for i in range(args.study)]
     with tempfile.TemporaryDirectory(prefix="bench-paths-") as tmp:
         small = make_zip(files, Path(tmp) / "slices.zip")
-        big = _numbered_zip(study_files, Path(tmp) / "study.zip")
+        big = numbered_zip(study_files, Path(tmp) / "study.zip")
         port = _port()
         seeds = spawn(
             [sys.executable, "-m", "bench.seeds_app", str(port), args.model],
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _numbered_zip(files: list[Path], out: Path) -> Path:
+def numbered_zip(files: list[Path], out: Path) -> Path:
     """A zip of ``files`` as ``study/<n>_<name>``: a slice may appear more than once."""
     import zipfile
 

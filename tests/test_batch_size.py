@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -75,3 +77,37 @@ def test_the_setting_takes_auto_or_a_number(monkeypatch: pytest.MonkeyPatch, val
     assert Settings().inference_batch_size == (value if value == "auto" else int(value))
     monkeypatch.delenv("INFERENCE_BATCH_SIZE")
     assert Settings().inference_batch_size == "auto"
+
+
+def test_sizes_about_as_fast_keep_the_smallest() -> None:
+    """Within TUNE_TIE of the fastest the smallest size is kept (flat CPU timings pick a
+    small batch that spreads a small job over the lanes); a clear winner still wins."""
+    flat = {8: 2.7e-3, 16: 2.68e-3, 32: 2.66e-3, 64: 2.6e-3, 128: 2.65e-3}
+    gpu = {8: 1e-3, 16: 5e-4, 32: 2.5e-4, 64: 1.3e-4, 128: 7e-5}
+    for per_image, want in ((flat, 8), (gpu, 128)):
+        device = SimulatedDevice()
+        saved = dict(PER_IMAGE_S)
+        PER_IMAGE_S.update(per_image)
+        try:
+            assert tune_batch_size(device.predict, (8, 8, 1), clock=device.clock) == want
+        finally:
+            PER_IMAGE_S.update(saved)
+
+
+def test_lanes_time_their_calls_at_once() -> None:
+    """With lanes, each size is timed with that many calls in flight (at least one each)."""
+    lock = threading.Lock()
+    running = [0]
+    seen: set[int] = set()
+
+    def predict(batch: np.ndarray) -> None:
+        with lock:
+            running[0] += 1
+            seen.add(running[0])
+        time.sleep(0.002)
+        with lock:
+            running[0] -= 1
+
+    chosen = tune_batch_size(predict, (8, 8, 1), candidates=(64, 128), images=64, lanes=2)
+    assert chosen in (64, 128)
+    assert max(seen) == 2
