@@ -26,7 +26,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench.e2e import Service, api_key, service, time_one
-from bench.paths import numbered_zip, cli_folder, four_clients
+from bench.paths import cli_folder, four_clients, numbered_zip
 from bench.throughput import make_zip, pick_slices
 
 PATHS = ("zip", "cli", "burst")
