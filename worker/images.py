@@ -43,6 +43,12 @@ from storage.packs import read_pixels
 log = logging.getLogger(__name__)
 
 
+HEATMAP_PNG_LEVEL = 1
+"""zlib level of a heat map's PNG: a 128x128 map of the shipped model took 4.3 ms at
+Pillow's default (6) and 0.9 ms at 1, for 17.6 instead of 14.7 KB. A study's maps are
+made after its last forward pass, while its client waits for the verdict."""
+
+
 def heatmap_name(slice_index: int) -> str:
     return f"heatmaps/{slice_index}.png"
 
@@ -63,7 +69,7 @@ def heatmap_png(cam: np.ndarray) -> bytes:
     """A heat map (h, w) in [0, 1] as a red RGBA PNG whose opacity is the map.
 
     Laid over the slice image of the same size, it shows where the model looked
-    without hiding the anatomy where it did not.
+    without hiding the anatomy where it did not. zlib level 1 (:data:`HEATMAP_PNG_LEVEL`).
     """
     cam = np.clip(cam, 0.0, 1.0)
     rgba = np.zeros((*cam.shape, 4), dtype=np.uint8)
@@ -71,7 +77,7 @@ def heatmap_png(cam: np.ndarray) -> bytes:
     rgba[..., 1] = np.rint(200 * (1 - cam)).astype(np.uint8)  # red where strong, orange below
     rgba[..., 3] = np.rint(210 * cam).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(rgba, mode="RGBA").save(buf, "PNG")
+    Image.fromarray(rgba, mode="RGBA").save(buf, "PNG", compress_level=HEATMAP_PNG_LEVEL)
     return buf.getvalue()
 
 
