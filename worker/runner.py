@@ -6,15 +6,15 @@ with one slice each. Both go through the same stages:
     plan -> decode (+ viewing copy) -> predict (calibrated, OOD) -> store packs and rows
          -> summarise -> heat maps -> close (db/ending.py)
 
-Decoding runs in a thread pool at most two batches ahead of the model, so
-reading the next slices (and making their viewing copies) overlaps the
-forward pass of the current batch. Slices of several jobs share forward
-passes. A writer thread stores the predicted batches (one slice pack per job
-with the slices' images and viewing copies, storage/packs.py; then rows naming
-their packs, progress and a heartbeat in one transaction) while the next ones are
-predicted; batches predicted during a store are stored together by the next
-one, and at most one write is in flight, so a slow database applies
-back-pressure.
+Decoding runs in a thread pool at most one batch per forward lane (plus one) ahead
+of the model, so reading the next slices (and making their viewing copies) overlaps
+the forward passes of the current ones; on ONNX Runtime ``FORWARD_LANES`` passes run
+at once (worker/inference.py), taken in order. Slices of several jobs share forward
+passes. A writer thread stores the predicted batches (one slice pack per job with
+the slices' images and viewing copies, storage/packs.py; then rows naming their
+packs, progress and a heartbeat in one transaction) while the next ones are
+predicted; batches predicted during a store are stored together by the next one, and
+at most one write is in flight, so a slow database applies back-pressure.
 
 Writes are idempotent (unique job/slice index, insert-or-ignore), so a job
 continued by another worker only fills in what is missing. Heat maps are
@@ -335,7 +335,7 @@ def _load(
 def _decode_ahead(
     todo: list[tuple[str, SliceSource]], predictor: Predictor, ctx: Context, window: int
 ) -> Iterator[Decoded]:
-    """Decode in a thread pool, at most ``window`` slices (two batches) ahead of the consumer."""
+    """Decode in a thread pool, at most ``window`` slices ahead of the consumer."""
     settings = ctx.settings
     with ThreadPoolExecutor(max_workers=max(1, settings.decode_threads)) as pool:
         pending: list[Future[Decoded]] = []
