@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,6 +27,10 @@ class SlowModel:
         self.running = 0
         self.most = 0
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(lanes)
+
+    def lane_pool(self) -> ThreadPoolExecutor:
+        return self._pool
 
     def predict(self, batch: np.ndarray) -> BatchPrediction:
         with self._lock:

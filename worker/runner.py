@@ -35,7 +35,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -274,8 +274,9 @@ def _predicted(
         for batch in batches:
             yield batch, _timed_predict(batch, predictor, ctx.stages)
         return
-    with ThreadPoolExecutor(max_workers=predictor.lanes, thread_name_prefix="forward") as pool:
-        in_flight: deque[tuple[list[Decoded], Future[list[SliceResult]]]] = deque()
+    pool = predictor.lane_pool()
+    in_flight: deque[tuple[list[Decoded], Future[list[SliceResult]]]] = deque()
+    try:
         for batch in batches:
             in_flight.append((batch, pool.submit(_timed_predict, batch, predictor, ctx.stages)))
             if len(in_flight) >= predictor.lanes:
@@ -284,6 +285,8 @@ def _predicted(
         while in_flight:
             done, rows = in_flight.popleft()
             yield done, rows.result()
+    finally:  # closed early (a run that stops): no pass of this run goes on behind it
+        wait([rows for _, rows in in_flight])
 
 
 def _timed_predict(batch: list[Decoded], predictor: Predictor, stages: Stages) -> list[SliceResult]:
