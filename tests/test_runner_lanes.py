@@ -6,7 +6,6 @@ from __future__ import annotations
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,10 +26,6 @@ class SlowModel:
         self.running = 0
         self.most = 0
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(lanes)
-
-    def lane_pool(self) -> ThreadPoolExecutor:
-        return self._pool
 
     def predict(self, batch: np.ndarray) -> BatchPrediction:
         with self._lock:
@@ -78,3 +73,30 @@ def test_closing_early_lets_the_passes_in_flight_end() -> None:
     next(predicted)
     predicted.close()
     assert model.running == 0
+
+
+def test_pools_are_kept_per_run_thread_and_dropped_in_a_forked_child() -> None:
+    """A thread's next run reuses its pools; another thread (the claimer beside Celery's
+    task thread) has its own; a forked child starts without the parent's threads."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker import runner
+
+    mine = runner.kept_pool("decode", 2)
+    assert runner.kept_pool("decode", 2) is mine
+    assert runner.kept_pool("decode", 3) is not mine
+    theirs: list[ThreadPoolExecutor] = []
+    other = threading.Thread(target=lambda: theirs.append(runner.kept_pool("decode", 2)))
+    other.start()
+    other.join()
+    assert theirs[0] is not mine
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a new pool that works
+        fresh = runner.kept_pool("decode", 2)
+        ok = fresh is not mine and fresh.submit(lambda: 7).result(timeout=5) == 7
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1"

@@ -77,7 +77,6 @@ class Predictor:
     _gradcam: Any = field(default=None, repr=False)
     tuned_batch: int | None = None  # INFERENCE_BATCH_SIZE=auto: the size timed fastest
     _tuning: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _lanes: ThreadPoolExecutor | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, card: ModelCard, runtime: str = "auto", lanes: int | str = 1) -> Predictor:
@@ -118,16 +117,6 @@ class Predictor:
             log.warning("model %s: OOD detector does not match the model; OOD off", card.name)
             return cls(card, model, model, None, temperature)
         return cls(card, model, forward, detector, temperature)
-
-    def lane_pool(self) -> ThreadPoolExecutor:
-        """The threads that run this model's forward passes at once (``lanes`` of them),
-        made on first use in the process that predicts (after a fork) and kept: a
-        micro-batch of single images is a run of its own, and starting threads for
-        each one cost the worker CPU a burst needs."""
-        with self._tuning:
-            if self._lanes is None:
-                self._lanes = ThreadPoolExecutor(self.lanes, thread_name_prefix="forward")
-            return self._lanes
 
     def explain(self, batch: np.ndarray, class_index: list[int] | None = None) -> np.ndarray:
         """Grad-CAM heat maps (n, h, w) in [0, 1] (models/gradcam.py); built on first use.
