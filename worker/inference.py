@@ -169,8 +169,8 @@ def forward_lanes(setting: int | str) -> int:
     per usable CPU, at most :data:`MAX_AUTO_LANES`.
 
     ``python -m bench.lanes`` measures it (docs/benchmarks.md): on a 2-core VM,
-    with 1,000 JPEG slices decoded on 2 threads beside the model, two one-thread
-    passes side by side ran about 1.15x the slices/s of one pass on both cores.
+    with 924 JPEG slices decoded on 2 threads beside the model, two one-thread
+    passes side by side ran 1.09x the slices/s of one pass on both cores.
     """
     if setting != "auto":
         return int(setting)
