@@ -19,7 +19,7 @@ from limits.strategies import FixedWindowRateLimiter
 from redis import Redis, RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api import context, rate_storage
+from api import context
 from api.auth import bearer_token, hash_key
 from api.body_guard import BodyGuard
 from api.docs import docs_config
@@ -119,7 +119,7 @@ def _limiter(app: APIFlask, settings: Settings) -> Limiter:
         rate_limit_key,
         default_limits=[settings.rate_limit_read],
         default_limits_exempt_when=lambda: not request.path.startswith("/api/"),
-        storage_uri=rate_storage.storage_uri(settings.redis_url),
+        storage_uri=settings.redis_url,
         # a limit is best effort (swallow_errors): a Redis that does not answer
         # must cost a request a fraction of a second, not BROKER_TIMEOUT_S
         storage_options=redis_options,
@@ -168,27 +168,21 @@ def _window(limiter: Limiter, current: RequestLimit) -> tuple[int, int] | None:
     """What is left of the request's limit and when its window resets (epoch seconds).
 
     Flask-Limiter reads the fixed window's counter with a GET and then a TTL, two
-    round trips to Redis after the one that counted the request. The request's own
-    count and TTL come from that count (api/rate_storage.py); a limit not counted by
-    this request (exempt methods) is read in one pipeline, with the same arithmetic as
-    Flask-Limiter's ``RequestLimit.reset_at`` and ``.remaining``. Another strategy or
-    storage is asked the usual way.
+    round trips to Redis after the one that counted the request; here they go in
+    one pipeline, with the same arithmetic as its ``RequestLimit.reset_at`` and
+    ``.remaining``. Another strategy or storage is asked the usual way.
     """
     storage, strategy = limiter.storage, limiter.limiter
     if not (isinstance(storage, RedisStorage) and isinstance(strategy, FixedWindowRateLimiter)):
         return current.remaining, current.reset_at
     key = storage.prefixed_key(current.key)
-    seen = rate_storage.counted(key)
-    if seen is not None:
-        count, ttl = seen
-    else:
-        pipe = cast(Redis, storage.get_connection(True)).pipeline(transaction=False)
-        pipe.get(key)
-        pipe.ttl(key)
-        try:
-            count, ttl = pipe.execute()
-        except RedisError:
-            return None
+    pipe = cast(Redis, storage.get_connection(True)).pipeline(transaction=False)
+    pipe.get(key)
+    pipe.ttl(key)
+    try:
+        count, ttl = pipe.execute()
+    except RedisError:
+        return None
     return max(0, current.limit.amount - int(count or 0)), int(max(ttl, 0) + time.time() + 1)
 
 
