@@ -39,14 +39,20 @@ from worker.inference import Predictor, batch_size
 MAX_PIXELS = 50_000_000
 
 
-def bare(predictor: Predictor, tensors: np.ndarray, size: int) -> float:
-    """Slices/s of the passes alone over already decoded tensors."""
-    chunks = [tensors[i : i + size] for i in range(0, len(tensors), size)]
+def bare_seconds(predictor: Predictor, chunks: list[np.ndarray]) -> float:
+    """Seconds for the passes alone over already decoded batches, ``predictor.lanes``
+    at once as the worker runs them (bench.paths times its bare pass with this too)."""
     with ThreadPoolExecutor(max_workers=predictor.lanes) as lanes:
         start = time.perf_counter()
         for _ in lanes.map(predictor.predict, chunks):
             pass
-        return len(tensors) / (time.perf_counter() - start)
+        return time.perf_counter() - start
+
+
+def bare(predictor: Predictor, tensors: np.ndarray, size: int) -> float:
+    """Slices/s of the passes alone over already decoded tensors."""
+    chunks = [tensors[i : i + size] for i in range(0, len(tensors), size)]
+    return len(tensors) / bare_seconds(predictor, chunks)
 
 
 def pipeline(predictor: Predictor, blobs: list[bytes], size: int, threads: int) -> float:

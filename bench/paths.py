@@ -38,7 +38,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -98,6 +97,7 @@ def bare_forward(files: list[Path], model: str, settings: Settings) -> Callable[
     """A timer of the worker's forward passes over ``files``, decoded once beforehand."""
     import numpy as np
 
+    from bench.lanes import bare_seconds
     from models.data import load_gray
     from models.preprocessing import preprocess
     from worker.inference import batch_size, get_predictor
@@ -110,14 +110,7 @@ def bare_forward(files: list[Path], model: str, settings: Settings) -> Callable[
     chunks = [tensors[i : i + batch] for i in range(0, len(tensors), batch)]
     predictor.predict(chunks[0])  # trace once
 
-    def timed() -> float:  # as many passes at once as the worker runs (FORWARD_LANES)
-        with ThreadPoolExecutor(max_workers=predictor.lanes) as lanes:
-            start = time.perf_counter()
-            for _ in lanes.map(predictor.predict, chunks):
-                pass
-            return time.perf_counter() - start
-
-    return timed
+    return lambda: bare_seconds(predictor, chunks)  # FORWARD_LANES passes at once
 
 
 STAGE_LINE = re.compile(r"run stages: jobs=(\d+) slices=(\d+) wall=([\d.]+) (.*)")

@@ -250,11 +250,7 @@ def tune_batch_size(
             best = float("inf")
             for _ in range(2):
                 started = clock()
-                if lanes > 1:
-                    list(pool.map(predict, [batch[:size]] * calls))
-                else:
-                    for _ in range(calls):
-                        predict(batch[:size])
+                list(pool.map(predict, [batch[:size]] * calls))
                 best = min(best, clock() - started)
             rates[size] = calls * size / max(best, 1e-9)
     log.info("batch sizes timed (images/s): %s", {k: round(v) for k, v in rates.items()})
