@@ -216,9 +216,7 @@ def slow_png(seed: int, size: int = 512) -> bytes:
     return buf.getvalue()
 
 
-def study(
-    slices: int, seed: int = 0, names: list[str] | None = None, slow: bool = False
-) -> bytes:
+def study(slices: int, seed: int = 0, names: list[str] | None = None, slow: bool = False) -> bytes:
     """A zip of ``slices`` PNGs (stored: the PNGs are already compressed); ``slow``:
     CT-sized slices (:func:`slow_png`), for a job that must outlast a fault."""
     names = names or [f"study/slice_{i:05d}.png" for i in range(slices)]
@@ -535,8 +533,9 @@ class Stack:
         wait_until(up, timeout_s, 0.2, "the API")
         return time.monotonic() - start
 
-    def restart_redis(self, down_s: float = 3.0) -> float:
-        """Stop Redis (SIGTERM: it writes its AOF), wait ``down_s``, start it on the same port.
+    def restart_redis(self, down_s: float = 3.0, until: Callable[[], bool] | None = None) -> float:
+        """Stop Redis (SIGTERM: it writes its AOF), wait ``down_s`` (and, with ``until``,
+        until it holds, at most 30 s more), start it on the same port.
 
         Returns the monotonic time at which it answers again.
         """
@@ -544,6 +543,8 @@ class Stack:
         old = self.redis
         old.stop()
         time.sleep(down_s)
+        if until is not None:
+            wait_until(until, 30, 0.05, "the condition to restart Redis")
         process = subprocess.Popen(old.process.args, stdin=subprocess.DEVNULL, process_group=0)
         self.redis = EmbeddedRedis(process, old.url, old.executable, old.log_file)
         wait_until(lambda: ping(old.url, 0.5), 30, 0.05, "Redis to restart")
@@ -1380,6 +1381,8 @@ def sigterm_redis_down(cfg: Config, database: str = "sqlite") -> Result:
         return st.finish(res)
 
 
+CANNOT_CONNECT = "consumer: Cannot connect to redis"
+"""What a Celery worker logs when its reconnect to the broker fails."""
 RESERVED_LONG = 3
 """Long studies queued in the reserved-dead scenario (4,500 slices each)."""
 
@@ -1412,10 +1415,12 @@ def reserved_by_dead_worker(cfg: Config, database: str = "sqlite") -> Result:
         for i in range(3):
             _id(st.submit(study(SHORT, 20 + i)))
         _running_midway(st, first)
-        # down long enough for the worker to notice while Redis is away: if it notices
-        # only once Redis is back, kombu puts its unacked messages back in the queue
-        # and no message is left held (seen under load with 1 s)
-        st.restart_redis(down_s=3)
+        # down until the worker has noticed (its reconnect fails): a worker that notices
+        # only once Redis is back puts its unacked messages back in the queue ("Restoring
+        # 1 unacknowledged message(s)" succeeds), and no message is left held; the whole
+        # suite in parallel made that happen with any fixed down time
+        refused = st.log_text("w1").count(CANNOT_CONNECT)
+        st.restart_redis(down_s=1, until=lambda: st.log_text("w1").count(CANNOT_CONNECT) > refused)
         redis = Redis.from_url(st.env["REDIS_URL"])
         try:  # the worker reconnects and reserves the next message while `first` runs
             wait_until(lambda: redis.hlen("unacked") >= 2, 60, 0.05, "a prefetched message")
