@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ from ingest.series_rules import orientation_name
 from storage import LocalStorage, Storage, open_storage
 
 log = logging.getLogger(__name__)
+SLOW_STORE_S = 2.0
+"""A store slower than this is logged with its lock wait: peers time out (often at 10 s),
+and the log then says whether the database lock or the write took the time."""
 
 ACCEPTED_SOP_CLASSES = {
     UID("1.2.840.10008.5.1.4.1.1.2"): "CT Image Storage",
@@ -138,9 +142,12 @@ def _record(settings: Settings, peer: tuple[str, str, str], h: DicomHeader, data
     """
     storage = open_storage(settings)
     cap = settings.dicom_max_study_instances
+    start = time.monotonic()
+    locked: float | None = None  # when the lock was had (None: never)
     try:
         with session_scope(settings.database_url) as s:
             transaction_lock(s, group_lock(peer[0], h.study_uid))
+            locked = time.monotonic()
             group = open_group(s, peer, h.study_uid)
             if group.instance_count >= cap:
                 raise _StudyFull
@@ -149,7 +156,18 @@ def _record(settings: Settings, peer: tuple[str, str, str], h: DicomHeader, data
     except _StudyFull:
         reason = f"study over DICOM_MAX_STUDY_INSTANCES ({cap})"
         return Outcome(OUT_OF_RESOURCES, reason, h.sop_uid, h.sop_class)
+    finally:
+        _log_if_slow(start, locked)
     return Outcome(SUCCESS, sop_uid=h.sop_uid, sop_class=h.sop_class)
+
+
+def _log_if_slow(start: float, locked: float | None) -> None:
+    end = time.monotonic()
+    if end - start > SLOW_STORE_S:
+        log.warning(
+            "dicom: storing an instance took %.1fs (%.1fs waiting for the group lock)",
+            end - start, (locked or end) - start,
+        )  # fmt: skip
 
 
 class _StudyFull(Exception):

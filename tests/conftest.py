@@ -44,6 +44,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     return SlowestModuleFirst(config, log)  # type: ignore[arg-type]
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keep each phase's report on the test (``item.rep_call``), for fixtures that
+    attach logs to a failure (tests/test_dicomnet.py)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 @contextmanager
 def served(app) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """``app`` served over real HTTP on a loopback port; yields its base URL."""

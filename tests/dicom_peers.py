@@ -62,6 +62,11 @@ def destination(ae_title: str, port: int) -> Iterator[Destination]:
         server.shutdown()  # type: ignore[union-attr]
 
 
+PEER_TIMEOUT_S = 30
+"""The test peers' DIMSE/ACSE/network timeouts: they check answers, not how fast they come,
+on a 2-core machine that the whole suite in parallel (and mypy) keeps busy."""
+
+
 def associate(
     port: int,
     calling: str = "STORESCU",
@@ -76,7 +81,7 @@ def associate(
     delayed ACK (about 40 ms on Linux), which caps any receiver at ~20/s.
     """
     ae = AE(ae_title=calling)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = PEER_TIMEOUT_S
     for uid in {*contexts, Verification}:
         ae.add_requested_context(uid)
     handlers: list[Any] | None = [(evt.EVT_CONN_OPEN, _no_delay)] if nodelay else None
@@ -97,9 +102,19 @@ def send(
     assoc = associate(port, calling, contexts=contexts, nodelay=nodelay)
     assert assoc.is_established, "the node refused the association"
     try:
-        return [int(assoc.send_c_store(d).Status) for d in datasets]
+        return [_stored(assoc, d, n) for n, d in enumerate(datasets)]
     finally:
         assoc.release()
+
+
+def _stored(assoc: Any, ds: Dataset, n: int) -> int:
+    """The node's status for one C-STORE; a clear failure when no answer came."""
+    start = time.monotonic()
+    status = assoc.send_c_store(ds)
+    if "Status" not in status:
+        waited = time.monotonic() - start
+        raise AssertionError(f"no answer to C-STORE #{n} after {waited:.1f}s (see the node's log)")
+    return int(status.Status)
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.1) -> Any:

@@ -61,7 +61,6 @@ def node_env(stack: Stack, port: int, good_port: int, down_port: int) -> dict[st
         "DICOM_MAX_ATTEMPTS": "3",
         "DICOM_RETRY_BASE_S": "0.2",
         "DICOM_RETRY_MAX_S": "0.4",
-        "DICOM_TIMEOUT_S": "3",
         "DICOM_MIN_FREE_MB": "0",
     }
 
@@ -90,6 +89,15 @@ def node(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nod
     and a test that kills or reconfigures a node starts its own (:func:`running_node`)."""
     with running_node(stack, tmp_path_factory.mktemp("node")) as n:
         yield n
+
+
+@pytest.fixture(autouse=True)
+def node_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A failed test prints its node's log (captured into the report): a CI run's only trace."""
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "node" in request.fixturenames:
+        print(f"--- the node's log (tail) ---\n{request.getfixturevalue('node').log()[-4000:]}")
 
 
 def study(n_axial: int = 4) -> list[Dataset]:

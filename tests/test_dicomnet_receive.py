@@ -7,6 +7,9 @@ is queued to the test's own Redis queue and never run here).
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -18,7 +21,8 @@ from sqlalchemy import select
 from config import Settings
 from db.dicom_models import DicomGroup, DicomInstance, GroupStatus
 from db.models import AuditEvent, Job
-from db.session import session_scope
+from db.session import session_scope, transaction_lock
+from dicomnet import receive
 from dicomnet.groups import HEADER_FILE, close_group
 from dicomnet.receive import group_lock, store_instance
 from tests.fixtures_dicom import PATIENT_NAME, ct_slice, series, to_bytes
@@ -54,6 +58,32 @@ def test_a_group_counts_instances_and_a_resent_one_replaces_its_copy() -> None:
     stored = list((s.storage_dir / group.id / "dicom").glob("*.dcm"))
     assert len(stored) == 3
     assert PATIENT_NAME.encode() in stored[0].read_bytes()  # the raw bytes, as received
+
+
+def test_a_store_that_waited_for_the_lock_says_how_long(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer gives up on a slow answer (often at 10 s): the log says where the time went."""
+    monkeypatch.setattr(receive, "SLOW_STORE_S", 0.2)
+    s, study_uid = settings(), generate_uid()
+    held = threading.Event()
+
+    def hold_the_lock() -> None:  # as close_group does while it writes a study's zip
+        with session_scope(s.database_url) as db:
+            transaction_lock(db, group_lock("LUNGCT", study_uid))
+            held.set()
+            time.sleep(0.5)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    held.wait(5)
+    with caplog.at_level(logging.WARNING, logger="dicomnet.receive"):
+        assert store_instance(s, "LUNGCT", "PACS", ct_study(1, study_uid)[0]).ok
+    holder.join()
+    messages = [r.getMessage() for r in caplog.records]
+    (slow,) = [m for m in messages if "storing an instance took" in m]
+    waited = float(slow.split("(")[1].split("s ")[0])
+    assert 0.3 <= waited < 5, slow
 
 
 def test_limits_and_refusals_have_their_status() -> None:
