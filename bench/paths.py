@@ -100,11 +100,9 @@ def bare_forward(files: list[Path], model: str, settings: Settings) -> Callable[
     from bench.lanes import bare_seconds
     from models.data import load_gray
     from models.preprocessing import preprocess
-    from worker.inference import batch_size, get_predictor
+    from worker.inference import batch_size, predictor_for
 
-    predictor = get_predictor(
-        model, settings.models_dirs, settings.serving_runtime, settings.forward_lanes
-    )
+    predictor = predictor_for(model, settings)
     batch = batch_size(predictor, settings.inference_batch_size)
     tensors = np.stack([preprocess(load_gray(f), predictor.card.input) for f in files])
     chunks = [tensors[i : i + batch] for i in range(0, len(tensors), batch)]

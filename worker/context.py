@@ -15,7 +15,7 @@ from config import get_settings, image_queue
 from config.celery import publish_job
 from db.models import JobKind
 from storage import open_storage
-from worker.inference import Predictor, get_predictor
+from worker.inference import Predictor, predictor_for
 from worker.runner import Context
 
 
@@ -32,8 +32,6 @@ def worker_context(app: Celery) -> Context:
             publish_job(app, job_id)
 
     def predictor(name: str) -> Predictor:
-        return get_predictor(
-            name, settings.models_dirs, settings.serving_runtime, settings.forward_lanes
-        )
+        return predictor_for(name, settings)
 
     return Context(settings, open_storage(settings), predictor, republish)

@@ -204,6 +204,15 @@ def get_predictor(
         return _cache[name]
 
 
+def predictor_for(name: str, settings: Settings) -> Predictor:
+    """:func:`get_predictor` as a worker with ``settings`` loads it: its MODELS_DIRS,
+    SERVING_RUNTIME and FORWARD_LANES (the worker, its warm-up, and ``bench.paths``'s
+    bare pass, which must run the model the way the worker does)."""
+    return get_predictor(
+        name, settings.models_dirs, settings.serving_runtime, settings.forward_lanes
+    )
+
+
 def batch_size(predictor: Predictor, setting: int | str) -> int:
     """Slices per forward pass: ``INFERENCE_BATCH_SIZE``, or for ``auto`` the size
     :func:`tune_batch_size` found fastest for this model in this process (timed once)."""
@@ -265,9 +274,7 @@ def warm_up(name: str, settings: Settings) -> None:
     the batch dimension: a study's shorter last batch, or another number of
     top slices, does not trigger a new trace (about a second) in a job.
     """
-    predictor = get_predictor(
-        name, settings.models_dirs, settings.serving_runtime, settings.forward_lanes
-    )
+    predictor = predictor_for(name, settings)
     spec = predictor.card.input
     for n in (batch_size(predictor, settings.inference_batch_size), 1):
         predictor.predict(np.zeros((n, spec.height, spec.width, spec.channels), np.float32))
