@@ -22,7 +22,12 @@ so), and the seeds' app (bench/seeds_app.py: plain Flask, one
 
 It prints images/s (medians) with ratios to the seeds' way and to the zip, the
 study against the bare forward pass, and the worker's stage profile of the
-zip and the study jobs (from its ``run stages`` log lines).
+zip and the study jobs (from its ``run stages`` log lines). Then the study's
+CPU budget on this machine: the CPU a slice of the bare pass and of the least
+work any pipeline must add (decoding the JPEG and preprocessing it, one
+thread), the worker's and the API's CPU a study slice, and the floor those
+give: with every core busy, a study cannot take less than (forward + decode)
+CPU / cores, whatever the service does around them.
 """
 
 from __future__ import annotations
@@ -94,7 +99,8 @@ def four_clients(svc: Service, files: list[Path]) -> float:
 
 
 def bare_forward(files: list[Path], model: str, settings: Settings) -> Callable[[], float]:
-    """A timer of the worker's forward passes over ``files``, decoded once beforehand."""
+    """A timer of the worker's forward passes over ``files``, decoded once beforehand
+    (:func:`cpu_timed` adds the CPU they used)."""
     import numpy as np
 
     from bench.lanes import bare_seconds
@@ -109,6 +115,51 @@ def bare_forward(files: list[Path], model: str, settings: Settings) -> Callable[
     predictor.predict(chunks[0])  # trace once
 
     return lambda: bare_seconds(predictor, chunks)  # FORWARD_LANES passes at once
+
+
+def decode_cpu(files: list[Path], model: str, settings: Settings) -> float:
+    """CPU seconds a slice for the least a pipeline does before the model: decode the
+    JPEG bytes and preprocess them, in one thread (no zip, viewing copy or storage)."""
+    from ingest.images import decode_image
+    from models.preprocessing import preprocess
+    from models.registry import Registry
+
+    spec = Registry(settings.models_dirs).get(model).input
+    blobs = [f.read_bytes() for f in files]
+    start = time.process_time()
+    for blob in blobs:
+        preprocess(decode_image(blob, settings.max_image_pixels), spec)
+    return (time.process_time() - start) / len(blobs)
+
+
+def cpu_timed(run: Callable[[], float]) -> tuple[float, float]:
+    """``run()``'s seconds and the CPU seconds this process used meanwhile (every thread)."""
+    start = time.process_time()
+    seconds = run()
+    return seconds, time.process_time() - start
+
+
+def study_cpu(svc: Service, archive: Path) -> tuple[float, dict[str, float]]:
+    """:func:`time_one` of the study, and the CPU seconds the worker and the API used."""
+    before = svc.cpu_seconds()
+    seconds = time_one(svc, archive)
+    after = svc.cpu_seconds()
+    return seconds, {k: after[k] - before[k] for k in after}
+
+
+def _budget(cpu: dict[str, list[float]], decode_s: float, bare_s: float, study_s: float) -> str:
+    """The study's CPU budget (ms a slice, medians) and the floor it sets on this machine."""
+    med = {k: 1000 * statistics.median(v) for k, v in cpu.items()}
+    decode, cores = 1000 * decode_s, len(os.sched_getaffinity(0))
+    floor = (med["bare"] + decode) / cores
+    return (
+        f"CPU a study slice, ms: bare forward pass {med['bare']:.2f}, JPEG decode + "
+        f"preprocess {decode:.2f} (one thread); the study's worker {med['worker']:.2f}, "
+        f"API {med['api']:.2f}\n"
+        f"floor on {cores} cores: ({med['bare']:.2f} + {decode:.2f}) / {cores} = "
+        f"{floor:.2f} ms a slice, {floor / (1000 * bare_s):.2f}x the bare pass's "
+        f"{1000 * bare_s:.2f} ms; the study took {study_s / bare_s:.2f}x"
+    )
 
 
 STAGE_LINE = re.compile(r"run stages: jobs=(\d+) slices=(\d+) wall=([\d.]+) (.*)")
@@ -195,17 +246,25 @@ def main(argv: list[str] | None = None) -> int:
                 bare = bare_forward(study_files, args.model, get_settings())
                 rates: dict[str, list[float]] = {k: [] for k in ("seeds", "zip", "cli", "burst")}
                 rates |= {"study": [], "bare": []}
+                cpu: dict[str, list[float]] = {"bare": [], "worker": [], "api": []}
                 for r in range(args.rounds):
                     rates["seeds"].append(args.n / seeds_way(f"http://127.0.0.1:{port}", files))
                     rates["zip"].append(args.n / time_one(svc, small))
                     rates["cli"].append(args.n / cli_folder(svc, env, files, r))
                     rates["burst"].append(args.n / four_clients(svc, files))
-                    rates["study"].append(args.study / time_one(svc, big))
-                    rates["bare"].append(args.study / bare())
+                    seconds, used = study_cpu(svc, big)
+                    rates["study"].append(args.study / seconds)
+                    seconds, bare_cpu = cpu_timed(bare)
+                    rates["bare"].append(args.study / seconds)
+                    for k, v in {**used, "bare": bare_cpu}.items():
+                        cpu[k].append(v / args.study)
                     print(f"round {r + 1} done", file=sys.stderr, flush=True)
+                decode_s = decode_cpu(study_files, args.model, get_settings())
                 print(_table(rates, args.n, args.study, settings))
                 print(_receives(svc, small.name, big.name))
                 print(_profile(svc.folder / "worker0.log", args.n, args.study))
+                bare_s, study_s = (1 / statistics.median(rates[k]) for k in ("bare", "study"))
+                print(_budget(cpu, decode_s, bare_s, study_s))
         finally:
             stop(seeds)
     return 0
