@@ -25,6 +25,7 @@ from api.body_guard import BodyGuard
 from api.docs import docs_config
 from api.errors import error_body
 from api.schemas import ERROR_SCHEMA
+from api.uploads import UploadRequest
 from api.web_headers import ServiceApp, security_headers
 from config import Settings, get_settings
 from storage import open_storage
@@ -196,6 +197,7 @@ def create_app(settings: Settings | None = None) -> APIFlask:
         spec_path="/openapi.json",
         docs_path="/docs",
     )
+    app.request_class = UploadRequest
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,

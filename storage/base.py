@@ -72,6 +72,23 @@ class Storage(ABC):
     def save(self, job_id: str, filename: str, stream: IO[bytes]) -> Stored:
         """Copy ``stream`` to ``<job_id>/upload.<ext>``; readers never see a partial upload."""
 
+    def spool(self) -> IO[bytes] | None:
+        """A new, empty file for a large upload still arriving, which :meth:`save` then
+        takes as it is, without copying it; None where saving copies anyway (S3).
+
+        The API spools large single uploads here (api/uploads.py) instead of in the
+        temporary folder: a 60 MB study was otherwise written twice, the second
+        time by :meth:`save` while the request waited. Closing the file deletes it
+        unless :meth:`save` took it; :meth:`remove_stale_spool` removes what a
+        killed process left.
+        """
+        return None
+
+    def remove_stale_spool(self, older_than_s: float) -> int:
+        """Delete spooled uploads last written more than ``older_than_s`` ago (a
+        process killed mid-upload left them); how many. Nothing to do on S3."""
+        return 0
+
     @abstractmethod
     def local_file(self, key: str) -> AbstractContextManager[Path]:
         """A local path holding the upload while the context lasts (the worker reads it)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import time
@@ -15,6 +16,25 @@ from typing import IO
 from storage.base import COPY_CHUNK, Storage, Stored, stored_name, valid_job_id, valid_name
 
 PARTIAL_SUFFIX = ".part"
+SPOOL_FOLDER = ".incoming"
+"""Where large uploads arrive (:meth:`LocalStorage.spool`): inside the storage folder, so
+that moving one into its job's folder is a rename on the same file system. Its name
+cannot be a job ID (job IDs are UUIDs), and :meth:`LocalStorage.job_ids` skips it."""
+
+
+class SpoolFile(io.BufferedRandom):
+    """A spooled upload's file: closing it deletes it, unless :meth:`LocalStorage.save`
+    has moved it into a job's folder by then."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(io.FileIO(path, "x+"))  # a new file; its mode follows the umask
+        self.path = path
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.path.unlink(missing_ok=True)
 
 
 class LocalStorage(Storage):
@@ -32,17 +52,48 @@ class LocalStorage(Storage):
 
     def save(self, job_id: str, filename: str, stream: IO[bytes]) -> Stored:
         """Written as ``*.part`` and renamed once complete: a crash mid-copy leaves
-        a partial file that the sweeper recognises and removes.
+        a partial file that the sweeper recognises and removes. A file from
+        :meth:`spool` is complete already: it is moved, not copied.
         """
         name = stored_name(filename)
         folder = self.root / job_id
         folder.mkdir(parents=True, exist_ok=False)
         path = folder / name
+        if self._moved(stream, path):
+            return Stored(f"{job_id}/{name}", path.stat().st_size)
         partial = folder / f"{name}.{uuid.uuid4().hex[:8]}{PARTIAL_SUFFIX}"
         with partial.open("wb") as out:
             shutil.copyfileobj(stream, out, COPY_CHUNK)
         os.replace(partial, path)
         return Stored(f"{job_id}/{name}", path.stat().st_size)
+
+    def spool(self) -> SpoolFile:
+        folder = self.root / SPOOL_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        return SpoolFile(folder / f"{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
+
+    def _moved(self, stream: IO[bytes], path: Path) -> bool:
+        """Move a file of :meth:`spool` to ``path``; False (copy it) for any other
+        stream, or where the move fails."""
+        if not (isinstance(stream, SpoolFile) and stream.path.parent == self.root / SPOOL_FOLDER):
+            return False
+        stream.flush()
+        try:
+            os.replace(stream.path, path)
+        except OSError:
+            return False
+        return True
+
+    def remove_stale_spool(self, older_than_s: float) -> int:
+        cutoff = time.time() - older_than_s
+        removed = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.root / SPOOL_FOLDER):
+                with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+                    if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                        os.unlink(entry.path)
+                        removed += 1
+        return removed
 
     @contextmanager
     def local_file(self, key: str) -> Iterator[Path]:
@@ -99,6 +150,8 @@ class LocalStorage(Storage):
             return
         cutoff = time.time() - older_than_s
         for entry in os.scandir(self.root):
+            if entry.name == SPOOL_FOLDER:  # uploads still arriving, not a job
+                continue
             try:
                 if entry.is_dir(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
                     yield entry.name

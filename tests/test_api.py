@@ -153,6 +153,48 @@ def test_rejected_uploads_leave_nothing_on_disk(client, api_env) -> None:  # typ
     assert list(Path(api_env["STORAGE_DIR"]).iterdir()) == []
 
 
+def _submit_encoded(client, data: bytes, name: str, cut: bool = False):  # type: ignore[no-untyped-def]
+    """:func:`_submit` with the form encoded here (the test client spools a large form
+    to a temporary file of its own, which nothing closes); ``cut``: only half of the
+    body arrives."""
+    from urllib3 import encode_multipart_formdata
+
+    body, content_type = encode_multipart_formdata({"file": (name, data), "model": TINY_MODEL})
+    sent = body[: len(body) // 2] if cut else body
+    return client.post(
+        "/api/v1/jobs",
+        data=sent,
+        content_type=content_type,
+        environ_overrides={"CONTENT_LENGTH": str(len(body))},
+    )
+
+
+def test_a_large_upload_is_moved_into_storage_not_copied(client, api_env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Over 500 KB, a single submit's file arrives in the storage's spool and is renamed
+    into the job's folder (api/uploads.py) without being copied; a rejected one
+    leaves nothing behind, and neither does the spool."""
+    import shutil
+    from pathlib import Path
+
+    from storage.local import SPOOL_FOLDER
+
+    copies: list[object] = []
+    copy = shutil.copyfileobj
+    monkeypatch.setattr(shutil, "copyfileobj", lambda *a, **k: copies.append(a) or copy(*a, **k))
+    archive = zip_bytes({f"s{i}.png": png_bytes(i, size=512) for i in range(3)})
+    assert len(archive) > 500 * 1024
+    r = _submit_encoded(client, archive, "study.zip")
+    assert r.status_code == 202 and copies == []
+    bad = _submit_encoded(client, b"PK\x03\x04" + os.urandom(600 * 1024), "b.zip")
+    assert bad.status_code == 400
+    cut = _submit_encoded(client, archive, "cut.zip", cut=True)  # a client that hangs up
+    assert cut.status_code == 400
+    root = Path(api_env["STORAGE_DIR"])
+    assert (root / r.json["id"] / "upload.zip").read_bytes() == archive
+    assert list((root / SPOOL_FOLDER).iterdir()) == []
+    assert sorted(p.name for p in root.iterdir()) == sorted([SPOOL_FOLDER, r.json["id"]])
+
+
 def test_client_file_name_is_never_stored(client) -> None:  # type: ignore[no-untyped-def]
     from db.models import Job
     from db.session import session_scope

@@ -101,7 +101,11 @@ def test_an_end_moves_only_the_attempt_that_started_it(db) -> None:  # type: ign
         assert not lifecycle.succeed(s, job_id, summary, attempt=2)  # ended: final
     job = _get(db, job_id)
     assert (job.status, job.summary, job.total, job.done, job.error) == (
-        "succeeded", summary, 1, 1, None
+        "succeeded",
+        summary,
+        1,
+        1,
+        None,
     )
     assert job.finished_at is not None and job.updated_at >= job.finished_at
 
@@ -183,6 +187,7 @@ def test_sweeper_pushes_single_images_missing_from_their_list(db, api_env) -> No
 
 def test_sweeper_removes_orphaned_uploads_and_expired_jobs(db, api_env) -> None:  # type: ignore[no-untyped-def]
     from db.models import utcnow
+    from storage import LocalStorage
 
     storage = Path(api_env["STORAGE_DIR"])
     orphan = storage / "0a9e7d1c-crashed-mid-submit"
@@ -190,14 +195,19 @@ def test_sweeper_removes_orphaned_uploads_and_expired_jobs(db, api_env) -> None:
     (orphan / "upload.zip.1234abcd.part").write_bytes(b"half an upload")
     live = _job(db, "queued")
     (storage / live).mkdir()
+    # large uploads an API process was receiving when it was killed, and one arriving now
+    left, arriving = LocalStorage(storage).spool(), LocalStorage(storage).spool()
     old = time.time() - 3600
-    for folder in (orphan, storage / live):
-        os.utime(folder, (old, old))
+    for path in (orphan, storage / live, left.path):
+        os.utime(path, (old, old))
     expired = _job(db, "succeeded", finished_at=utcnow() - timedelta(days=31))
     kept = _job(db, "succeeded", finished_at=utcnow() - timedelta(days=1))
     report, _ = _sweep(api_env)
     assert report.orphans_removed == [orphan.name] and not orphan.exists()
     assert (storage / live).is_dir()
+    assert not left.path.exists() and arriving.path.exists()
+    left.close()
+    arriving.close()
     assert report.expired == [expired] and _get(db, expired) is None
     assert _get(db, kept) is not None
 

@@ -18,6 +18,7 @@ from redis import Redis
 
 from config import Settings
 from storage import LocalStorage, Storage, open_storage, readable_path
+from storage.local import SPOOL_FOLDER
 from storage.s3 import S3Storage
 from tests.conftest import S3
 
@@ -135,6 +136,39 @@ def test_job_ids_by_age(storage: Storage) -> None:
     storage.save("fresh", "s.png", io.BytesIO(b"png"))
     assert list(storage.job_ids(older_than_s=3600)) == []
     assert list(storage.job_ids(older_than_s=-60)) == ["fresh"]
+
+
+def test_a_spooled_upload_is_moved_into_its_job_not_copied(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "uploads")
+    data = os.urandom(700_000)
+    spooled = storage.spool()
+    spooled.write(data)  # as werkzeug writes an arriving upload; not flushed yet
+    inode = os.fstat(spooled.fileno()).st_ino
+    stored = storage.save("job-1", "study.zip", spooled)
+    spooled.close()  # the request ends: its file goes, the stored upload stays
+    with storage.local_file(stored.key) as path:
+        assert path.stat().st_ino == inode and path.read_bytes() == data
+    assert stored.size == len(data) and list(storage.job_ids(older_than_s=-60)) == ["job-1"]
+    assert list((tmp_path / "uploads" / SPOOL_FOLDER).iterdir()) == []
+
+
+def test_a_spooled_upload_that_is_not_saved_is_gone_once_closed(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "uploads")
+    with storage.spool() as spooled:
+        spooled.write(b"a rejected upload")
+        assert spooled.path.exists()
+    assert not spooled.path.exists() and list(storage.job_ids(older_than_s=-60)) == []
+
+
+def test_the_sweeper_removes_spooled_uploads_a_killed_process_left(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path / "uploads")
+    left, arriving = storage.spool(), storage.spool()
+    hour_ago = time.time() - 3600
+    os.utime(left.path, (hour_ago, hour_ago))
+    assert storage.remove_stale_spool(older_than_s=600) == 1
+    assert not left.path.exists() and arriving.path.exists()
+    left.close()
+    arriving.close()
 
 
 def test_s3_abandoned_multipart_upload_is_listed_and_aborted(s3: S3) -> None:

@@ -19,7 +19,9 @@ time across all workers and hosts of a queue. One sweep:
    it started or ended and does nothing.
 3. **orphaned uploads**: job folders (S3: job key prefixes) last written more
    than ``ORPHAN_UPLOAD_AGE_S`` ago with no job row (the API died mid-submit)
-   are removed, partial files and unfinished S3 multipart uploads included.
+   are removed, partial files and unfinished S3 multipart uploads included, and
+   so are spooled uploads last written that long ago (an API process killed
+   while one arrived: storage ``spool``).
 4. **retention**: jobs that ended more than ``RETENTION_DAYS`` ago are deleted
    with their results and files (0 keeps them forever).
 
@@ -134,6 +136,8 @@ def _republish(ctx: Context, waiting: list[lifecycle.Waiting]) -> list[str]:
 
 def _remove_orphans(ctx: Context, age_s: float) -> list[str]:
     """Remove old job uploads that no job row refers to (a submit that never finished)."""
+    if spooled := ctx.storage.remove_stale_spool(age_s):
+        log.info("sweep: removed %d spooled uploads left by a killed API process", spooled)
     candidates = list(ctx.storage.job_ids(older_than_s=age_s))
     if not candidates:
         return []
