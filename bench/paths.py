@@ -47,7 +47,7 @@ from pathlib import Path
 
 import requests
 
-from bench.burst import burst, pipelined_client
+from bench.burst import burst, pipelined_client, with_cpu
 from bench.e2e import Service, api_key, service, spawn, stop, time_one
 from bench.throughput import make_zip, pick_slices
 from config import Settings, get_settings
@@ -99,8 +99,7 @@ def four_clients(svc: Service, files: list[Path]) -> float:
 
 
 def bare_forward(files: list[Path], model: str, settings: Settings) -> Callable[[], float]:
-    """A timer of the worker's forward passes over ``files``, decoded once beforehand
-    (:func:`cpu_timed` adds the CPU they used)."""
+    """A timer of the worker's forward passes over ``files``, decoded once beforehand."""
     import numpy as np
 
     from bench.lanes import bare_seconds
@@ -132,24 +131,10 @@ def decode_cpu(files: list[Path], model: str, settings: Settings) -> float:
     return (time.process_time() - start) / len(blobs)
 
 
-def cpu_timed(run: Callable[[], float]) -> tuple[float, float]:
-    """``run()``'s seconds and the CPU seconds this process used meanwhile (every thread)."""
-    start = time.process_time()
-    seconds = run()
-    return seconds, time.process_time() - start
-
-
-def study_cpu(svc: Service, archive: Path) -> tuple[float, dict[str, float]]:
-    """:func:`time_one` of the study, and the CPU seconds the worker and the API used."""
-    before = svc.cpu_seconds()
-    seconds = time_one(svc, archive)
-    after = svc.cpu_seconds()
-    return seconds, {k: after[k] - before[k] for k in after}
-
-
 def _budget(cpu: dict[str, list[float]], decode_s: float, bare_s: float, study_s: float) -> str:
-    """The study's CPU budget (ms a slice, medians) and the floor it sets on this machine."""
-    med = {k: 1000 * statistics.median(v) for k, v in cpu.items()}
+    """The study's CPU budget (``cpu``: ms a slice per round; medians) and the floor it
+    sets on this machine."""
+    med = {k: statistics.median(v) for k, v in cpu.items()}
     decode, cores = 1000 * decode_s, len(os.sched_getaffinity(0))
     floor = (med["bare"] + decode) / cores
     return (
@@ -252,12 +237,13 @@ def main(argv: list[str] | None = None) -> int:
                     rates["zip"].append(args.n / time_one(svc, small))
                     rates["cli"].append(args.n / cli_folder(svc, env, files, r))
                     rates["burst"].append(args.n / four_clients(svc, files))
-                    seconds, used = study_cpu(svc, big)
-                    rates["study"].append(args.study / seconds)
-                    seconds, bare_cpu = cpu_timed(bare)
-                    rates["bare"].append(args.study / seconds)
-                    for k, v in {**used, "bare": bare_cpu}.items():
-                        cpu[k].append(v / args.study)
+                    rate, used = with_cpu(svc, args.study, lambda: args.study / time_one(svc, big))
+                    rates["study"].append(rate)
+                    rate, mine = with_cpu(svc, args.study, lambda: args.study / bare())
+                    rates["bare"].append(rate)
+                    cpu["worker"].append(used["worker"])  # ms a slice
+                    cpu["api"].append(used["api"])
+                    cpu["bare"].append(mine["client"])  # "client": this process, the bare pass
                     print(f"round {r + 1} done", file=sys.stderr, flush=True)
                 decode_s = decode_cpu(study_files, args.model, get_settings())
                 print(_table(rates, args.n, args.study, settings))
