@@ -32,7 +32,7 @@ import numpy as np
 from bench.throughput import pick_slices
 from config import get_settings
 from ingest.images import decode_image
-from models.preprocessing import preprocess
+from models.preprocessing import InputSpec, preprocess
 from models.registry import Registry
 from worker.inference import Predictor, batch_size
 
@@ -55,12 +55,18 @@ def bare(predictor: Predictor, tensors: np.ndarray, size: int) -> float:
     return len(tensors) / bare_seconds(predictor, chunks)
 
 
+def model_input(blob: bytes, spec: InputSpec) -> np.ndarray:
+    """One slice's JPEG or PNG bytes as the model's input: decoded and preprocessed,
+    the least any pipeline does before the model (bench.paths times it too)."""
+    return preprocess(decode_image(blob, MAX_PIXELS), spec)
+
+
 def pipeline(predictor: Predictor, blobs: list[bytes], size: int, threads: int) -> float:
     """Slices/s of decode + preprocess on ``threads`` threads beside the passes."""
     spec = predictor.card.input
 
     def load(blob: bytes) -> np.ndarray:
-        return preprocess(decode_image(blob, MAX_PIXELS), spec)
+        return model_input(blob, spec)
 
     window = (predictor.lanes + 1) * size
     start = time.perf_counter()

@@ -119,15 +119,14 @@ def bare_forward(files: list[Path], model: str, settings: Settings) -> Callable[
 def decode_cpu(files: list[Path], model: str, settings: Settings) -> float:
     """CPU seconds a slice for the least a pipeline does before the model: decode the
     JPEG bytes and preprocess them, in one thread (no zip, viewing copy or storage)."""
-    from ingest.images import decode_image
-    from models.preprocessing import preprocess
+    from bench.lanes import model_input
     from models.registry import Registry
 
     spec = Registry(settings.models_dirs).get(model).input
     blobs = [f.read_bytes() for f in files]
     start = time.process_time()
     for blob in blobs:
-        preprocess(decode_image(blob, settings.max_image_pixels), spec)
+        model_input(blob, spec)
     return (time.process_time() - start) / len(blobs)
 
 
